@@ -1,0 +1,242 @@
+//! The chat-completions request on the wire: validation of the fields the gateway relies on
+//! and the byte-level rewrite sent upstream. The body is never re-serialised: only the `model`
+//! value (and, for streams, `stream_options`) is spliced, so everything else reaches the
+//! upstream byte-exact, whatever its size.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+
+/// What the gateway needs from a chat-completions body.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The requested model, tags included (`llama-3.1-8b-instruct@price`).
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage: true`).
+    pub include_usage: bool,
+    model_span: Range<usize>,
+    stream_options: Option<(Range<usize>, Option<serde_json::Map<String, serde_json::Value>>)>,
+    object_end: usize,
+}
+
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    let val: &'de RawValue = map.next_value()?;
+                    v.push((k, val));
+                }
+                Ok(TopLevel(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
+    let s = raw.get();
+    let start = s.as_ptr() as usize - body.as_ptr() as usize;
+    start..start + s.len()
+}
+
+fn type_error(param: &'static str, expected: &str) -> ApiError {
+    ApiError::invalid(format!("Invalid type for '{param}': expected {expected}."), Some(param))
+}
+
+/// Parses and checks a chat-completions body.
+///
+/// # Errors
+/// 400 `invalid_request_error` for invalid JSON, a non-object body, a missing or non-string
+/// `model`, missing/empty/non-array `messages` or messages without a string `role`, a
+/// non-boolean `stream`, a non-object `stream_options`, or a duplicated top-level key.
+pub fn inspect(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let top: TopLevel = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!("We could not parse the JSON body of your request: {e}."), None)
+    })?;
+    let mut model = None;
+    let mut messages = None;
+    let mut stream = None;
+    let mut stream_options = None;
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in &top.0 {
+        if !seen.insert(k.as_ref()) {
+            return Err(ApiError::invalid(format!("Duplicate key '{k}' in the request body."), None));
+        }
+        match k.as_ref() {
+            "model" => model = Some(*v),
+            "messages" => messages = Some(*v),
+            "stream" => stream = Some(*v),
+            "stream_options" => stream_options = Some(*v),
+            _ => {}
+        }
+    }
+    let model_raw = model.ok_or_else(|| ApiError::invalid("Missing required parameter: 'model'.", Some("model")))?;
+    let model_name: String = serde_json::from_str(model_raw.get()).map_err(|_| type_error("model", "a string"))?;
+    let messages = messages.ok_or_else(|| ApiError::invalid("Missing required parameter: 'messages'.", Some("messages")))?;
+    let list: Vec<&RawValue> = serde_json::from_str(messages.get()).map_err(|_| type_error("messages", "an array"))?;
+    if list.is_empty() {
+        return Err(ApiError::invalid("'messages' must contain at least one message.", Some("messages")));
+    }
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        role: Option<Cow<'a, str>>,
+    }
+    for (i, m) in list.iter().enumerate() {
+        match serde_json::from_str::<Msg>(m.get()) {
+            Ok(Msg { role: Some(_) }) => {}
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("Invalid 'messages[{i}]': expected an object with a string 'role'."),
+                    Some("messages"),
+                ))
+            }
+        }
+    }
+    let stream_flag = match stream {
+        None => false,
+        Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
+            Ok(b) => b.unwrap_or(false),
+            Err(_) => return Err(type_error("stream", "a boolean")),
+        },
+    };
+    let (include_usage, stream_options) = match stream_options {
+        None => (false, None),
+        Some(raw) => {
+            let parsed: Option<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(raw.get()).map_err(|_| type_error("stream_options", "an object"))?;
+            let include = match parsed.as_ref().and_then(|m| m.get("include_usage")) {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(_) => return Err(type_error("stream_options.include_usage", "a boolean")),
+            };
+            (include, Some((span_of(body, raw), parsed)))
+        }
+    };
+    let object_end = body.iter().rposition(|&b| b == b'}').unwrap_or(body.len());
+    Ok(ChatRequest {
+        model: model_name,
+        stream: stream_flag,
+        include_usage,
+        model_span: span_of(body, model_raw),
+        stream_options,
+        object_end,
+    })
+}
+
+impl ChatRequest {
+    /// The body to send upstream: `model` replaced by `upstream_model`; for streams,
+    /// `stream_options.include_usage` forced on so the gateway can account tokens.
+    pub fn upstream_body(&self, body: &[u8], upstream_model: &str) -> Vec<u8> {
+        let model_json = serde_json::Value::String(upstream_model.to_string()).to_string();
+        let mut edits: Vec<(Range<usize>, Vec<u8>)> = vec![(self.model_span.clone(), model_json.into_bytes())];
+        if self.stream && !self.include_usage {
+            match &self.stream_options {
+                Some((span, map)) => {
+                    let mut map = map.clone().unwrap_or_default();
+                    map.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    let json = serde_json::Value::Object(map).to_string();
+                    edits.push((span.clone(), json.into_bytes()));
+                }
+                None => edits.push((
+                    self.object_end..self.object_end,
+                    br#","stream_options":{"include_usage":true}"#.to_vec(),
+                )),
+            }
+        }
+        edits.sort_by_key(|(r, _)| r.start);
+        let mut out = Vec::with_capacity(body.len() + 64);
+        let mut pos = 0;
+        for (range, bytes) in edits {
+            out.extend_from_slice(&body[pos..range.start]);
+            out.extend_from_slice(&bytes);
+            pos = range.end;
+        }
+        out.extend_from_slice(&body[pos..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn rewrites_only_model() {
+        let body = br#"{ "model" : "m@price", "messages":[{"role":"user","content":"h\u00e9"}],  "x": 1.50 }"#;
+        let r = inspect(body).unwrap();
+        assert_eq!(r.model, "m@price");
+        assert!(!r.stream);
+        let out = r.upstream_body(body, "up/\"m\"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{ "model" : "up/\"m\"", "messages":[{"role":"user","content":"h\u00e9"}],  "x": 1.50 }"#
+        );
+    }
+
+    #[test]
+    fn stream_gets_usage() {
+        let body = br#"{"model":"m","stream":true,"messages":[{"role":"user"}]}"#;
+        let r = inspect(body).unwrap();
+        assert!(r.stream && !r.include_usage);
+        let v = json(&r.upstream_body(body, "u"));
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "u");
+
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"k":2},"messages":[{"role":"user"}]}"#;
+        let r = inspect(body).unwrap();
+        let v = json(&r.upstream_body(body, "u"));
+        assert_eq!(v["stream_options"], serde_json::json!({"include_usage":true,"k":2}));
+
+        let body = br#"{"model":"m","stream":true,"stream_options":null,"messages":[{"role":"user"}]}"#;
+        let v = json(&inspect(body).unwrap().upstream_body(body, "u"));
+        assert_eq!(v["stream_options"]["include_usage"], true);
+
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user"}]}"#;
+        let r = inspect(body).unwrap();
+        assert!(r.include_usage);
+        assert_eq!(r.upstream_body(body, "m"), body.to_vec());
+    }
+
+    #[test]
+    fn bad_bodies_are_400() {
+        for (body, needle) in [
+            (&b"not json"[..], "parse"),
+            (b"[1]", "parse"),
+            (br#"{"messages":[{"role":"user"}]}"#, "'model'"),
+            (br#"{"model":1,"messages":[{"role":"user"}]}"#, "'model'"),
+            (br#"{"model":"m"}"#, "'messages'"),
+            (br#"{"model":"m","messages":"hi"}"#, "'messages'"),
+            (br#"{"model":"m","messages":[]}"#, "'messages'"),
+            (br#"{"model":"m","messages":[{"content":"x"}]}"#, "messages[0]"),
+            (br#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "'stream'"),
+            (br#"{"model":"m","messages":[{"role":"user"}],"stream_options":3}"#, "stream_options"),
+            (br#"{"model":"m","model":"n","messages":[{"role":"user"}]}"#, "Duplicate"),
+        ] {
+            let e = inspect(body).unwrap_err();
+            assert_eq!(e.status(), 400);
+            let msg = String::from_utf8(e.body()).unwrap();
+            assert!(msg.contains(needle), "{msg} lacks {needle}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Client-visible errors. Every refusal the gateway produces is an [`ApiError`], which maps to
+//! one HTTP status, one OpenAI-shaped body `{"error":{message,type,param,code}}` and one
+//! closed-set metric label. Messages never carry secrets or upstream internals.
+
+use serde::Serialize;
+
+use crate::auth::AuthError;
+
+/// Families of client-visible errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: bad JSON, wrong types, bad tags.
+    InvalidRequest { message: String, param: Option<&'static str>, code: Option<&'static str> },
+    /// 401.
+    InvalidApiKey(AuthError),
+    /// 403: the principal may not use this model.
+    ModelNotAllowed { model: String },
+    /// 404: unknown model id.
+    ModelNotFound { model: String },
+    /// 404: unknown path.
+    NotFound { path: String },
+    /// 405.
+    MethodNotAllowed { method: String, path: String },
+    /// 413.
+    BodyTooLarge { limit: usize },
+    /// 408: the client was too slow sending its body.
+    BodyTimeout,
+    /// 502: every deployment failed (connect errors, 5xx, garbage).
+    UpstreamFailed { message: String },
+    /// 503: every deployment refused with 429/503, or none is available.
+    UpstreamUnavailable { message: String, retry_after: Option<u64> },
+    /// 504: every deployment timed out before answering.
+    UpstreamTimeout { message: String },
+    /// 500: a bug on our side; the message is generic.
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Shorthand for a 400 with a message.
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        ApiError::InvalidRequest { message: message.into(), param, code: None }
+    }
+
+    /// HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest { .. } => 400,
+            ApiError::InvalidApiKey(_) => 401,
+            ApiError::ModelNotAllowed { .. } => 403,
+            ApiError::ModelNotFound { .. } | ApiError::NotFound { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::BodyTimeout => 408,
+            ApiError::BodyTooLarge { .. } => 413,
+            ApiError::Internal => 500,
+            ApiError::UpstreamFailed { .. } => 502,
+            ApiError::UpstreamUnavailable { .. } => 503,
+            ApiError::UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    /// Closed-set label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::InvalidApiKey(_) => "invalid_api_key",
+            ApiError::ModelNotAllowed { .. } => "model_not_allowed",
+            ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::BodyTimeout => "body_timeout",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::Internal => "internal",
+            ApiError::UpstreamFailed { .. } => "upstream_failed",
+            ApiError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// `retry-after` seconds, when the client should wait before retrying.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::UpstreamUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn parts(&self) -> (String, &'static str, Option<&'static str>, Option<&'static str>) {
+        match self {
+            ApiError::InvalidRequest { message, param, code } => {
+                (message.clone(), "invalid_request_error", *param, *code)
+            }
+            ApiError::InvalidApiKey(e) => (
+                format!("Incorrect API key provided ({e}). Pass your key as `Authorization: Bearer <key>`."),
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ),
+            ApiError::ModelNotAllowed { model } => (
+                format!("Your API key may not use the model `{model}`."),
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_allowed"),
+            ),
+            ApiError::ModelNotFound { model } => (
+                format!("The model `{model}` does not exist. GET /v1/models lists the available models."),
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
+            ),
+            ApiError::NotFound { path } => {
+                (format!("Unknown request URL: {path}."), "invalid_request_error", None, Some("unknown_url"))
+            }
+            ApiError::MethodNotAllowed { method, path } => (
+                format!("Method {method} is not allowed on {path}."),
+                "invalid_request_error",
+                None,
+                Some("method_not_allowed"),
+            ),
+            ApiError::BodyTimeout => {
+                ("Timed out reading the request body.".into(), "invalid_request_error", None, Some("request_timeout"))
+            }
+            ApiError::BodyTooLarge { limit } => (
+                format!("Request body is larger than the limit of {limit} bytes."),
+                "invalid_request_error",
+                None,
+                Some("request_too_large"),
+            ),
+            ApiError::Internal => ("Internal error.".into(), "server_error", None, Some("internal_error")),
+            ApiError::UpstreamFailed { message } => {
+                (message.clone(), "upstream_error", None, Some("upstream_failed"))
+            }
+            ApiError::UpstreamUnavailable { message, .. } => {
+                (message.clone(), "upstream_error", None, Some("upstream_unavailable"))
+            }
+            ApiError::UpstreamTimeout { message } => {
+                (message.clone(), "upstream_error", None, Some("upstream_timeout"))
+            }
+        }
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let (message, kind, param, code) = self.parts();
+        serde_json::to_vec(&Body { error: Inner { message: &message, kind, param, code } })
+            .unwrap_or_else(|_| br#"{"error":{"message":"error","type":"server_error","param":null,"code":null}}"#.to_vec())
+    }
+}
+
+/// The body of an SSE error event that ends a stream whose upstream failed mid-way.
+pub fn stream_error_event(message: &str, code: &str) -> Vec<u8> {
+    let body = serde_json::to_string(&Body {
+        error: Inner { message, kind: "upstream_error", param: None, code: Some(code) },
+    })
+    .unwrap_or_default();
+    format!("data: {body}\n\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_openai_shaped() {
+        let e = ApiError::ModelNotFound { model: "x".into() };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(e.status(), 404);
+        let ev = stream_error_event("boom \"quoted\"", "upstream_stream_interrupted");
+        let s = String::from_utf8(ev).unwrap();
+        let v: serde_json::Value = serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();
+        assert_eq!(v["error"]["message"], "boom \"quoted\"");
+    }
+}

@@ -1,0 +1,5 @@
+//! The OpenAI wire surface: chat request inspection and rewrite, client-visible errors, SSE.
+
+pub mod chat;
+pub mod error;
+pub mod sse;

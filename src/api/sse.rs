@@ -1,0 +1,196 @@
+//! Server-sent events: an incremental parser for upstream streams (`\n`, `\r\n` and `\r` line
+//! ends, comments, multi-line `data:`, events split across reads) and the encoder for what we
+//! send downstream. The parser keeps only the unfinished tail of the input, so a stream is
+//! forwarded event by event as it arrives.
+
+/// One parsed SSE item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseItem {
+    /// A dispatched event: its `event:` name, if any, and its `data:` lines joined with `\n`.
+    Event { event: Option<String>, data: String },
+    /// A comment block (`: keep-alive`), forwarded so idle clients stay connected.
+    Comment(String),
+}
+
+/// Why a stream could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error("upstream sent an SSE line longer than {0} bytes")]
+    LineTooLong(usize),
+    #[error("upstream sent an SSE line that is not UTF-8")]
+    NotUtf8,
+}
+
+/// Incremental SSE parser.
+#[derive(Debug)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    data: Option<String>,
+    event: Option<String>,
+    comment: Option<String>,
+    max_line: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::new(8 * 1024 * 1024)
+    }
+}
+
+impl SseParser {
+    /// A parser refusing lines longer than `max_line` bytes (protects memory from a broken upstream).
+    pub fn new(max_line: usize) -> Self {
+        SseParser { buf: Vec::new(), data: None, event: None, comment: None, max_line }
+    }
+
+    /// Feeds bytes; complete items are appended to `out` in order.
+    ///
+    /// # Errors
+    /// A line over the limit or not UTF-8.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseItem>) -> Result<(), SseError> {
+        self.buf.extend_from_slice(chunk);
+        let mut start = 0;
+        loop {
+            let Some(rel) = memchr::memchr2(b'\n', b'\r', &self.buf[start..]) else { break };
+            let end = start + rel;
+            let next = if self.buf[end] == b'\r' {
+                match self.buf.get(end + 1) {
+                    Some(b'\n') => end + 2,
+                    Some(_) => end + 1,
+                    // A lone '\r' at the end may be the first half of "\r\n": wait for more.
+                    None => break,
+                }
+            } else {
+                end + 1
+            };
+            let line = std::str::from_utf8(&self.buf[start..end]).map_err(|_| SseError::NotUtf8)?.to_owned();
+            self.line(&line, out);
+            start = next;
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > self.max_line {
+            return Err(SseError::LineTooLong(self.max_line));
+        }
+        Ok(())
+    }
+
+    /// True when the input ended in the middle of an event (no blank line after it).
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty() || self.data.is_some()
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseItem>) {
+        if line.is_empty() {
+            if let Some(data) = self.data.take() {
+                out.push(SseItem::Event { event: self.event.take(), data });
+            } else if let Some(c) = self.comment.take() {
+                out.push(SseItem::Comment(c));
+            }
+            self.event = None;
+            self.comment = None;
+            return;
+        }
+        if let Some(c) = line.strip_prefix(':') {
+            self.comment = Some(c.to_string());
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => match &mut self.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
+            },
+            "event" => self.event = Some(value.to_string()),
+            _ => {} // id, retry and unknown fields carry nothing we forward
+        }
+    }
+}
+
+/// Encodes one item for the client with `\n` framing; multi-line data becomes several
+/// `data:` lines so the client rejoins exactly what the upstream sent.
+pub fn encode(item: &SseItem) -> Vec<u8> {
+    let mut out = Vec::new();
+    match item {
+        SseItem::Event { event, data } => {
+            if let Some(e) = event {
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(e.as_bytes());
+                out.push(b'\n');
+            }
+            for line in data.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        SseItem::Comment(c) => {
+            out.push(b':');
+            out.extend_from_slice(c.as_bytes());
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseItem> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn ev(data: &str) -> SseItem {
+        SseItem::Event { event: None, data: data.into() }
+    }
+
+    #[test]
+    fn lf_crlf_and_cr_framing() {
+        assert_eq!(parse_all(&[b"data: a\n\ndata: b\n\n"]), vec![ev("a"), ev("b")]);
+        assert_eq!(parse_all(&[b"data: a\r\n\r\ndata: b\r\n\r\n"]), vec![ev("a"), ev("b")]);
+        assert_eq!(parse_all(&[b"data: a\r\rdata: b\r\r"]), vec![ev("a"), ev("b")]);
+    }
+
+    #[test]
+    fn split_anywhere_including_between_cr_and_lf() {
+        let whole = b"data: {\"x\":1}\r\n\r\n: ping\r\n\r\ndata: [DONE]\r\n\r\n";
+        let expected = parse_all(&[whole]);
+        assert_eq!(expected, vec![ev("{\"x\":1}"), SseItem::Comment(" ping".into()), ev("[DONE]")]);
+        for cut in 0..whole.len() {
+            assert_eq!(parse_all(&[&whole[..cut], &whole[cut..]]), expected, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+        assert_eq!(parse_all(&bytes), expected);
+    }
+
+    #[test]
+    fn multiline_data_and_fields() {
+        let out = parse_all(&[b"event: x\nid: 7\ndata: {\"a\":\ndata: 1}\n\n"]);
+        assert_eq!(out, vec![SseItem::Event { event: Some("x".into()), data: "{\"a\":\n1}".into() }]);
+        assert_eq!(encode(&out[0]), b"event: x\ndata: {\"a\":\ndata: 1}\n\n".to_vec());
+        assert_eq!(parse_all(&[&encode(&out[0])]), out);
+    }
+
+    #[test]
+    fn partial_and_limits() {
+        let mut p = SseParser::new(16);
+        let mut out = Vec::new();
+        p.feed(b"data: abc", &mut out).unwrap();
+        assert!(out.is_empty() && p.has_partial());
+        assert_eq!(p.feed(&[b'x'; 32], &mut out), Err(SseError::LineTooLong(16)));
+        let mut p = SseParser::default();
+        assert_eq!(p.feed(b"data: \xff\n\n", &mut out), Err(SseError::NotUtf8));
+    }
+}

@@ -1,0 +1,185 @@
+//! The catalog: models, their deployments, data centers and providers, as validated from the
+//! config. Immutable once built; the gateway swaps whole catalogs, never edits one in place.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::secret::Secret;
+
+/// A model's category, as shown in `/v1/models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// Costs the client nothing; still routed by the gateway's own cost.
+    Free,
+    /// Served from our data centers (possibly with provider routes as overflow).
+    Hosted,
+    /// Served by third-party providers only.
+    ThirdParty,
+}
+
+impl Category {
+    /// The config/wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Free => "free",
+            Category::Hosted => "hosted",
+            Category::ThirdParty => "third-party",
+        }
+    }
+}
+
+/// $ per million tokens, per direction.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TokenPrice {
+    pub input: f64,
+    pub output: f64,
+}
+
+/// What the gateway assumes about a deployment before it has measured anything.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prior {
+    pub ttft_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// A site of ours.
+#[derive(Debug, Clone)]
+pub struct DataCenter {
+    pub id: String,
+    pub name: String,
+    /// Key in the energy feed (`ISO/location`), if priced by energy.
+    pub price_node: Option<String>,
+    pub pue: f64,
+}
+
+/// A third-party API.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: String,
+    /// Base URL up to and including the version segment, e.g. `https://api.example.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<Secret<String>>,
+    /// Extra CA certificates (PEM) trusted for this provider, besides the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Fraction added to list prices (default 0.05).
+    pub routing_fee: f64,
+}
+
+/// Where a deployment runs.
+#[derive(Debug, Clone)]
+pub enum DeploymentKind {
+    Hosted {
+        /// Index into [`Catalog::data_centers`].
+        data_center: usize,
+        base_url: String,
+        api_key: Option<Secret<String>>,
+        base_price: TokenPrice,
+    },
+    Provider {
+        /// Index into [`Catalog::providers`].
+        provider: usize,
+        list_price: TokenPrice,
+    },
+}
+
+/// One concrete place that serves a model.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: String,
+    /// The model id sent upstream in place of the public id.
+    pub upstream_model: String,
+    pub prior: Prior,
+    pub kind: DeploymentKind,
+}
+
+/// A public model id with its deployments.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub id: String,
+    pub category: Category,
+    pub owned_by: String,
+    pub created: u64,
+    pub deployments: Vec<Deployment>,
+}
+
+/// Itemised token price of a deployment for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Quote {
+    /// What the client pays, $/Mtok.
+    pub price: TokenPrice,
+    /// The routing-fee part of `price` (provider routes only).
+    pub fee: TokenPrice,
+    /// What the deployment costs us, $/Mtok; what the price strategy ranks free models by.
+    pub cost: TokenPrice,
+}
+
+/// The validated catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub models: Vec<Model>,
+    pub data_centers: Vec<DataCenter>,
+    pub providers: Vec<Provider>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Catalog {
+    /// Builds the lookup index. Inputs come validated from [`crate::config`].
+    pub fn new(models: Vec<Model>, data_centers: Vec<DataCenter>, providers: Vec<Provider>) -> Self {
+        let by_id = models.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
+        Catalog { models, data_centers, providers, by_id }
+    }
+
+    /// The model with this public id.
+    pub fn model(&self, id: &str) -> Option<&Model> {
+        self.by_id.get(id).and_then(|&i| self.models.get(i))
+    }
+
+    /// The data center of a hosted deployment.
+    pub fn data_center_of(&self, d: &Deployment) -> Option<&DataCenter> {
+        match &d.kind {
+            DeploymentKind::Hosted { data_center, .. } => self.data_centers.get(*data_center),
+            DeploymentKind::Provider { .. } => None,
+        }
+    }
+
+    /// The provider of a provider route.
+    pub fn provider_of(&self, d: &Deployment) -> Option<&Provider> {
+        match &d.kind {
+            DeploymentKind::Provider { provider, .. } => self.providers.get(*provider),
+            DeploymentKind::Hosted { .. } => None,
+        }
+    }
+
+    /// The upstream base URL and credential of a deployment.
+    pub fn endpoint_of<'a>(&'a self, d: &'a Deployment) -> (&'a str, Option<&'a Secret<String>>) {
+        match &d.kind {
+            DeploymentKind::Hosted { base_url, api_key, .. } => (base_url, api_key.as_ref()),
+            DeploymentKind::Provider { provider, .. } => match self.providers.get(*provider) {
+                Some(p) => (&p.base_url, p.api_key.as_ref()),
+                None => ("", None),
+            },
+        }
+    }
+
+    /// The current token price of a deployment of `model`.
+    ///
+    /// Hosted: the base price (energy pricing refines this once the energy table exists).
+    /// Provider routes: list price plus the routing fee. Free models: 0 to the client, the
+    /// deployment's cost still reported for routing.
+    pub fn quote(&self, model: &Model, d: &Deployment) -> Quote {
+        let (cost, fee) = match &d.kind {
+            DeploymentKind::Hosted { base_price, .. } => (*base_price, TokenPrice::default()),
+            DeploymentKind::Provider { provider, list_price } => {
+                let rate = self.providers.get(*provider).map_or(0.0, |p| p.routing_fee);
+                (
+                    TokenPrice { input: list_price.input * (1.0 + rate), output: list_price.output * (1.0 + rate) },
+                    TokenPrice { input: list_price.input * rate, output: list_price.output * rate },
+                )
+            }
+        };
+        if model.category == Category::Free {
+            return Quote { price: TokenPrice::default(), fee: TokenPrice::default(), cost };
+        }
+        Quote { price: cost, fee, cost }
+    }
+}

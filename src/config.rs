@@ -1,0 +1,636 @@
+//! Configuration: the external TOML format (`Raw*`, serde, `deny_unknown_fields`) and its
+//! validation into the runtime [`Settings`]. Validation collects *every* problem with its TOML
+//! path instead of stopping at the first, and never panics on operator input.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{KeyEntry, KeyHash};
+use crate::catalog::{
+    Catalog, Category, DataCenter, Deployment, DeploymentKind, Model, Prior, Provider, TokenPrice,
+};
+use crate::routing::tags::StrategySet;
+use crate::secret::Secret;
+
+/// One problem found in a config, with the TOML path it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with a config. Its `Display` lists one problem per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {}: {}", p.path, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- external format
+
+/// The TOML file as written by an operator. See `config/joule.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+    /// Strategy used when neither the request nor the project names one. Default `price`.
+    pub default_strategy: Option<String>,
+    #[serde(default)]
+    pub data_centers: Vec<RawDataCenter>,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default)]
+    pub listen: Vec<String>,
+    pub tls: Option<RawTls>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<usize>,
+    pub grace_period_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub listen: Vec<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub stream_idle_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub client_body_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataCenter {
+    pub id: String,
+    pub name: Option<String>,
+    pub price_node: Option<String>,
+    pub pue: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub id: String,
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub ca_file: Option<String>,
+    pub routing_fee: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub id: String,
+    pub category: String,
+    pub owned_by: Option<String>,
+    pub created: Option<u64>,
+    #[serde(default)]
+    pub deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub id: String,
+    pub data_center: Option<String>,
+    pub url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub base_price_input: Option<f64>,
+    pub base_price_output: Option<f64>,
+    pub list_price_input: Option<f64>,
+    pub list_price_output: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: String,
+    /// Hex SHA-256 of the key (`joule hash-key KEY` prints it).
+    pub sha256: String,
+}
+
+// ---------------------------------------------------------------- runtime settings
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated listener settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Cleartext listeners (may be empty when TLS is configured).
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<TlsSettings>,
+    /// Admin listener (`/metrics`, `/healthz`); none disables it.
+    pub admin_listen: Option<SocketAddr>,
+    /// Worker threads for the API service. Default: number of CPUs.
+    pub threads: usize,
+    /// How long in-flight requests may run after SIGTERM. Default 30 s.
+    pub grace_period: Duration,
+}
+
+/// TLS listener settings; files are checked to exist and parse at validation time.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: Vec<SocketAddr>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Request limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body. Default 16 MiB; larger → 413.
+    pub max_body_bytes: usize,
+    /// TCP+TLS connect to an upstream. Default 2 s; past it the next deployment is tried.
+    pub connect_timeout: Duration,
+    /// From sending the request to the upstream's response headers. Default 30 s; past it
+    /// the next deployment is tried.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two upstream stream chunks. Default 120 s; past it the
+    /// stream ends with an SSE error event.
+    pub stream_idle_timeout: Duration,
+    /// Whole non-stream upstream exchange. Default 600 s.
+    pub request_timeout: Duration,
+    /// Reading the client's request body. Default 30 s.
+    pub client_body_timeout: Duration,
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub default_strategy: StrategySet,
+    pub catalog: Catalog,
+    pub keys: Vec<KeyEntry>,
+}
+
+/// Reads and validates a config file.
+///
+/// # Errors
+/// Unreadable file, TOML syntax or unknown fields, or any validation problem — all listed.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| single("<file>", format!("cannot read {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    parse(&text, base, &|name| std::env::var(name).ok())
+}
+
+/// Parses TOML text and validates it. Relative file paths resolve against `base`; `env`
+/// looks up environment variables (injected so tests need not mutate the process env).
+///
+/// # Errors
+/// As [`load`].
+pub fn parse(
+    text: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let msg = e.message().to_string();
+        let loc = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_else(|| "<toml>".into());
+        single(&loc, msg)
+    })?;
+    validate(raw, base, env)
+}
+
+fn single(path: &str, message: String) -> ConfigError {
+    ConfigError { problems: vec![ConfigProblem { path: path.into(), message }] }
+}
+
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem { path: path.into(), message: message.into() });
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.add(path, format!("`{s}` is not an address like 127.0.0.1:8080"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, v: Option<f64>, default: f64) -> f64 {
+        match v {
+            None => default,
+            Some(x) if x.is_finite() && x > 0.0 => x,
+            Some(x) => {
+                self.add(path, format!("must be a finite number > 0, got {x}"));
+                default
+            }
+        }
+    }
+
+    fn price(&mut self, path: &str, v: Option<f64>) -> f64 {
+        match v {
+            None => {
+                self.add(path, "missing ($ per million tokens)");
+                0.0
+            }
+            Some(x) if x.is_finite() && x >= 0.0 => x,
+            Some(x) => {
+                self.add(path, format!("must be a finite number >= 0, got {x}"));
+                0.0
+            }
+        }
+    }
+
+    fn secret_env(
+        &mut self,
+        path: &str,
+        name: &Option<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Secret<String>> {
+        let name = name.as_ref()?;
+        match env(name) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                self.add(path, format!("environment variable `{name}` is not set"));
+                None
+            }
+        }
+    }
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// Checks that `url` is an absolute http(s) URL with a host.
+fn check_url(problems: &mut Problems, path: &str, url: &str) -> Option<String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
+            Some(url.trim_end_matches('/').to_string())
+        }
+        Ok(_) => {
+            problems.add(path, format!("`{url}` must be an http:// or https:// URL with a host"));
+            None
+        }
+        Err(e) => {
+            problems.add(path, format!("`{url}` is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let mut p = Problems(Vec::new());
+
+    // server
+    let listen: Vec<SocketAddr> = raw
+        .server
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| p.addr(&format!("server.listen[{i}]"), s))
+        .collect();
+    let tls = raw.server.tls.as_ref().and_then(|t| {
+        let listen: Vec<SocketAddr> = t
+            .listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| p.addr(&format!("server.tls.listen[{i}]"), s))
+            .collect();
+        if t.listen.is_empty() {
+            p.add("server.tls.listen", "at least one address is required when [server.tls] is present");
+        }
+        let cert = match &t.cert_file {
+            Some(c) => Some(resolve(base, c)),
+            None => {
+                p.add("server.tls.cert_file", "missing");
+                None
+            }
+        };
+        let key = match &t.key_file {
+            Some(k) => Some(resolve(base, k)),
+            None => {
+                p.add("server.tls.key_file", "missing");
+                None
+            }
+        };
+        if let (Some(c), Some(k)) = (&cert, &key) {
+            if let Err(e) = crate::server::tls::check_identity(c, k) {
+                p.add("server.tls", e.to_string());
+            }
+        }
+        Some(TlsSettings { listen, cert_file: cert?, key_file: key? })
+    });
+    if raw.server.listen.is_empty() && raw.server.tls.is_none() {
+        p.add("server.listen", "no listener configured: set server.listen and/or [server.tls]");
+    }
+    let admin_listen = raw.server.admin_listen.as_deref().and_then(|s| p.addr("server.admin_listen", s));
+    let threads = match raw.server.threads {
+        Some(0) => {
+            p.add("server.threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    };
+    let server = ServerSettings {
+        listen,
+        tls,
+        admin_listen,
+        threads,
+        grace_period: Duration::from_secs(raw.server.grace_period_s.unwrap_or(30)),
+    };
+
+    // limits
+    let l = &raw.limits;
+    let max_body = l.max_body_bytes.unwrap_or(16 * 1024 * 1024);
+    if max_body == 0 {
+        p.add("limits.max_body_bytes", "must be > 0");
+    }
+    let limits = Limits {
+        max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        connect_timeout: ms(l.connect_timeout_ms, 2_000),
+        first_byte_timeout: ms(l.first_byte_timeout_ms, 30_000),
+        stream_idle_timeout: ms(l.stream_idle_timeout_ms, 120_000),
+        request_timeout: ms(l.request_timeout_ms, 600_000),
+        client_body_timeout: ms(l.client_body_timeout_ms, 30_000),
+    };
+    for (name, v) in [
+        ("connect_timeout_ms", l.connect_timeout_ms),
+        ("first_byte_timeout_ms", l.first_byte_timeout_ms),
+        ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
+        ("request_timeout_ms", l.request_timeout_ms),
+        ("client_body_timeout_ms", l.client_body_timeout_ms),
+    ] {
+        if v == Some(0) {
+            p.add(format!("limits.{name}"), "must be > 0");
+        }
+    }
+
+    // log
+    let log_format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.add("log.format", format!("`{other}` is not one of: text, json"));
+            LogFormat::Text
+        }
+    };
+    let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        p.add("log.level", format!("`{log_level}` is not a level or filter (e.g. info, debug, joule=debug)"));
+    }
+
+    // data centers
+    let mut data_centers = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, dc) in raw.data_centers.iter().enumerate() {
+        let path = format!("data_centers[{i}]");
+        if !seen.insert(dc.id.clone()) {
+            p.add(format!("{path}.id"), format!("duplicate data center id `{}`", dc.id));
+        }
+        if dc.id.is_empty() {
+            p.add(format!("{path}.id"), "must not be empty");
+        }
+        let pue = p.positive(&format!("{path}.pue"), dc.pue, 1.2);
+        data_centers.push(DataCenter {
+            id: dc.id.clone(),
+            name: dc.name.clone().unwrap_or_else(|| dc.id.clone()),
+            price_node: dc.price_node.clone(),
+            pue,
+        });
+    }
+
+    // providers
+    let mut providers = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, pr) in raw.providers.iter().enumerate() {
+        let path = format!("providers[{i}]");
+        if !seen.insert(pr.id.clone()) {
+            p.add(format!("{path}.id"), format!("duplicate provider id `{}`", pr.id));
+        }
+        let base_url = check_url(&mut p, &format!("{path}.base_url"), &pr.base_url).unwrap_or_default();
+        let api_key = p.secret_env(&format!("{path}.api_key_env"), &pr.api_key_env, env);
+        let ca_file = pr.ca_file.as_ref().map(|c| resolve(base, c));
+        if let Some(ca) = &ca_file {
+            if let Err(e) = crate::upstream::client::read_ca(ca) {
+                p.add(format!("{path}.ca_file"), e.to_string());
+            }
+        }
+        let fee = pr.routing_fee.unwrap_or(0.05);
+        if !(fee.is_finite() && (0.0..=1.0).contains(&fee)) {
+            p.add(format!("{path}.routing_fee"), format!("must be between 0 and 1, got {fee}"));
+        }
+        providers.push(Provider { id: pr.id.clone(), base_url, api_key, ca_file, routing_fee: fee });
+    }
+
+    // models
+    let mut models = Vec::new();
+    let mut seen_models = HashSet::new();
+    let mut seen_deployments = HashSet::new();
+    for (i, m) in raw.models.iter().enumerate() {
+        let path = format!("models[{i}]");
+        if !seen_models.insert(m.id.clone()) {
+            p.add(format!("{path}.id"), format!("duplicate model id `{}`", m.id));
+        }
+        if m.id.is_empty() || m.id.contains('@') || m.id.chars().any(char::is_whitespace) {
+            p.add(format!("{path}.id"), format!("`{}` must be non-empty without `@` or spaces", m.id));
+        }
+        let category = match m.category.as_str() {
+            "free" => Category::Free,
+            "hosted" => Category::Hosted,
+            "third-party" => Category::ThirdParty,
+            other => {
+                p.add(format!("{path}.category"), format!("`{other}` is not one of: free, hosted, third-party"));
+                Category::Hosted
+            }
+        };
+        if m.deployments.is_empty() {
+            p.add(format!("{path}.deployments"), "a model needs at least one deployment");
+        }
+        let mut deployments = Vec::new();
+        for (j, d) in m.deployments.iter().enumerate() {
+            let dpath = format!("{path}.deployments[{j}]");
+            if !seen_deployments.insert(d.id.clone()) {
+                p.add(format!("{dpath}.id"), format!("duplicate deployment id `{}`", d.id));
+            }
+            let prior = Prior {
+                ttft_ms: p.positive(&format!("{dpath}.ttft_ms"), d.ttft_ms, 500.0),
+                tokens_per_s: p.positive(&format!("{dpath}.tokens_per_s"), d.tokens_per_s, 50.0),
+            };
+            let upstream_model = d.upstream_model.clone().unwrap_or_else(|| m.id.clone());
+            let kind = match (&d.data_center, &d.provider) {
+                (Some(dc), None) => {
+                    let dc_index = data_centers.iter().position(|x| &x.id == dc);
+                    if dc_index.is_none() {
+                        p.add(format!("{dpath}.data_center"), format!("unknown data center `{dc}`"));
+                    }
+                    let url = match &d.url {
+                        Some(u) => check_url(&mut p, &format!("{dpath}.url"), u),
+                        None => {
+                            p.add(format!("{dpath}.url"), "a hosted deployment needs the backend url");
+                            None
+                        }
+                    };
+                    if d.list_price_input.is_some() || d.list_price_output.is_some() {
+                        p.add(format!("{dpath}"), "list_price_* is for provider routes; hosted deployments use base_price_*");
+                    }
+                    let base = TokenPrice {
+                        input: p.price(&format!("{dpath}.base_price_input"), d.base_price_input),
+                        output: p.price(&format!("{dpath}.base_price_output"), d.base_price_output),
+                    };
+                    DeploymentKind::Hosted {
+                        data_center: dc_index.unwrap_or(0),
+                        base_url: url.unwrap_or_default(),
+                        api_key: p.secret_env(&format!("{dpath}.api_key_env"), &d.api_key_env, env),
+                        base_price: base,
+                    }
+                }
+                (None, Some(pr)) => {
+                    let idx = providers.iter().position(|x: &Provider| &x.id == pr);
+                    if idx.is_none() {
+                        p.add(format!("{dpath}.provider"), format!("unknown provider `{pr}`"));
+                    }
+                    if d.url.is_some() || d.api_key_env.is_some() {
+                        p.add(format!("{dpath}"), "url/api_key_env belong to the provider for provider routes");
+                    }
+                    let list = TokenPrice {
+                        input: p.price(&format!("{dpath}.list_price_input"), d.list_price_input),
+                        output: p.price(&format!("{dpath}.list_price_output"), d.list_price_output),
+                    };
+                    DeploymentKind::Provider { provider: idx.unwrap_or(0), list_price: list }
+                }
+                (Some(_), Some(_)) => {
+                    p.add(dpath.clone(), "set either data_center (hosted) or provider (third-party), not both");
+                    continue;
+                }
+                (None, None) => {
+                    p.add(dpath.clone(), "set data_center (hosted) or provider (third-party)");
+                    continue;
+                }
+            };
+            match (&category, &kind) {
+                (Category::ThirdParty, DeploymentKind::Hosted { .. }) => {
+                    p.add(dpath.clone(), "a third-party model is served by provider routes only")
+                }
+                (Category::Hosted | Category::Free, DeploymentKind::Provider { .. }) => {}
+                _ => {}
+            }
+            deployments.push(Deployment { id: d.id.clone(), upstream_model, prior, kind });
+        }
+        models.push(Model {
+            id: m.id.clone(),
+            category,
+            owned_by: m.owned_by.clone().unwrap_or_else(|| "joule".into()),
+            created: m.created.unwrap_or(1_730_000_000),
+            deployments,
+        });
+    }
+
+    // keys
+    let mut keys = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let path = format!("keys[{i}]");
+        match KeyHash::from_hex(&k.sha256) {
+            Some(h) => {
+                if !seen.insert(h) {
+                    p.add(format!("{path}.sha256"), "duplicate key hash");
+                }
+                keys.push(KeyEntry { name: k.name.clone(), hash: h });
+            }
+            None => p.add(format!("{path}.sha256"), "must be 64 hex characters (see `joule hash-key`)"),
+        }
+    }
+
+    let default_strategy = match raw.default_strategy.as_deref() {
+        None => StrategySet::default_price(),
+        Some(s) => match StrategySet::parse_list(s) {
+            Ok(set) => set,
+            Err(e) => {
+                p.add("default_strategy", e.to_string());
+                StrategySet::default_price()
+            }
+        },
+    };
+
+    if !p.0.is_empty() {
+        return Err(ConfigError { problems: p.0 });
+    }
+    Ok(Settings {
+        server,
+        limits,
+        log_format,
+        log_level,
+        default_strategy,
+        catalog: Catalog::new(models, data_centers, providers),
+        keys,
+    })
+}

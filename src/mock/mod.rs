@@ -1,0 +1,38 @@
+//! An in-process mock of an OpenAI-compatible GPU backend, for integration tests, benchmarks
+//! and the demo (`joule mock`).
+//!
+//! The server speaks HTTP/1.1 directly on tokio TCP (optionally under rustls) with `httparse`,
+//! so every byte on the wire — including broken ones — is under the test's control:
+//!
+//! - `POST /v1/chat/completions`: a `chat.completion`, or with `"stream": true` an SSE stream
+//!   of `chat.completion.chunk` events (role chunk, one chunk per token, finish chunk, usage
+//!   chunk if `stream_options.include_usage`, `[DONE]`), timed by [`MockConfig::ttft_ms`] and
+//!   [`MockConfig::tokens_per_s`];
+//! - `GET /v1/models`: the list of [`MockConfig::models`];
+//! - anything else: an OpenAI-shaped 404.
+//!
+//! [`Failure`] injects refused connections, error statuses, slow headers, streams dropped
+//! mid-way and garbage events. Every request is recorded ([`MockServer::last_request`]) so tests
+//! can check byte-exact bodies and the credentials a gateway injected. [`TestCa`] issues
+//! certificates for upstreams over TLS.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use joule::mock::{Failure, MockConfig, MockServer};
+//!
+//! let server = MockServer::start(MockConfig { tokens: 4, ..MockConfig::default() }).await?;
+//! let base_url = server.base_url(); // http://127.0.0.1:PORT/v1
+//! // ... point a client at base_url ...
+//! server.set_config(MockConfig { failure: Failure::Status500, ..MockConfig::default() });
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod http;
+mod openai;
+mod server;
+mod tls;
+
+pub use config::{parse_failure, Failure, MockConfig, SseFraming};
+pub use server::{MockServer, RecordedRequest};
+pub use tls::{TestCa, TlsError, TlsIdentity};

@@ -1,0 +1,238 @@
+//! The request phases, independent of pingora: dispatch by path, authenticate, and hand off
+//! to the chat or models handlers. The server adapter (`crate::server::adapter`) implements
+//! [`Downstream`] over a pingora session; tests could implement it over anything.
+//!
+//! Each request takes one `load()` of the [`World`] snapshot and uses it throughout, so it
+//! sees one consistent catalog, key set and client pool even while a reload swaps them.
+
+pub mod chat;
+pub mod models;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::api::error::ApiError;
+use crate::auth::{KeySnapshot, Principal};
+use crate::catalog::Catalog;
+use crate::config::{Limits, Settings};
+use crate::metrics::Metrics;
+use crate::routing::tags::StrategySet;
+use crate::upstream::client::{ClientError, Clients};
+
+/// Everything a request reads, swapped whole on reload.
+pub struct World {
+    pub catalog: Catalog,
+    pub clients: Clients,
+    pub keys: KeySnapshot,
+    pub default_strategy: StrategySet,
+    pub limits: Limits,
+}
+
+impl World {
+    /// Builds a world from validated settings.
+    ///
+    /// # Errors
+    /// Upstream client construction (e.g. an unreadable provider CA).
+    pub fn new(s: &Settings) -> Result<Self, ClientError> {
+        Ok(World {
+            clients: Clients::new(&s.catalog, &s.limits)?,
+            catalog: s.catalog.clone(),
+            keys: KeySnapshot::new(&s.keys),
+            default_strategy: s.default_strategy.clone(),
+            limits: s.limits.clone(),
+        })
+    }
+}
+
+/// Shared gateway state.
+pub struct Gateway {
+    pub world: ArcSwap<World>,
+    pub metrics: Metrics,
+    in_flight: AtomicUsize,
+}
+
+impl Gateway {
+    /// Wraps a world.
+    pub fn new(world: World, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, in_flight: AtomicUsize::new(0) })
+    }
+
+    /// Requests being served now (graceful shutdown waits for 0).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.metrics.in_flight.inc();
+        InFlight(self.clone())
+    }
+}
+
+/// Guard counting one in-flight request.
+pub struct InFlight(Arc<Gateway>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// What the handlers need of the request line and headers.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: http::Method,
+    /// Path without the query string.
+    pub path: String,
+    pub authorization: Option<Vec<u8>>,
+    pub content_length: Option<u64>,
+}
+
+/// A response status line and headers.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// Set for fixed-size bodies; `None` streams (chunked on HTTP/1.1).
+    pub content_length: Option<usize>,
+}
+
+/// The client connection went away or misbehaved.
+#[derive(Debug, thiserror::Error)]
+#[error("downstream I/O: {0}")]
+pub struct DownstreamError(pub String);
+
+/// The client side of one exchange, as the handlers see it.
+#[async_trait]
+pub trait Downstream: Send {
+    /// Next chunk of the request body; `None` at its end.
+    async fn read_body(&mut self) -> Result<Option<Bytes>, DownstreamError>;
+    /// Sends the status and headers.
+    async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError>;
+    /// Sends a body chunk (written and flushed at once); `end` finishes the body.
+    async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError>;
+    /// The connection must not be reused after this response (unread body left behind).
+    fn close_after(&mut self);
+}
+
+/// What happened to a request, for the access log and metrics.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub request_id: String,
+    pub started: Instant,
+    pub status: u16,
+    pub key_name: Option<Arc<str>>,
+    pub model: Option<String>,
+    pub deployment: Option<String>,
+    pub strategy: Option<String>,
+    pub error: Option<&'static str>,
+    pub ttft: Option<std::time::Duration>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub stream: bool,
+}
+
+impl Record {
+    /// A fresh record with a random request id.
+    pub fn new() -> Self {
+        Record {
+            request_id: format!("req_{}", hex::encode(rand::random::<[u8; 12]>())),
+            started: Instant::now(),
+            status: 0,
+            key_name: None,
+            model: None,
+            deployment: None,
+            strategy: None,
+            error: None,
+            ttft: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            stream: false,
+        }
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes an OpenAI-shaped error response.
+///
+/// # Errors
+/// The client went away.
+pub async fn send_error(io: &mut dyn Downstream, rec: &mut Record, err: &ApiError) -> Result<(), DownstreamError> {
+    let body = err.body();
+    let mut headers = vec![("content-type", "application/json".to_string()), ("x-request-id", rec.request_id.clone())];
+    if let Some(s) = err.retry_after() {
+        headers.push(("retry-after", s.to_string()));
+    }
+    rec.status = err.status();
+    rec.error = Some(err.label());
+    io.send_head(ResponseHead { status: err.status(), headers, content_length: Some(body.len()) }).await?;
+    io.send_body(Bytes::from(body), true).await
+}
+
+/// Sends a JSON document with status 200.
+///
+/// # Errors
+/// The client went away.
+pub async fn send_json(io: &mut dyn Downstream, rec: &mut Record, body: Vec<u8>) -> Result<(), DownstreamError> {
+    rec.status = 200;
+    let headers = vec![("content-type", "application/json".to_string()), ("x-request-id", rec.request_id.clone())];
+    io.send_head(ResponseHead { status: 200, headers, content_length: Some(body.len()) }).await?;
+    io.send_body(Bytes::from(body), true).await
+}
+
+fn authenticate(world: &World, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
+    let p = world.keys.authenticate(head.authorization.as_deref()).map_err(ApiError::InvalidApiKey)?;
+    rec.key_name = Some(p.key_name.clone());
+    Ok(p)
+}
+
+/// Serves one request of the public API.
+///
+/// # Errors
+/// Only downstream I/O failures; every other outcome is a response.
+pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, rec: &mut Record) -> Result<(), DownstreamError> {
+    let world = gw.world.load_full();
+    let path = head.path.trim_end_matches('/');
+    use http::Method;
+    let result = match (path, &head.method) {
+        ("/healthz", &Method::GET) => return send_json(io, rec, br#"{"status":"ok"}"#.to_vec()).await,
+        ("/v1/chat/completions", &Method::POST) => match authenticate(&world, head, rec) {
+            Ok(p) => return chat::handle(gw, &world, &p, head, io, rec).await,
+            Err(e) => Err(e),
+        },
+        ("/v1/models", &Method::GET) => {
+            authenticate(&world, head, rec).map(|_| models::list(&world.catalog))
+        }
+        (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(&world, head, rec)
+            .and_then(|_| models::one(&world.catalog, &p["/v1/models/".len()..])),
+        ("/healthz" | "/v1/chat/completions" | "/v1/models", m) => {
+            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })
+        }
+        (p, m) if p.starts_with("/v1/models/") => {
+            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })
+        }
+        _ => Err(ApiError::NotFound { path: head.path.chars().take(200).collect() }),
+    };
+    match result {
+        Ok(body) => send_json(io, rec, body).await,
+        Err(e) => {
+            // Whatever body the client sent to a refused endpoint is left unread.
+            if head.content_length.unwrap_or(0) > 0 {
+                io.close_after();
+            }
+            send_error(io, rec, &e).await
+        }
+    }
+}

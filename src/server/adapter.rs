@@ -1,0 +1,162 @@
+//! The one place that knows pingora's proxy API: a `ProxyHttp` whose `request_filter` hands
+//! the session, wrapped as a [`Downstream`], to the pingora-free handlers, and whose
+//! `logging` phase writes the access line and request metrics. The gateway drives upstream
+//! exchanges itself (see `crate::upstream`), so `upstream_peer` is never reached.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::admin;
+use crate::proxy::{self, Downstream, DownstreamError, Gateway, InFlight, Record, RequestHead, ResponseHead};
+
+/// Which surface a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The public OpenAI-compatible API.
+    Api,
+    /// `/metrics` and `/healthz` for operators.
+    Admin,
+}
+
+/// The pingora application.
+pub struct JouleProxy {
+    pub gateway: Arc<Gateway>,
+    pub role: Role,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    rec: Record,
+    method: String,
+    path: String,
+    _in_flight: Option<InFlight>,
+}
+
+struct SessionIo<'a> {
+    session: &'a mut Session,
+}
+
+fn io_err(e: Box<pingora::Error>) -> DownstreamError {
+    DownstreamError(e.etype().as_str().to_string())
+}
+
+#[async_trait]
+impl Downstream for SessionIo<'_> {
+    async fn read_body(&mut self) -> Result<Option<Bytes>, DownstreamError> {
+        self.session.read_request_body().await.map_err(io_err)
+    }
+
+    async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError> {
+        let mut h = ResponseHeader::build(head.status, Some(head.headers.len() + 3)).map_err(io_err)?;
+        for (k, v) in head.headers {
+            h.insert_header(k, v).map_err(io_err)?;
+        }
+        match head.content_length {
+            Some(n) => h.insert_header("content-length", n.to_string()).map_err(io_err)?,
+            // Chunked on HTTP/1.1 keeps the connection reusable; h2 drops the header itself.
+            None => h.insert_header("transfer-encoding", "chunked").map_err(io_err)?,
+        }
+        self.session.write_response_header(Box::new(h), false).await.map_err(io_err)
+    }
+
+    async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError> {
+        self.session.write_response_body(Some(chunk), end).await.map_err(io_err)
+    }
+
+    fn close_after(&mut self) {
+        self.session.set_keepalive(None);
+    }
+}
+
+fn request_head(session: &Session) -> RequestHead {
+    let req = session.req_header();
+    RequestHead {
+        method: req.method.clone(),
+        path: req.uri.path().to_string(),
+        authorization: req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()),
+        content_length: req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for JouleProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx { rec: Record::new(), method: String::new(), path: String::new(), _in_flight: None }
+    }
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "joule answers every request in request_filter"))
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        ctx._in_flight = Some(self.gateway.enter());
+        let head = request_head(session);
+        ctx.method = head.method.to_string();
+        ctx.path = head.path.chars().take(200).collect();
+        let mut io = SessionIo { session };
+        let result = match self.role {
+            Role::Api => proxy::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
+            Role::Admin => admin::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
+        };
+        if let Err(e) = result {
+            // The client went away or broke the protocol: nothing more can be sent.
+            tracing::debug!(request_id = %ctx.rec.request_id, error = %e, "downstream failed");
+            if ctx.rec.error.is_none() {
+                ctx.rec.error = Some("client_disconnected");
+            }
+            if ctx.rec.status == 0 {
+                ctx.rec.status = 499;
+            }
+            session.set_keepalive(None);
+        }
+        Ok(true)
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let rec = &ctx.rec;
+        let elapsed = rec.started.elapsed();
+        if self.role == Role::Api {
+            let m = &self.gateway.metrics;
+            let model = rec.model.as_deref().unwrap_or("none");
+            let deployment = rec.deployment.as_deref().unwrap_or("none");
+            let status = rec.status.to_string();
+            m.requests.with_label_values(&[model, deployment, &status]).inc();
+            m.duration.with_label_values(&[model]).observe(elapsed.as_secs_f64());
+            if let Some(t) = rec.ttft {
+                m.ttft.with_label_values(&[model]).observe(t.as_secs_f64());
+            }
+            if let (Some(err), true) = (rec.error, rec.status < 400) {
+                m.stream_failures.with_label_values(&[deployment, err]).inc();
+            }
+        }
+        tracing::info!(
+            target: "joule::access",
+            request_id = %rec.request_id,
+            method = %ctx.method,
+            path = %ctx.path,
+            status = rec.status,
+            key = rec.key_name.as_deref().unwrap_or("-"),
+            model = rec.model.as_deref().unwrap_or("-"),
+            deployment = rec.deployment.as_deref().unwrap_or("-"),
+            strategy = rec.strategy.as_deref().unwrap_or("-"),
+            stream = rec.stream,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            ttft_ms = rec.ttft.map(|t| t.as_secs_f64() * 1e3),
+            prompt_tokens = rec.prompt_tokens,
+            completion_tokens = rec.completion_tokens,
+            error = rec.error.unwrap_or("-"),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! HTTP clients for upstreams: one pooled client for hosted backends and one per provider
+//! (each provider may trust an extra CA). Built once per catalog, off the request path.
+//! reqwest resolves names on its blocking pool, so DNS never blocks the runtime and a failed
+//! lookup is an ordinary connect error for failover, never a panic.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, Deployment, DeploymentKind};
+use crate::config::Limits;
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read CA file {path}: {source}")]
+    ReadCa { path: String, source: std::io::Error },
+    #[error("CA file {path} holds no PEM certificate")]
+    EmptyCa { path: String },
+    #[error("CA file {path} is not valid PEM: {detail}")]
+    BadCa { path: String, detail: String },
+    #[error("building the HTTP client failed: {0}")]
+    Build(String),
+}
+
+/// Reads every certificate of a PEM file.
+///
+/// # Errors
+/// Unreadable, unparsable or empty file.
+pub fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa { path: shown.clone(), source })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| ClientError::BadCa { path: shown.clone(), detail: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(ClientError::EmptyCa { path: shown });
+    }
+    Ok(certs)
+}
+
+/// The upstream clients of one catalog.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    hosted: reqwest::Client,
+    providers: Vec<reqwest::Client>,
+}
+
+fn builder(limits: &Limits) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(limits.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        // Upstreams are addressed directly: ambient HTTP(S)_PROXY variables must not divert
+        // traffic (or credentials) elsewhere, and redirects are not followed.
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(false)
+}
+
+impl Clients {
+    /// Builds the clients; certificate verification is always on.
+    ///
+    /// # Errors
+    /// A provider CA file that cannot be read, or a TLS setup failure.
+    pub fn new(catalog: &Catalog, limits: &Limits) -> Result<Self, ClientError> {
+        let hosted = builder(limits).build().map_err(|e| ClientError::Build(e.to_string()))?;
+        let mut providers = Vec::with_capacity(catalog.providers.len());
+        for p in &catalog.providers {
+            let mut b = builder(limits);
+            if let Some(ca) = &p.ca_file {
+                for cert in read_ca(ca)? {
+                    b = b.add_root_certificate(cert);
+                }
+            }
+            providers.push(b.build().map_err(|e| ClientError::Build(e.to_string()))?);
+        }
+        Ok(Clients { hosted, providers })
+    }
+
+    /// The client for a deployment.
+    pub fn for_deployment(&self, d: &Deployment) -> &reqwest::Client {
+        match &d.kind {
+            DeploymentKind::Hosted { .. } => &self.hosted,
+            DeploymentKind::Provider { provider, .. } => self.providers.get(*provider).unwrap_or(&self.hosted),
+        }
+    }
+}
