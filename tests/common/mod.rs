@@ -1,0 +1,246 @@
+//! Test harness: starts the real `joule` binary on ephemeral loopback ports with a generated
+//! config, against in-process mock upstreams, and reads SSE streams with arrival times.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use joule::api::sse::{SseItem, SseParser};
+pub use joule::mock::{Failure, MockConfig, MockServer, SseFraming, TestCa};
+
+pub const KEY: &str = "sk-test-client-key-0123456789";
+pub const PROVIDER_SECRET: &str = "sk-provider-secret-abcdef";
+
+/// A free loopback port (bound then released; the gateway binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// The `[[keys]]` block for [`KEY`].
+pub fn keys_toml() -> String {
+    format!("[[keys]]\nname = \"test\"\nsha256 = \"{}\"\n", joule::auth::KeyHash::of(KEY).to_hex())
+}
+
+/// One hosted model with one deployment per URL (`dep0`, `dep1`, … in data centers `dc0`…),
+/// priced so that `dep0` is cheapest, `dep1` next, and so on.
+pub fn hosted_catalog(model: &str, urls: &[String]) -> String {
+    let mut s = String::new();
+    for i in 0..urls.len() {
+        s += &format!("[[data_centers]]\nid = \"dc{i}\"\npue = 1.2\n\n");
+    }
+    s += &format!("[[models]]\nid = \"{model}\"\ncategory = \"hosted\"\n\n");
+    for (i, u) in urls.iter().enumerate() {
+        s += &format!(
+            "[[models.deployments]]\nid = \"dep{i}\"\ndata_center = \"dc{i}\"\nurl = \"{u}\"\nupstream_model = \"upstream-{i}\"\nbase_price_input = {}\nbase_price_output = {}\nttft_ms = {}\ntokens_per_s = {}\n\n",
+            0.1 + i as f64 * 0.1,
+            0.2 + i as f64 * 0.1,
+            100 + 100 * ((urls.len() - i) as u64),
+            50 + 10 * i,
+        );
+    }
+    s
+}
+
+impl Gateway {
+    /// Starts `joule serve` with `[server]` set to fresh ports plus `extra` (catalog, limits…).
+    pub async fn start(extra: &str) -> Gateway {
+        Self::start_with(extra, "", &[]).await
+    }
+
+    /// As [`start`], with extra `[server]` lines and environment variables.
+    pub async fn start_with(extra: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let admin_port = free_port();
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 1\ngrace_period_s = 10\n{server_extra}\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{}\n{extra}",
+            keys_toml()
+        );
+        let path = dir.path().join("joule.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.path().join("joule.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_joule"));
+        cmd.arg("serve").arg("--config").arg(&path).stdout(Stdio::null()).stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn joule");
+        let mut gw = Gateway { child: Some(child), port, admin_port, dir, log };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("joule exited early ({status}):\n{}", self.logs());
+            }
+            let api = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok();
+            let admin = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await.is_ok();
+            if api && admin {
+                return;
+            }
+            assert!(Instant::now() < deadline, "joule not ready in 30 s:\n{}", self.logs());
+            // Readiness probe interval: the condition checked is the listener accepting.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    pub fn admin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.pid();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A chat request builder with the test key.
+    pub fn chat(&self, client: &reqwest::Client, body: serde_json::Value) -> reqwest::RequestBuilder {
+        client.post(format!("{}/chat/completions", self.base())).bearer_auth(KEY).json(&body)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A loopback HTTP client that ignores proxies.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+/// A simple chat body.
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// SSE events as the client saw them, each with its arrival time.
+#[derive(Debug)]
+pub struct Received {
+    pub events: Vec<(Instant, String)>,
+    pub ended_cleanly: bool,
+}
+
+impl Received {
+    pub fn data(&self) -> Vec<&str> {
+        self.events.iter().map(|(_, d)| d.as_str()).collect()
+    }
+
+    /// Arrival times of events carrying non-empty content.
+    pub fn content_times(&self) -> Vec<Instant> {
+        self.events
+            .iter()
+            .filter(|(_, d)| {
+                serde_json::from_str::<serde_json::Value>(d)
+                    .ok()
+                    .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(|s| !s.is_empty()))
+                    .unwrap_or(false)
+            })
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.events.iter().filter_map(|(_, d)| serde_json::from_str(d).ok()).collect()
+    }
+}
+
+/// Reads a streaming response to its end (bounded by `limit`), timestamping each event.
+pub async fn read_sse(resp: reqwest::Response, limit: Duration) -> Received {
+    let mut stream = resp.bytes_stream();
+    let mut parser = SseParser::default();
+    let mut items = Vec::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut ended_cleanly = false;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => panic!("stream did not end within {limit:?}; got {events:?}"),
+            Ok(None) => {
+                ended_cleanly = true;
+                break;
+            }
+            Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(chunk))) => {
+                let now = Instant::now();
+                items.clear();
+                parser.feed(&chunk, &mut items).expect("valid SSE from gateway");
+                for it in &items {
+                    if let SseItem::Event { data, .. } = it {
+                        events.push((now, data.clone()));
+                    }
+                }
+            }
+        }
+    }
+    Received { events, ended_cleanly }
+}
+
+/// Starts a mock with `cfg`.
+pub async fn mock(cfg: MockConfig) -> MockServer {
+    MockServer::start(cfg).await.expect("mock")
+}
+
+/// Asserts an OpenAI-shaped error and returns its body.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: Option<&str>) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let v: serde_json::Value = resp.json().await.expect("json error body");
+    let e = &v["error"];
+    assert!(e["message"].is_string() && e["type"].is_string(), "shape: {v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "shape: {v}");
+    if let Some(c) = code {
+        assert_eq!(e["code"], c, "{v}");
+    }
+    v
+}
