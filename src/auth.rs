@@ -77,7 +77,11 @@ impl KeySnapshot {
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Principal, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
-        let (scheme, key) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+        let header = header.trim();
+        if header.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Missing);
+        }
+        let (scheme, key) = header.split_once(' ').ok_or(AuthError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Malformed);
         }

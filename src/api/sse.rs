@@ -74,6 +74,16 @@ impl SseParser {
         Ok(())
     }
 
+    /// Ends the input: a trailing lone `\r` counts as a line end (it cannot start a `\r\n`
+    /// any more), and an event completed by it is dispatched.
+    pub fn finish(&mut self, out: &mut Vec<SseItem>) {
+        if self.buf.last() == Some(&b'\r') {
+            let line = String::from_utf8_lossy(&self.buf[..self.buf.len() - 1]).into_owned();
+            self.buf.clear();
+            self.line(&line, out);
+        }
+    }
+
     /// True when the input ended in the middle of an event (no blank line after it).
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty() || self.data.is_some()
@@ -149,6 +159,7 @@ mod tests {
         for c in chunks {
             p.feed(c, &mut out).unwrap();
         }
+        p.finish(&mut out);
         out
     }
 

@@ -183,7 +183,15 @@ async fn relay(
     let failure: Option<(&str, &str)> = loop {
         let next = match tokio::time::timeout(world.limits.stream_idle_timeout, stream.next()).await {
             Err(_) => break Some(("The upstream stopped sending for too long.", "upstream_stream_timeout")),
-            Ok(None) => break Some(("The upstream ended the stream before it was complete.", "upstream_stream_interrupted")),
+            Ok(None) => {
+                items.clear();
+                parser.finish(&mut items);
+                if items.iter().any(|i| matches!(i, SseItem::Event { data, .. } if data.trim() == "[DONE]")) {
+                    io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
+                    break None;
+                }
+                break Some(("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"));
+            }
             Ok(Some(Err(_))) => break Some(("The upstream connection failed mid-stream.", "upstream_stream_interrupted")),
             Ok(Some(Ok(chunk))) => chunk,
         };

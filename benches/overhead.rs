@@ -1,0 +1,2 @@
+//! placeholder, see scripts/bench
+fn main() {}
