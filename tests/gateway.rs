@@ -436,3 +436,17 @@ sha256 = "zz"
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }
+
+#[test]
+fn example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/joule.example.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
+        .args(["check-config", "--config", path])
+        .env("OPENAI_API_KEY", "sk-example")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The demo's generated config goes through the same validation.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule")).args(["demo", "--print-config"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[[models.deployments]]"));
+}

@@ -1,0 +1,87 @@
+"""The official OpenAI Python SDK, unmodified, against joule."""
+
+import openai
+import pytest
+
+from conftest import KEY
+
+MODEL = "llama-sdk"
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture()
+def client(gateway):
+    return openai.OpenAI(base_url=gateway, api_key=KEY, max_retries=0, timeout=30)
+
+
+def test_non_stream(client):
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    # The cheapest deployment fails with 500: joule fails over before any byte is sent.
+    assert raw.headers["x-joule-deployment"] == "healthy"
+    assert raw.headers["x-joule-data-center"] == "dc-b"
+    assert raw.headers["x-request-id"].startswith("req_")
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.completion_tokens == 8
+
+
+def test_stream_without_usage(client):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 8
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_stream_with_usage(client):
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL + "@latency@price",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.completion_tokens == 8
+    assert last.usage.prompt_tokens > 0
+
+
+def test_models(client):
+    models = client.models.list()
+    ids = [m.id for m in models]
+    assert ids == [MODEL]
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL and model.object == "model" and model.owned_by
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_errors_map_to_sdk_exceptions(client, gateway):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL + "@cheapest", messages=MESSAGES)
+    assert "price" in e.value.message and "latency" in e.value.message
+    assert e.value.status_code == 400
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages="not a list")
+
+    bad_key = openai.OpenAI(base_url=gateway, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad_key.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert e.value.code == "invalid_api_key"
+
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert e.value.code == "model_not_found"
+
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x" * (2 * 1024 * 1024)}]
+        )
+    assert e.value.status_code == 413
+    assert e.value.code == "request_too_large"
