@@ -450,3 +450,65 @@ fn example_config_is_valid() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule")).args(["demo", "--print-config"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("[[models.deployments]]"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_in_use_is_a_clear_start_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule")).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_every_model_with_the_demo_key() {
+    let (port, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    for _ in 0..3 {
+        std::io::BufRead::read_line(&mut stdout, &mut banner).unwrap();
+    }
+    assert!(banner.contains(&format!("http://127.0.0.1:{port}/v1")) && banner.contains("sk-joule-demo"), "{banner}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "demo not listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = client();
+    for (model, dc) in [("llama-3.1-8b-instruct", Some("pjm-chicago")), ("llama-3.2-1b-instruct", Some("caiso-sp15")), ("gpt-4o-mini", None)] {
+        let resp = c
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth("sk-joule-demo")
+            .json(&chat_body(model, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{model}");
+        assert_eq!(resp.headers().get("x-joule-data-center").map(|v| v.to_str().unwrap()), dc, "{model}");
+        let got = read_sse(resp, Duration::from_secs(20)).await;
+        assert_eq!(got.data().last().copied(), Some("[DONE]"), "{model}");
+    }
+    let free: serde_json::Value = c
+        .get(format!("http://127.0.0.1:{port}/v1/models/llama-3.2-1b-instruct"))
+        .bearer_auth("sk-joule-demo")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(free["category"], "free");
+    assert_eq!(free["price"]["input"], 0.0);
+    let _ = child.kill();
+    let _ = child.wait();
+}

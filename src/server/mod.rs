@@ -30,6 +30,18 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("TLS listener: {0}")]
     Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Binds and releases every configured address, so that a port in use or a foreign address
+/// is reported as a start-up error: pingora itself panics in a service thread on bind failure.
+fn check_bind(settings: &Settings) -> Result<(), StartError> {
+    let tls = settings.server.tls.iter().flat_map(|t| t.listen.iter());
+    for &addr in settings.server.listen.iter().chain(tls).chain(settings.server.admin_listen.iter()) {
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    }
+    Ok(())
 }
 
 struct Drain {
@@ -66,6 +78,7 @@ pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
 /// # Errors
 /// See [`StartError`]; does not return once serving.
 pub fn run(settings: Settings) -> Result<(), StartError> {
+    check_bind(&settings)?;
     let gw = gateway(&settings)?;
     let conf = ServerConf {
         threads: settings.server.threads,
