@@ -99,6 +99,9 @@ pub struct Model {
     pub category: Category,
     pub owned_by: String,
     pub created: u64,
+    /// Limit on a stream's first content token; past it the next deployment is tried.
+    /// `None`: the first-byte timeout applies.
+    pub ttft_timeout: Option<std::time::Duration>,
     pub deployments: Vec<Deployment>,
 }
 
@@ -131,7 +134,12 @@ impl Catalog {
 
     /// The model with this public id.
     pub fn model(&self, id: &str) -> Option<&Model> {
-        self.by_id.get(id).and_then(|&i| self.models.get(i))
+        self.model_indexed(id).map(|(_, m)| m)
+    }
+
+    /// The model with this public id and its index in [`Catalog::models`].
+    pub fn model_indexed(&self, id: &str) -> Option<(usize, &Model)> {
+        self.by_id.get(id).and_then(|&i| self.models.get(i).map(|m| (i, m)))
     }
 
     /// The data center of a hosted deployment.

@@ -16,6 +16,7 @@ use crate::catalog::{
 };
 use crate::routing::tags::StrategySet;
 use crate::secret::Secret;
+use crate::telemetry::TelemetrySettings;
 
 /// One problem found in a config, with the TOML path it concerns.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +53,10 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub health: RawHealth,
     /// Strategy used when neither the request nor the project names one. Default `price`.
     pub default_strategy: Option<String>,
     #[serde(default)]
@@ -97,6 +102,26 @@ pub struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub enabled: Option<bool>,
+    pub alpha: Option<f64>,
+    pub prior_weight: Option<f64>,
+    pub in_flight_penalty: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub failure_threshold: Option<u32>,
+    pub open_base_ms: Option<u64>,
+    pub open_max_ms: Option<u64>,
+    pub probe_interval_ms: Option<u64>,
+    pub probe_timeout_ms: Option<u64>,
+    pub probe_third_party: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
@@ -128,6 +153,7 @@ pub struct RawModel {
     pub category: String,
     pub owned_by: Option<String>,
     pub created: Option<u64>,
+    pub ttft_timeout_ms: Option<u64>,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,
 }
@@ -207,6 +233,17 @@ pub struct Limits {
     pub client_body_timeout: Duration,
 }
 
+/// Active health probes.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Interval between probes of each deployment; `None` disables probing. Default 5 s.
+    pub probe_interval: Option<Duration>,
+    /// Probe timeout. Default 2 s.
+    pub probe_timeout: Duration,
+    /// Probe provider routes too (they may bill or rate-limit probes). Default false.
+    pub probe_third_party: bool,
+}
+
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -217,6 +254,8 @@ pub struct Settings {
     pub default_strategy: StrategySet,
     pub catalog: Catalog,
     pub keys: Vec<KeyEntry>,
+    pub telemetry: TelemetrySettings,
+    pub health: HealthSettings,
 }
 
 /// Reads and validates a config file.
@@ -448,6 +487,59 @@ fn validate(
         p.add("log.level", format!("`{log_level}` is not a level or filter (e.g. info, debug, joule=debug)"));
     }
 
+    // telemetry and health
+    let t = &raw.telemetry;
+    let h = &raw.health;
+    let d = TelemetrySettings::default();
+    let alpha = p.positive("telemetry.alpha", t.alpha, d.alpha);
+    if alpha > 1.0 {
+        p.add("telemetry.alpha", format!("must be in (0, 1], got {alpha}"));
+    }
+    let telemetry = TelemetrySettings {
+        enabled: t.enabled.unwrap_or(true),
+        alpha,
+        prior_weight: match t.prior_weight {
+            Some(w) if !(w.is_finite() && w >= 0.0) => {
+                p.add("telemetry.prior_weight", format!("must be a finite number >= 0, got {w}"));
+                d.prior_weight
+            }
+            Some(w) => w,
+            None => d.prior_weight,
+        },
+        in_flight_penalty: match t.in_flight_penalty {
+            Some(x) if !(x.is_finite() && x >= 0.0) => {
+                p.add("telemetry.in_flight_penalty", format!("must be a finite number >= 0, got {x}"));
+                d.in_flight_penalty
+            }
+            Some(x) => x,
+            None => d.in_flight_penalty,
+        },
+        failure_threshold: match h.failure_threshold {
+            Some(0) => {
+                p.add("health.failure_threshold", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => d.failure_threshold,
+        },
+        open_base: ms(h.open_base_ms, 1_000),
+        open_max: ms(h.open_max_ms, 60_000),
+    };
+    if telemetry.open_max < telemetry.open_base {
+        p.add("health.open_max_ms", "must be >= health.open_base_ms");
+    }
+    let health = HealthSettings {
+        probe_interval: match h.probe_interval_ms {
+            Some(0) => None,
+            v => Some(ms(v, 5_000)),
+        },
+        probe_timeout: ms(h.probe_timeout_ms, 2_000),
+        probe_third_party: h.probe_third_party.unwrap_or(false),
+    };
+    if h.probe_timeout_ms == Some(0) {
+        p.add("health.probe_timeout_ms", "must be > 0");
+    }
+
     // data centers
     let mut data_centers = Vec::new();
     let mut seen = HashSet::new();
@@ -590,6 +682,13 @@ fn validate(
             category,
             owned_by: m.owned_by.clone().unwrap_or_else(|| "joule".into()),
             created: m.created.unwrap_or(1_730_000_000),
+            ttft_timeout: match m.ttft_timeout_ms {
+                Some(0) => {
+                    p.add(format!("{path}.ttft_timeout_ms"), "must be > 0");
+                    None
+                }
+                v => v.map(Duration::from_millis),
+            },
             deployments,
         });
     }
@@ -632,5 +731,7 @@ fn validate(
         default_strategy,
         catalog: Catalog::new(models, data_centers, providers),
         keys,
+        telemetry,
+        health,
     })
 }

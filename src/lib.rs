@@ -13,4 +13,5 @@ pub mod proxy;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;

@@ -3,8 +3,11 @@
 //! by the config, never by client input.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::catalog::Catalog;
+use crate::telemetry::{BreakerState, Telemetry};
 
 /// The gateway's metrics and their registry.
 #[derive(Clone)]
@@ -22,6 +25,10 @@ pub struct Metrics {
     pub stream_failures: IntCounterVec,
     /// Requests being served now.
     pub in_flight: IntGauge,
+    /// Live deployment numbers by deployment and measure (`ttft_seconds`, `latency_seconds`,
+    /// `tokens_per_second`, `error_rate`, `in_flight`, `breaker_open` (0 closed, 0.5 half-open,
+    /// 1 open)); refreshed at scrape time, not on the request path.
+    pub deployment: GaugeVec,
 }
 
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -54,13 +61,42 @@ impl Metrics {
             &["deployment", "kind"],
         )?;
         let in_flight = IntGauge::new("joule_in_flight_requests", "Requests in flight")?;
+        let deployment = GaugeVec::new(
+            Opts::new("joule_deployment", "Live deployment telemetry by measure"),
+            &["deployment", "measure"],
+        )?;
+        registry.register(Box::new(deployment.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(upstream_failures.clone()))?;
         registry.register(Box::new(stream_failures.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(Metrics { registry, requests, duration, ttft, upstream_failures, stream_failures, in_flight })
+        Ok(Metrics { registry, requests, duration, ttft, upstream_failures, stream_failures, in_flight, deployment })
+    }
+
+    /// Copies every deployment's live numbers into the `joule_deployment` gauges.
+    pub fn export_deployments(&self, catalog: &Catalog, telemetry: &Telemetry) {
+        for (mi, m) in catalog.models.iter().enumerate() {
+            for (di, d) in m.deployments.iter().enumerate() {
+                let Some(s) = telemetry.get(mi, di).map(|st| st.snapshot()) else { continue };
+                let breaker = match s.breaker {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::HalfOpen => 0.5,
+                    BreakerState::Open => 1.0,
+                };
+                for (measure, v) in [
+                    ("ttft_seconds", s.ttft_ms / 1e3),
+                    ("latency_seconds", s.latency_ms / 1e3),
+                    ("tokens_per_second", s.tokens_per_s),
+                    ("error_rate", s.error_rate),
+                    ("in_flight", f64::from(s.in_flight)),
+                    ("breaker_open", breaker),
+                ] {
+                    self.deployment.with_label_values(&[d.id.as_str(), measure]).set(v);
+                }
+            }
+        }
     }
 
     /// Prometheus text exposition.

@@ -173,6 +173,18 @@ impl ChatRequest {
     }
 }
 
+/// True for a chunk carrying generated content (not the role-only first chunk).
+pub fn has_content(v: &serde_json::Value) -> bool {
+    v.get("choices").and_then(|c| c.as_array()).is_some_and(|choices| {
+        choices.iter().any(|c| {
+            let d = &c["delta"];
+            d.get("content").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty())
+                || d.get("tool_calls").is_some_and(|t| !t.is_null())
+                || d.get("refusal").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

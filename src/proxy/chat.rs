@@ -10,11 +10,11 @@ use futures_util::StreamExt;
 use super::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, ResponseHead, World};
 use crate::api::chat::{self, ChatRequest};
 use crate::api::error::{stream_error_event, ApiError};
-use crate::api::sse::{self, SseItem, SseParser};
+use crate::api::sse::{self, SseItem};
 use crate::auth::Principal;
 use crate::catalog::Model;
 use crate::routing::{self, tags, RouteDecision};
-use crate::upstream::{self, Answer};
+use crate::upstream::{self, Answer, AnswerBody};
 
 /// Reads the whole request body, refusing it once it exceeds `limit`.
 async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -> Result<Vec<u8>, ApiError> {
@@ -39,16 +39,16 @@ async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -
     }
 }
 
-fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(&'w Model, RouteDecision), ApiError> {
+fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(usize, &'w Model, RouteDecision), ApiError> {
     let (base, strategies) = tags::parse_model(&req.model)
         .map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") })?;
-    let model = world
+    let (index, model) = world
         .catalog
-        .model(base)
+        .model_indexed(base)
         .ok_or_else(|| ApiError::ModelNotFound { model: base.chars().take(200).collect() })?;
     let strategies = strategies.unwrap_or_else(|| world.default_strategy.clone());
-    let decision = routing::rank_native(routing::candidates(&world.catalog, model), &strategies);
-    Ok((model, decision))
+    let cands = routing::candidates(&world.catalog, model, index, &world.telemetry);
+    Ok((index, model, routing::rank_native(cands, &strategies)))
 }
 
 /// Serves a chat completion for an authenticated principal.
@@ -77,7 +77,7 @@ pub async fn handle(
         Err(e) => return send_error(io, rec, &e).await,
     };
     rec.stream = req.stream;
-    let (model, decision) = match decide(world, &req) {
+    let (model_index, model, decision) = match decide(world, &req) {
         Ok(x) => x,
         Err(e) => return send_error(io, rec, &e).await,
     };
@@ -90,24 +90,47 @@ pub async fn handle(
             metrics.upstream_failures.with_label_values(&[d.id.as_str(), a.failure.label()]).inc();
         }
     };
-    let answer = match upstream::send(
-        &world.clients,
-        &world.catalog,
+    let route = upstream::Route {
+        clients: &world.clients,
+        catalog: &world.catalog,
+        telemetry: &world.telemetry,
         model,
-        &decision,
-        &req,
-        &body,
-        world.limits.first_byte_timeout,
-        &rec.request_id,
-        &mut on_failure,
-    )
-    .await
-    {
+        model_index,
+        first_byte_timeout: world.limits.first_byte_timeout,
+        ttft_timeout: model.ttft_timeout.unwrap_or(world.limits.first_byte_timeout),
+        request_id: &rec.request_id,
+    };
+    let answer = match upstream::send(&route, &decision, &req, &body, &mut on_failure).await {
         Ok(a) => a,
         Err(e) => return send_error(io, rec, &e).await,
     };
     drop(body);
-    relay(world, model, &decision, &req, answer, io, rec).await
+    let settings = &world.telemetry.settings;
+    let stats = answer.stats.clone();
+    let sent_at = answer.sent_at;
+    let outcome = relay(world, model, &decision, &req, answer, io, rec).await;
+    if let Some(st) = stats {
+        match (&outcome, rec.error) {
+            (Ok(()), None) => {
+                st.record_success(settings);
+                if let Some(t) = rec.ttft {
+                    st.record_ttft(t, settings);
+                }
+                let decode = match (rec.first_token_at, rec.completion_tokens) {
+                    (Some(first), Some(n)) if n > 1 => Some((n - 1, first.elapsed())),
+                    _ => None,
+                };
+                st.record_completion(sent_at.elapsed(), decode, settings);
+            }
+            // The upstream failed mid-stream.
+            (Ok(()), Some(_)) => {
+                st.record_failure(settings);
+            }
+            // The client went away: says nothing about the deployment.
+            (Err(_), _) => {}
+        }
+    }
+    outcome
 }
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
@@ -130,6 +153,53 @@ fn usage_of(v: &serde_json::Value) -> Option<(u64, u64)> {
     Some((u.get("prompt_tokens")?.as_u64()?, u.get("completion_tokens")?.as_u64()?))
 }
 
+/// How forwarding one batch of events ended.
+enum Flow {
+    Continue,
+    Done,
+    Failed(&'static str, &'static str),
+}
+
+/// Forwards parsed upstream events to the client, recording usage along the way.
+async fn forward_items(
+    items: &[SseItem],
+    req: &ChatRequest,
+    io: &mut dyn Downstream,
+    rec: &mut Record,
+) -> Result<Flow, DownstreamError> {
+    for item in items {
+        match item {
+            SseItem::Comment(_) => io.send_body(Bytes::from(sse::encode(item)), false).await?,
+            SseItem::Event { data, .. } if data.trim() == "[DONE]" => {
+                io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
+                return Ok(Flow::Done);
+            }
+            SseItem::Event { data, .. } => {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                    return Ok(Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid"));
+                };
+                if rec.first_token_at.is_none() && chat::has_content(&v) {
+                    rec.first_token_at = Some(Instant::now());
+                }
+                let usage_only = v.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty())
+                    && v.get("usage").is_some_and(|u| !u.is_null());
+                if let Some((p, c)) = usage_of(&v) {
+                    rec.prompt_tokens = Some(p);
+                    rec.completion_tokens = Some(c);
+                }
+                if usage_only && !req.include_usage {
+                    continue;
+                }
+                io.send_body(Bytes::from(sse::encode(item)), false).await?;
+                if v.get("error").is_some() {
+                    return Ok(Flow::Failed("The upstream reported an error mid-stream.", "upstream_stream_error"));
+                }
+            }
+        }
+    }
+    Ok(Flow::Continue)
+}
+
 async fn relay(
     world: &World,
     model: &Model,
@@ -139,128 +209,74 @@ async fn relay(
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
-    let sent_at = Instant::now();
     rec.deployment = model.deployments.get(answer.deployment).map(|d| d.id.clone());
     let mut headers = joule_headers(world, model, decision, &answer, rec);
-    let status = answer.response.status().as_u16();
-    let content_type = answer
-        .response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
-    let is_sse = content_type.starts_with("text/event-stream");
-    if !(req.stream && is_sse) {
-        // Non-stream answer (or an upstream error document for a stream request).
-        let bytes = match tokio::time::timeout(world.limits.request_timeout, answer.response.bytes()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) | Err(_) => {
-                let e = ApiError::UpstreamFailed { message: "The upstream connection failed while sending the response.".into() };
-                return send_error(io, rec, &e).await;
-            }
-        };
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            if let Some((p, c)) = usage_of(&v) {
-                rec.prompt_tokens = Some(p);
-                rec.completion_tokens = Some(c);
-            }
-        }
-        rec.status = status;
-        headers.push(("content-type", content_type));
-        io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
-        return io.send_body(bytes, true).await;
-    }
-
+    let status = answer.status;
     rec.status = status;
+    if let Some(first) = answer.first_token_at {
+        rec.first_token_at = Some(first);
+        rec.ttft = Some(first.duration_since(answer.sent_at));
+    }
+    let (mut prefetched, mut parser, mut rest) = match answer.body {
+        AnswerBody::Full(response) => {
+            // Non-stream answer (or an upstream error document for a stream request).
+            let bytes = match tokio::time::timeout(world.limits.request_timeout, response.bytes()).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(_)) | Err(_) => {
+                    let e = ApiError::UpstreamFailed { message: "The upstream connection failed while sending the response.".into() };
+                    return send_error(io, rec, &e).await;
+                }
+            };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                if let Some((p, c)) = usage_of(&v) {
+                    rec.prompt_tokens = Some(p);
+                    rec.completion_tokens = Some(c);
+                }
+            }
+            headers.push(("content-type", answer.content_type));
+            io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
+            return io.send_body(bytes, true).await;
+        }
+        AnswerBody::Stream { prefetched, parser, rest } => (prefetched, parser, rest),
+    };
+
     headers.push(("content-type", "text/event-stream".into()));
     headers.push(("cache-control", "no-cache".into()));
     io.send_head(ResponseHead { status, headers, content_length: None }).await?;
 
-    let mut stream = answer.response.bytes_stream();
-    let mut parser = SseParser::default();
-    let mut items = Vec::new();
-    let failure: Option<(&str, &str)> = loop {
-        let next = match tokio::time::timeout(world.limits.stream_idle_timeout, stream.next()).await {
-            Err(_) => break Some(("The upstream stopped sending for too long.", "upstream_stream_timeout")),
-            Ok(None) => {
-                items.clear();
-                parser.finish(&mut items);
-                if items.iter().any(|i| matches!(i, SseItem::Event { data, .. } if data.trim() == "[DONE]")) {
-                    io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
-                    break None;
-                }
-                break Some(("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"));
+    let mut flow = forward_items(&prefetched, req, io, rec).await?;
+    while let Flow::Continue = flow {
+        let chunk = match tokio::time::timeout(world.limits.stream_idle_timeout, rest.next()).await {
+            Err(_) => {
+                flow = Flow::Failed("The upstream stopped sending for too long.", "upstream_stream_timeout");
+                break;
             }
-            Ok(Some(Err(_))) => break Some(("The upstream connection failed mid-stream.", "upstream_stream_interrupted")),
+            Ok(Some(Err(_))) => {
+                flow = Flow::Failed("The upstream connection failed mid-stream.", "upstream_stream_interrupted");
+                break;
+            }
+            Ok(None) => {
+                prefetched.clear();
+                parser.finish(&mut prefetched);
+                flow = match forward_items(&prefetched, req, io, rec).await? {
+                    Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
+                    other => other,
+                };
+                break;
+            }
             Ok(Some(Ok(chunk))) => chunk,
         };
-        items.clear();
-        if parser.feed(&next, &mut items).is_err() {
-            break Some(("The upstream sent a malformed event stream.", "upstream_stream_invalid"));
+        prefetched.clear();
+        if parser.feed(&chunk, &mut prefetched).is_err() {
+            flow = Flow::Failed("The upstream sent a malformed event stream.", "upstream_stream_invalid");
+            break;
         }
-        let mut outcome = None;
-        for item in &items {
-            match item {
-                SseItem::Comment(_) => io.send_body(Bytes::from(sse::encode(item)), false).await?,
-                SseItem::Event { data, .. } if data.trim() == "[DONE]" => {
-                    io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
-                    outcome = Some(None);
-                    break;
-                }
-                SseItem::Event { data, .. } => {
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
-                        outcome = Some(Some(("The upstream sent a malformed event.", "upstream_stream_invalid")));
-                        break;
-                    };
-                    if rec.ttft.is_none() && has_content(&v) {
-                        rec.ttft = Some(sent_at.elapsed());
-                    }
-                    let usage_only = v.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty())
-                        && v.get("usage").is_some_and(|u| !u.is_null());
-                    if let Some((p, c)) = usage_of(&v) {
-                        rec.prompt_tokens = Some(p);
-                        rec.completion_tokens = Some(c);
-                    }
-                    if usage_only && !req.include_usage {
-                        continue;
-                    }
-                    io.send_body(Bytes::from(sse::encode(item)), false).await?;
-                    if v.get("error").is_some() {
-                        outcome = Some(None);
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(o) = outcome {
-            break o;
-        }
-    };
-    if let Some((message, code)) = failure {
-        rec.error = Some(code_label(code));
+        flow = forward_items(&prefetched, req, io, rec).await?;
+    }
+    if let Flow::Failed(message, code) = flow {
+        rec.error = Some(code);
         tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), code, "stream failed after headers");
         io.send_body(Bytes::from(stream_error_event(message, code)), false).await?;
     }
     io.send_body(Bytes::new(), true).await
-}
-
-fn code_label(code: &str) -> &'static str {
-    match code {
-        "upstream_stream_timeout" => "upstream_stream_timeout",
-        "upstream_stream_invalid" => "upstream_stream_invalid",
-        _ => "upstream_stream_interrupted",
-    }
-}
-
-/// True for a chunk carrying generated content (not the role-only first chunk).
-fn has_content(v: &serde_json::Value) -> bool {
-    v.get("choices").and_then(|c| c.as_array()).is_some_and(|choices| {
-        choices.iter().any(|c| {
-            let d = &c["delta"];
-            d.get("content").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty())
-                || d.get("tool_calls").is_some_and(|t| !t.is_null())
-                || d.get("refusal").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty())
-        })
-    })
 }

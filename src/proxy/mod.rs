@@ -22,11 +22,14 @@ use crate::catalog::Catalog;
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
 use crate::routing::tags::StrategySet;
+use crate::telemetry::Telemetry;
 use crate::upstream::client::{ClientError, Clients};
 
 /// Everything a request reads, swapped whole on reload.
 pub struct World {
     pub catalog: Catalog,
+    /// Live deployment numbers; carried over from the previous world on reload.
+    pub telemetry: Arc<Telemetry>,
     pub clients: Clients,
     pub keys: KeySnapshot,
     pub default_strategy: StrategySet,
@@ -38,8 +41,9 @@ impl World {
     ///
     /// # Errors
     /// Upstream client construction (e.g. an unreadable provider CA).
-    pub fn new(s: &Settings) -> Result<Self, ClientError> {
+    pub fn new(s: &Settings, previous: Option<&World>) -> Result<Self, ClientError> {
         Ok(World {
+            telemetry: Arc::new(Telemetry::new(&s.catalog, s.telemetry.clone(), previous.map(|w| &*w.telemetry))),
             clients: Clients::new(&s.catalog, &s.limits)?,
             catalog: s.catalog.clone(),
             keys: KeySnapshot::new(&s.keys),
@@ -134,6 +138,8 @@ pub struct Record {
     pub strategy: Option<String>,
     pub error: Option<&'static str>,
     pub ttft: Option<std::time::Duration>,
+    /// When the first content token was forwarded (streams).
+    pub first_token_at: Option<Instant>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub stream: bool,
@@ -152,6 +158,7 @@ impl Record {
             strategy: None,
             error: None,
             ttft: None,
+            first_token_at: None,
             prompt_tokens: None,
             completion_tokens: None,
             stream: false,

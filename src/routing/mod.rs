@@ -8,6 +8,7 @@
 pub mod tags;
 
 use crate::catalog::{Catalog, Model, Quote};
+use crate::telemetry::{BreakerState, Telemetry};
 use tags::{Strategy, StrategySet};
 
 /// A deployment with its numbers at decision time.
@@ -16,10 +17,18 @@ pub struct Candidate {
     /// Index into the model's `deployments`.
     pub deployment: usize,
     pub quote: Quote,
-    /// Expected time to first token, ms.
+    /// Expected time to first token, ms: the smoothed TTFT scaled up by the requests already
+    /// in flight there (see [`crate::telemetry`]).
     pub ttft_ms: f64,
-    /// Expected decode rate, tokens/s.
+    /// Expected decode rate, tokens/s: the smoothed rate scaled down by the in-flight load.
     pub tokens_per_s: f64,
+    /// Smoothed end-to-end latency, ms.
+    pub latency_ms: f64,
+    /// Smoothed error rate, 0..1.
+    pub error_rate: f64,
+    /// Requests in flight there now.
+    pub in_flight: u32,
+    pub breaker: BreakerState,
 }
 
 /// Ranked candidates with their combined scores, best first.
@@ -29,19 +38,54 @@ pub struct RouteDecision {
     pub strategies: StrategySet,
 }
 
-/// Builds the candidates of a model from the catalog (priors until telemetry exists).
-pub fn candidates(catalog: &Catalog, model: &Model) -> Vec<Candidate> {
-    model
+/// Builds the candidates of model `model_index` from the catalog and live telemetry.
+///
+/// Deployments whose breaker is open are left out; if that leaves none, the one whose
+/// breaker opened longest ago is the only candidate. With telemetry disabled, the configured
+/// priors stand in for measurements.
+pub fn candidates(catalog: &Catalog, model: &Model, model_index: usize, telemetry: &Telemetry) -> Vec<Candidate> {
+    let all: Vec<Candidate> = model
         .deployments
         .iter()
         .enumerate()
-        .map(|(i, d)| Candidate {
-            deployment: i,
-            quote: catalog.quote(model, d),
-            ttft_ms: d.prior.ttft_ms,
-            tokens_per_s: d.prior.tokens_per_s,
+        .map(|(i, d)| {
+            let quote = catalog.quote(model, d);
+            match telemetry.get(model_index, i).filter(|_| telemetry.settings.enabled) {
+                Some(st) => {
+                    let s = st.snapshot();
+                    let load = 1.0 + telemetry.settings.in_flight_penalty * f64::from(s.in_flight);
+                    Candidate {
+                        deployment: i,
+                        quote,
+                        ttft_ms: s.ttft_ms * load,
+                        tokens_per_s: s.tokens_per_s / load,
+                        latency_ms: s.latency_ms,
+                        error_rate: s.error_rate,
+                        in_flight: s.in_flight,
+                        breaker: s.breaker,
+                    }
+                }
+                None => Candidate {
+                    deployment: i,
+                    quote,
+                    ttft_ms: d.prior.ttft_ms,
+                    tokens_per_s: d.prior.tokens_per_s,
+                    latency_ms: d.prior.ttft_ms,
+                    error_rate: 0.0,
+                    in_flight: 0,
+                    breaker: BreakerState::Closed,
+                },
+            }
         })
-        .collect()
+        .collect();
+    if all.iter().any(|c| c.breaker != BreakerState::Open) {
+        return all.into_iter().filter(|c| c.breaker != BreakerState::Open).collect();
+    }
+    // Every breaker is open: try the one that opened longest ago.
+    let oldest = all.iter().enumerate().max_by_key(|(_, c)| {
+        telemetry.get(model_index, c.deployment).and_then(|st| st.snapshot().open_for).unwrap_or_default()
+    });
+    oldest.map(|(i, _)| vec![all[i]]).unwrap_or_default()
 }
 
 fn raw_score(s: Strategy, c: &Candidate) -> f64 {
@@ -78,7 +122,16 @@ mod tests {
 
     fn cand(i: usize, price: f64, ttft: f64, tps: f64) -> Candidate {
         let p = TokenPrice { input: price, output: price };
-        Candidate { deployment: i, quote: Quote { price: p, fee: TokenPrice::default(), cost: p }, ttft_ms: ttft, tokens_per_s: tps }
+        Candidate {
+            deployment: i,
+            quote: Quote { price: p, fee: TokenPrice::default(), cost: p },
+            ttft_ms: ttft,
+            tokens_per_s: tps,
+            latency_ms: ttft,
+            error_rate: 0.0,
+            in_flight: 0,
+            breaker: BreakerState::Closed,
+        }
     }
 
     fn order(d: &RouteDecision) -> Vec<usize> {

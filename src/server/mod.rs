@@ -65,12 +65,35 @@ impl BackgroundService for Drain {
     }
 }
 
+struct Prober {
+    gateway: Arc<Gateway>,
+    health: crate::config::HealthSettings,
+}
+
+#[async_trait]
+impl BackgroundService for Prober {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(interval) = self.health.probe_interval else { return };
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {
+                    let world = self.gateway.world.load_full();
+                    crate::upstream::probe::probe_all(&world, &self.health).await;
+                }
+            }
+        }
+    }
+}
+
 /// Builds the gateway state from settings.
 ///
 /// # Errors
 /// See [`StartError`].
 pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
-    Ok(Gateway::new(World::new(settings)?, Metrics::new()?))
+    Ok(Gateway::new(World::new(settings, None)?, Metrics::new()?))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime.
@@ -122,6 +145,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    server.add_service(background_service("probes", Prober { gateway: gw.clone(), health: settings.health.clone() }));
     server.add_service(background_service("drain", Drain { gateway: gw, grace: settings.server.grace_period }));
 
     for a in &settings.server.listen {

@@ -1,18 +1,27 @@
 //! Upstream forwarding: send a chat request to the ranked deployments in order until one
-//! answers. A deployment is skipped on a connect error, no response headers within the
-//! first-byte timeout, a malformed response, or 429/5xx — all before any byte reached the
-//! client; once a response is returned here, no other deployment is tried.
+//! answers. A deployment is skipped when its breaker refuses it, or on a connect error, no
+//! response headers within the first-byte timeout, 429/5xx — and, for streams, when no content
+//! token arrives within the model's TTFT timeout (the events before it are held back, so
+//! nothing has reached the client yet). Once an [`Answer`] is returned, no other deployment is
+//! tried. Every attempt feeds the deployment's telemetry and breaker.
 
 pub mod client;
+pub mod probe;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
-use crate::api::chat::ChatRequest;
+use crate::api::chat::{has_content, ChatRequest};
 use crate::api::error::ApiError;
+use crate::api::sse::{SseItem, SseParser};
 use crate::catalog::{Catalog, Model};
 use crate::routing::RouteDecision;
+use crate::telemetry::{Admission, DeploymentStats, InFlightGuard, Telemetry};
 pub use client::Clients;
 
 /// Why one attempt at a deployment failed.
@@ -24,6 +33,10 @@ pub enum AttemptFailure {
     Timeout,
     /// The upstream answered 429 or 5xx.
     Status { code: u16, retry_after: Option<u64> },
+    /// A stream produced no content token within the model's TTFT timeout.
+    TtftTimeout,
+    /// A stream broke or sent garbage before its first content token.
+    EarlyStreamFailure,
 }
 
 impl AttemptFailure {
@@ -34,6 +47,8 @@ impl AttemptFailure {
             AttemptFailure::Timeout => "timeout",
             AttemptFailure::Status { code: 429, .. } => "status_429",
             AttemptFailure::Status { .. } => "status_5xx",
+            AttemptFailure::TtftTimeout => "ttft_timeout",
+            AttemptFailure::EarlyStreamFailure => "early_stream_failure",
         }
     }
 
@@ -42,7 +57,13 @@ impl AttemptFailure {
             AttemptFailure::Connect => "connection failed".into(),
             AttemptFailure::Timeout => "no response in time".into(),
             AttemptFailure::Status { code, .. } => format!("HTTP {code}"),
+            AttemptFailure::TtftTimeout => "no first token in time".into(),
+            AttemptFailure::EarlyStreamFailure => "stream failed before the first token".into(),
         }
+    }
+
+    fn is_timeout(&self) -> bool {
+        matches!(self, AttemptFailure::Timeout | AttemptFailure::TtftTimeout)
     }
 }
 
@@ -53,14 +74,44 @@ pub struct Attempt {
     pub failure: AttemptFailure,
 }
 
+/// The body of an answer.
+pub enum AnswerBody {
+    /// A complete (non-SSE) response to read whole.
+    Full(reqwest::Response),
+    /// An SSE stream: the events read before the first content token (held back until the
+    /// deployment proved it answers), and the rest of the stream.
+    Stream { prefetched: Vec<SseItem>, parser: SseParser, rest: BoxStream<'static, reqwest::Result<Bytes>> },
+}
+
 /// The upstream that answered.
-#[derive(Debug)]
 pub struct Answer {
     /// Index into the model's deployments.
     pub deployment: usize,
     /// Position in the ranking (0 = first choice).
     pub rank: usize,
-    pub response: reqwest::Response,
+    pub status: u16,
+    pub content_type: String,
+    pub body: AnswerBody,
+    /// When the request was sent to this deployment.
+    pub sent_at: Instant,
+    /// When its first content token arrived (streams).
+    pub first_token_at: Option<Instant>,
+    /// Its telemetry, for recording the rest of the exchange.
+    pub stats: Option<Arc<DeploymentStats>>,
+    _in_flight: Option<InFlightGuard>,
+}
+
+/// What [`send`] needs besides the request.
+pub struct Route<'a> {
+    pub clients: &'a Clients,
+    pub catalog: &'a Catalog,
+    pub telemetry: &'a Telemetry,
+    pub model: &'a Model,
+    pub model_index: usize,
+    pub first_byte_timeout: Duration,
+    /// Limit on the first content token of a stream, from sending the request.
+    pub ttft_timeout: Duration,
+    pub request_id: &'a str,
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
@@ -74,49 +125,133 @@ fn retry_after(resp: &reqwest::Response) -> Option<u64> {
 /// (with the smallest `retry-after` seen), 502 otherwise. Messages name deployments, never
 /// URLs or credentials.
 pub async fn send(
-    clients: &Clients,
-    catalog: &Catalog,
-    model: &Model,
+    route: &Route<'_>,
     decision: &RouteDecision,
     request: &ChatRequest,
     body: &[u8],
-    first_byte_timeout: Duration,
-    request_id: &str,
     on_failure: &mut (dyn FnMut(&Attempt) + Send),
 ) -> Result<Answer, ApiError> {
     let mut attempts: Vec<Attempt> = Vec::new();
+    let settings = &route.telemetry.settings;
     for (rank, (cand, _)) in decision.ranked.iter().enumerate() {
-        let Some(dep) = model.deployments.get(cand.deployment) else { continue };
-        let (base_url, key) = catalog.endpoint_of(dep);
-        let mut rb = clients
-            .for_deployment(dep)
-            .post(format!("{base_url}/chat/completions"))
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, if request.stream { "text/event-stream" } else { "application/json" })
-            .header("x-request-id", request_id)
-            .body(request.upstream_body(body, &dep.upstream_model));
-        if let Some(k) = key {
-            rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
-        }
-        let failure = match tokio::time::timeout(first_byte_timeout, rb.send()).await {
-            Err(_) => AttemptFailure::Timeout,
-            Ok(Err(e)) if e.is_timeout() => AttemptFailure::Timeout,
-            Ok(Err(_)) => AttemptFailure::Connect,
-            Ok(Ok(resp)) => {
-                let code = resp.status().as_u16();
-                if code == 429 || code >= 500 {
-                    AttemptFailure::Status { code, retry_after: retry_after(&resp) }
-                } else {
-                    return Ok(Answer { deployment: cand.deployment, rank, response: resp });
-                }
+        let Some(dep) = route.model.deployments.get(cand.deployment) else { continue };
+        let stats = if settings.enabled { route.telemetry.get(route.model_index, cand.deployment) } else { None };
+        if let Some(st) = stats {
+            match st.admit() {
+                Admission::Allowed | Admission::Trial => {}
+                // Routing admits an open deployment only when every deployment is open.
+                Admission::Refused if decision.ranked.len() == 1 => st.force_trial(),
+                Admission::Refused => continue,
             }
+        }
+        let guard = stats.map(|s| s.begin());
+        let sent_at = Instant::now();
+        let failure = match attempt(route, dep, request, body, sent_at).await {
+            Ok((status, content_type, body, first_token_at)) => {
+                return Ok(Answer {
+                    deployment: cand.deployment,
+                    rank,
+                    status,
+                    content_type,
+                    body,
+                    sent_at,
+                    first_token_at,
+                    stats: stats.cloned(),
+                    _in_flight: guard,
+                });
+            }
+            Err(f) => f,
         };
+        if let Some(st) = stats {
+            if failure == AttemptFailure::TtftTimeout {
+                // Penalise the slow deployment: it took at least this long.
+                st.record_ttft(sent_at.elapsed(), settings);
+            }
+            if st.record_failure(settings) {
+                tracing::warn!(deployment = %dep.id, "breaker opened");
+            }
+        }
         let attempt = Attempt { deployment: cand.deployment, failure };
-        tracing::warn!(request_id, deployment = %dep.id, failure = attempt.failure.describe(), "upstream attempt failed");
+        tracing::warn!(request_id = route.request_id, deployment = %dep.id, failure = attempt.failure.describe(), "upstream attempt failed");
         on_failure(&attempt);
         attempts.push(attempt);
     }
-    Err(all_failed(model, &attempts))
+    Err(all_failed(route.model, &attempts))
+}
+
+type AttemptOk = (u16, String, AnswerBody, Option<Instant>);
+
+async fn attempt(
+    route: &Route<'_>,
+    dep: &crate::catalog::Deployment,
+    request: &ChatRequest,
+    body: &[u8],
+    sent_at: Instant,
+) -> Result<AttemptOk, AttemptFailure> {
+    let (base_url, key) = route.catalog.endpoint_of(dep);
+    let mut rb = route
+        .clients
+        .for_deployment(dep)
+        .post(format!("{base_url}/chat/completions"))
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, if request.stream { "text/event-stream" } else { "application/json" })
+        .header("x-request-id", route.request_id)
+        .body(request.upstream_body(body, &dep.upstream_model));
+    if let Some(k) = key {
+        rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+    }
+    let resp = match tokio::time::timeout(route.first_byte_timeout, rb.send()).await {
+        Err(_) => return Err(AttemptFailure::Timeout),
+        Ok(Err(e)) if e.is_timeout() => return Err(AttemptFailure::Timeout),
+        Ok(Err(_)) => return Err(AttemptFailure::Connect),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status().as_u16();
+    if status == 429 || status >= 500 {
+        return Err(AttemptFailure::Status { code: status, retry_after: retry_after(&resp) });
+    }
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    if !(request.stream && content_type.starts_with("text/event-stream")) {
+        return Ok((status, content_type, AnswerBody::Full(resp), None));
+    }
+    // Hold the stream back until its first content token (or its end): until then the client
+    // has seen nothing and another deployment can still take over.
+    let deadline = tokio::time::Instant::from_std(sent_at + route.ttft_timeout);
+    let mut rest = resp.bytes_stream().boxed();
+    let mut parser = SseParser::default();
+    let mut prefetched = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, rest.next()).await {
+            Err(_) => return Err(AttemptFailure::TtftTimeout),
+            Ok(None) | Ok(Some(Err(_))) => return Err(AttemptFailure::EarlyStreamFailure),
+            Ok(Some(Ok(c))) => c,
+        };
+        let before = prefetched.len();
+        if parser.feed(&chunk, &mut prefetched).is_err() {
+            return Err(AttemptFailure::EarlyStreamFailure);
+        }
+        for item in &prefetched[before..] {
+            let SseItem::Event { data, .. } = item else { continue };
+            if data.trim() == "[DONE]" {
+                return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None));
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                return Err(AttemptFailure::EarlyStreamFailure);
+            };
+            if v.get("error").is_some() {
+                return Err(AttemptFailure::EarlyStreamFailure);
+            }
+            if has_content(&v) {
+                let first = Some(Instant::now());
+                return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, first));
+            }
+        }
+    }
 }
 
 fn all_failed(model: &Model, attempts: &[Attempt]) -> ApiError {
@@ -128,12 +263,12 @@ fn all_failed(model: &Model, attempts: &[Attempt]) -> ApiError {
         })
         .collect();
     let message = if attempts.is_empty() {
-        format!("No deployment of `{}` is available.", model.id)
+        format!("No deployment of `{}` is available right now.", model.id)
     } else {
         format!("All deployments of `{}` failed ({}).", model.id, detail.join("; "))
     };
     let all = |f: &dyn Fn(&AttemptFailure) -> bool| !attempts.is_empty() && attempts.iter().all(|a| f(&a.failure));
-    if all(&|f| matches!(f, AttemptFailure::Timeout)) {
+    if all(&|f| f.is_timeout()) {
         ApiError::UpstreamTimeout { message }
     } else if attempts.is_empty() || all(&|f| matches!(f, AttemptFailure::Status { code: 429 | 503, .. })) {
         let retry_after = attempts

@@ -1,0 +1,43 @@
+//! Active health probes: `GET {base_url}/models` on every deployment at an interval, off the
+//! request path. A probe answered with 2xx closes the deployment's breaker (readmitting it
+//! without waiting for a client to be the trial); a failed probe counts like a failed request.
+//! Provider routes are probed only when `health.probe_third_party` is set, since a provider
+//! may bill or rate-limit them.
+
+use futures_util::future::join_all;
+use http::header::AUTHORIZATION;
+
+use crate::config::HealthSettings;
+use crate::catalog::DeploymentKind;
+use crate::proxy::World;
+
+/// Probes every eligible deployment of `world` once, concurrently.
+pub async fn probe_all(world: &World, health: &HealthSettings) {
+    let settings = &world.telemetry.settings;
+    if !settings.enabled {
+        return;
+    }
+    let mut probes = Vec::new();
+    for (mi, m) in world.catalog.models.iter().enumerate() {
+        for (di, d) in m.deployments.iter().enumerate() {
+            if matches!(d.kind, DeploymentKind::Provider { .. }) && !health.probe_third_party {
+                continue;
+            }
+            let Some(stats) = world.telemetry.get(mi, di) else { continue };
+            let (base_url, key) = world.catalog.endpoint_of(d);
+            let mut rb = world.clients.for_deployment(d).get(format!("{base_url}/models")).timeout(health.probe_timeout);
+            if let Some(k) = key {
+                rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+            }
+            probes.push(async move {
+                let ok = matches!(rb.send().await, Ok(r) if r.status().is_success());
+                if ok {
+                    stats.record_success(settings);
+                } else if stats.record_failure(settings) {
+                    tracing::warn!(deployment = %d.id, "breaker opened by health probes");
+                }
+            });
+        }
+    }
+    join_all(probes).await;
+}
