@@ -3,10 +3,10 @@
 //! The bench starts, in one run:
 //!
 //! - the in-process mock upstream ([`joule::mock::MockServer`]) on its own thread and tokio
-//!   runtime (standing in for a separate GPU backend), answering at once (`ttft_ms = 0`, no
-//!   decode delay), so every microsecond measured is transport and proxy work;
-//! - the real `joule serve` binary (release build, `threads = 1`, `log.level = "warn"`) with
-//!   one hosted deployment pointing at that mock;
+//!   runtime (standing in for a separate GPU backend), with no simulated delay (`ttft_ms = 0`,
+//!   no decode delay);
+//! - the real `joule serve` binary (release build, `threads = 1` unless `JOULE_BENCH_THREADS`
+//!   says otherwise, `log.level = "warn"`) with one hosted deployment pointing at that mock;
 //! - a client on a third thread that sends the same request bytes, with the same hand-rolled
 //!   HTTP/1.1 keep-alive code, either straight to the mock ("direct") or through joule.
 //!
@@ -26,7 +26,10 @@
 //! To make machine noise (other processes, CPU frequency, a neighbour's build) hit both paths
 //! equally, the paths are interleaved: each scenario runs in small batches alternating direct
 //! and joule in ABBA order, after an untimed warm-up on every connection. Reported are p50 and
-//! p99 per path and their difference ("added" = joule − direct), plus throughput and errors.
+//! p99 per path and their difference ("added" = joule − direct), plus throughput, errors, and
+//! the CPU time the joule process used per request (summed over its threads from
+//! `/proc/PID/task/*/schedstat` around each joule batch; less sensitive to machine noise than
+//! latency).
 //! The result is printed as a markdown table and written to `target/bench-overhead.md`.
 //!
 //! The target is under 0.5 ms added p50 at concurrency 1. It is reported, never asserted.
@@ -56,8 +59,8 @@ const KEY: &str = "sk-bench-client-key-0123456789";
 const MODEL: &str = "bench-model";
 /// Completion tokens the mock generates per request.
 const TOKENS: u32 = 16;
-/// Worker threads joule runs with.
-const JOULE_THREADS: usize = 1;
+/// Worker threads joule runs with, unless `JOULE_BENCH_THREADS` says otherwise.
+const DEFAULT_JOULE_THREADS: usize = 1;
 /// Added p50 at concurrency 1 that the gateway aims to stay under.
 const TARGET_ADDED_P50: Duration = Duration::from_micros(500);
 /// A request without a complete answer by then counts as an error.
@@ -66,7 +69,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> Result<()> {
-    let plan = Plan::from_env();
+    let plan = Plan::from_env()?;
     let machine = Machine::probe();
 
     let mock = MockThread::start(MockConfig {
@@ -75,15 +78,15 @@ fn main() -> Result<()> {
         tokens: TOKENS,
         ..MockConfig::default()
     })?;
-    let mut joule = Joule::start(mock.addr)?;
+    let mut joule = Joule::start(mock.addr, plan.joule_threads)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the client runtime")?;
     let paths = [
-        Endpoint::new("direct", mock.addr),
-        Endpoint::new("joule", joule.addr),
+        Endpoint::new("direct", mock.addr, None),
+        Endpoint::new("joule", joule.addr, Some(joule.child.id())),
     ];
     let results = runtime.block_on(run(&plan, &paths));
     // Whatever happened, a gateway that died under load is the first thing to report.
@@ -107,6 +110,7 @@ fn main() -> Result<()> {
 /// How many requests each scenario sends per path.
 struct Plan {
     quick: bool,
+    joule_threads: usize,
     scenarios: Vec<Scenario>,
 }
 
@@ -134,12 +138,24 @@ enum Mode {
 }
 
 impl Plan {
-    fn from_env() -> Self {
+    fn from_env() -> Result<Self> {
+        let joule_threads = match std::env::var("JOULE_BENCH_THREADS") {
+            Ok(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .with_context(|| format!("JOULE_BENCH_THREADS=`{v}` is not a positive integer"))?,
+            Err(_) => DEFAULT_JOULE_THREADS,
+        };
         let quick = std::env::var("JOULE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
             || std::env::args().skip(1).any(|a| a == "--quick");
         // Full run: a few seconds of requests per scenario and path on a 2-core machine;
         // quick run: enough to exercise every code path.
-        let (c1, c32, stream) = if quick { (200, 640, 100) } else { (5_000, 20_000, 2_000) };
+        let (c1, c32, stream) = if quick {
+            (200, 640, 100)
+        } else {
+            (5_000, 20_000, 2_000)
+        };
         let scenario = |label, mode, concurrency, requests: usize, batch| Scenario {
             label,
             mode,
@@ -148,15 +164,16 @@ impl Plan {
             warmup: (requests / 10).max(concurrency * 4),
             batch,
         };
-        Plan {
+        Ok(Plan {
             quick,
+            joule_threads,
             scenarios: vec![
                 scenario("non-stream, c=1", Mode::Complete, 1, c1, 10),
                 // 8 requests per connection per batch keeps the ramp-down at a batch's end small.
                 scenario("non-stream, c=32", Mode::Complete, 32, c32, 32 * 8),
                 scenario("stream TTFT, c=1", Mode::FirstToken, 1, stream, 5),
             ],
-        }
+        })
     }
 }
 
@@ -164,13 +181,21 @@ impl Plan {
 struct Endpoint {
     name: &'static str,
     addr: SocketAddr,
+    /// The process whose CPU time is charged to this path (joule's), if any.
+    pid: Option<u32>,
     complete: Bytes,
     stream: Bytes,
 }
 
 impl Endpoint {
-    fn new(name: &'static str, addr: SocketAddr) -> Self {
-        Self { name, addr, complete: chat_request(addr, false), stream: chat_request(addr, true) }
+    fn new(name: &'static str, addr: SocketAddr, pid: Option<u32>) -> Self {
+        Self {
+            name,
+            addr,
+            pid,
+            complete: chat_request(addr, false),
+            stream: chat_request(addr, true),
+        }
     }
 
     fn request(&self, mode: Mode) -> &[u8] {
@@ -203,10 +228,14 @@ struct Samples {
     errors: usize,
     /// The first few distinct error messages.
     error_examples: Vec<String>,
+    /// Failed requests during the untimed warm-up.
+    warmup_errors: usize,
     /// Connections opened (one per worker, more if any had to be replaced).
     connects: usize,
     /// Wall-clock time spent in this path's batches.
     busy: Duration,
+    /// CPU time the endpoint's process spent during those batches, if it has one.
+    cpu: Option<Duration>,
 }
 
 impl Samples {
@@ -266,7 +295,10 @@ async fn sanity_check(path: &Endpoint) -> Result<()> {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&body).with_context(|| format!("response is not JSON: {text}"))?;
-    if !json["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+    if json["choices"][0]["message"]["content"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
         bail!("response has no content: {text}");
     }
     let mut conn = Conn::open(path.addr).await?;
@@ -282,8 +314,10 @@ async fn run_scenario(scenario: Scenario, paths: &[Endpoint; 2]) -> ScenarioResu
         // Warm-up: opens the connections (and joule's upstream pool), untimed.
         let warm = run_batch(path, &mut slots[i], scenario.mode, scenario.warmup).await;
         samples[i].connects = warm.connects;
-        for msg in &warm.error_examples {
-            eprintln!("bench: warm-up error on {} path: {msg}", path.name);
+        samples[i].warmup_errors = warm.errors;
+        for msg in warm.error_examples {
+            eprintln!("bench: warm-up error on the {} path: {msg}", path.name);
+            samples[i].error_examples.push(format!("(warm-up) {msg}"));
         }
     }
     let mut left = scenario.requests;
@@ -291,23 +325,36 @@ async fn run_scenario(scenario: Scenario, paths: &[Endpoint; 2]) -> ScenarioResu
     while left > 0 {
         let n = left.min(scenario.batch);
         // ABBA: alternate which path goes first so neither always follows the other.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if round.is_multiple_of(2) {
+            [0, 1]
+        } else {
+            [1, 0]
+        };
         for i in order {
+            let cpu_before = paths[i].pid.and_then(process_cpu);
             let started = Instant::now();
             let batch = run_batch(&paths[i], &mut slots[i], scenario.mode, n).await;
             samples[i].busy += started.elapsed();
+            if let (Some(before), Some(after)) = (cpu_before, paths[i].pid.and_then(process_cpu)) {
+                *samples[i].cpu.get_or_insert(Duration::ZERO) += after.saturating_sub(before);
+            }
             samples[i].merge(batch);
         }
         left -= n;
         round += 1;
     }
-    ScenarioResult { scenario, paths: samples }
+    ScenarioResult {
+        scenario,
+        paths: samples,
+    }
 }
 
 /// Sends `n` requests over `slots.len()` concurrent keep-alive connections.
 async fn run_batch(path: &Endpoint, slots: &mut [Option<Conn>], mode: Mode, n: usize) -> Samples {
     let remaining = Cell::new(n);
-    let workers = slots.iter_mut().map(|slot| worker(path, slot, mode, &remaining));
+    let workers = slots
+        .iter_mut()
+        .map(|slot| worker(path, slot, mode, &remaining));
     let mut total = Samples::default();
     for samples in join_all(workers).await {
         total.merge(samples);
@@ -315,8 +362,29 @@ async fn run_batch(path: &Endpoint, slots: &mut [Option<Conn>], mode: Mode, n: u
     total
 }
 
+/// CPU time used so far by the live threads of process `pid`, from Linux `schedstat`
+/// (nanosecond resolution); `None` where that is unavailable.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = Duration::ZERO;
+    for task in tasks.flatten() {
+        // A thread may exit between listing and reading; it then simply does not count.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        total += Duration::from_nanos(ns);
+    }
+    Some(total)
+}
+
 /// Takes requests off `remaining` until none are left, (re)connecting `slot` as needed.
-async fn worker(path: &Endpoint, slot: &mut Option<Conn>, mode: Mode, remaining: &Cell<usize>) -> Samples {
+async fn worker(
+    path: &Endpoint,
+    slot: &mut Option<Conn>,
+    mode: Mode,
+    remaining: &Cell<usize>,
+) -> Samples {
     let mut samples = Samples::default();
     while remaining.get() > 0 {
         remaining.set(remaining.get() - 1);
@@ -333,7 +401,9 @@ async fn worker(path: &Endpoint, slot: &mut Option<Conn>, mode: Mode, remaining:
                 }
             },
         };
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, measure_one(conn, path.request(mode), mode)).await;
+        let outcome =
+            tokio::time::timeout(REQUEST_TIMEOUT, measure_one(conn, path.request(mode), mode))
+                .await;
         match outcome {
             Ok(Ok(latency)) => {
                 samples.latencies.push(latency);
@@ -362,7 +432,11 @@ async fn measure_one(conn: &mut Conn, request: &[u8], mode: Mode) -> Result<Dura
     let head = conn.read_head().await?;
     if head.status != 200 {
         let body = conn.read_body(head.body).await.unwrap_or_default();
-        bail!("HTTP {}: {}", head.status, String::from_utf8_lossy(&body).trim());
+        bail!(
+            "HTTP {}: {}",
+            head.status,
+            String::from_utf8_lossy(&body).trim()
+        );
     }
     match mode {
         Mode::Complete => {
@@ -392,10 +466,16 @@ async fn measure_one(conn: &mut Conn, request: &[u8], mode: Mode) -> Result<Dura
 
 /// Whether an SSE item is a chunk with non-empty `choices[0].delta.content`.
 fn is_content_event(item: &SseItem) -> bool {
-    let SseItem::Event { data, .. } = item else { return false };
+    let SseItem::Event { data, .. } = item else {
+        return false;
+    };
     serde_json::from_str::<serde_json::Value>(data)
         .ok()
-        .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(|c| !c.is_empty()))
+        .and_then(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(|c| !c.is_empty())
+        })
         .unwrap_or(false)
 }
 
@@ -435,19 +515,32 @@ enum Body {
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-        Ok(Self { stream, buf: BytesMut::with_capacity(16 * 1024), reusable: true })
+        Ok(Self {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            reusable: true,
+        })
     }
 
     async fn send(&mut self, request: &[u8]) -> Result<()> {
-        self.stream.write_all(request).await.context("writing the request")
+        self.stream
+            .write_all(request)
+            .await
+            .context("writing the request")
     }
 
     /// Reads more bytes into the buffer; the peer closing is an error (responses are framed).
     async fn fill(&mut self) -> Result<()> {
         self.buf.reserve(8 * 1024);
-        let n = self.stream.read_buf(&mut self.buf).await.context("reading the response")?;
+        let n = self
+            .stream
+            .read_buf(&mut self.buf)
+            .await
+            .context("reading the response")?;
         if n == 0 {
             bail!("connection closed by the server mid-response");
         }
@@ -458,7 +551,9 @@ impl Conn {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
-            let status = response.parse(&self.buf).context("malformed response head")?;
+            let status = response
+                .parse(&self.buf)
+                .context("malformed response head")?;
             if let httparse::Status::Complete(len) = status {
                 let code = response.code.unwrap_or(0);
                 let mut chunked = false;
@@ -468,8 +563,15 @@ impl Conn {
                     if h.name.eq_ignore_ascii_case("transfer-encoding") {
                         chunked = value.to_ascii_lowercase().contains("chunked");
                     } else if h.name.eq_ignore_ascii_case("content-length") {
-                        length = Some(value.trim().parse::<usize>().context("bad content-length")?);
-                    } else if h.name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                        length = Some(
+                            value
+                                .trim()
+                                .parse::<usize>()
+                                .context("bad content-length")?,
+                        );
+                    } else if h.name.eq_ignore_ascii_case("connection")
+                        && value.eq_ignore_ascii_case("close")
+                    {
                         self.reusable = false;
                     }
                 }
@@ -477,7 +579,9 @@ impl Conn {
                     (true, _) => Body::ChunkSize,
                     (false, Some(n)) => Body::Length(n),
                     (false, None) if code == 204 || code == 304 => Body::Length(0),
-                    (false, None) => bail!("HTTP {code} response without content-length or chunking"),
+                    (false, None) => {
+                        bail!("HTTP {code} response without content-length or chunking")
+                    }
                 };
                 self.buf.advance(len);
                 return Ok(Head { status: code, body });
@@ -514,7 +618,11 @@ impl Conn {
                     let size = line.split(';').next().unwrap_or_default().trim();
                     let size = usize::from_str_radix(size, 16)
                         .with_context(|| format!("bad chunk size line `{line}`"))?;
-                    *body = if size == 0 { Body::Trailers } else { Body::ChunkData(size) };
+                    *body = if size == 0 {
+                        Body::Trailers
+                    } else {
+                        Body::ChunkData(size)
+                    };
                 }
                 Body::ChunkEnd => {
                     let Some(line) = self.take_line() else {
@@ -574,7 +682,10 @@ impl MockThread {
         let thread = std::thread::Builder::new()
             .name("mock-upstream".to_owned())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = addr_tx.send(Err(anyhow!(e).context("building the mock runtime")));
@@ -590,14 +701,21 @@ impl MockThread {
                             server.shutdown();
                         }
                         Err(e) => {
-                            let _ = addr_tx.send(Err(anyhow!(e).context("starting the mock upstream")));
+                            let _ =
+                                addr_tx.send(Err(anyhow!(e).context("starting the mock upstream")));
                         }
                     }
                 });
             })
             .context("spawning the mock thread")?;
-        let addr = addr_rx.recv().context("the mock thread exited before reporting its address")??;
-        Ok(Self { addr, stop: Some(stop_tx), thread: Some(thread) })
+        let addr = addr_rx
+            .recv()
+            .context("the mock thread exited before reporting its address")??;
+        Ok(Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -621,7 +739,7 @@ struct Joule {
 }
 
 impl Joule {
-    fn start(upstream: SocketAddr) -> Result<Self> {
+    fn start(upstream: SocketAddr, threads: usize) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -629,7 +747,7 @@ impl Joule {
             r#"[server]
 listen = ["{addr}"]
 admin_listen = "{admin}"
-threads = {JOULE_THREADS}
+threads = {threads}
 
 [log]
 level = "warn"
@@ -670,7 +788,12 @@ sha256 = "{hash}"
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        let mut joule = Self { child, addr, log, _dir: dir };
+        let mut joule = Self {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
         joule.wait_ready()?;
         Ok(joule)
     }
@@ -680,11 +803,16 @@ sha256 = "{hash}"
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             self.check_alive()?;
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("joule did not listen on {} within {STARTUP_TIMEOUT:?}; log:\n{}", self.addr, self.logs());
+                bail!(
+                    "joule did not listen on {} within {STARTUP_TIMEOUT:?}; log:\n{}",
+                    self.addr,
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -732,7 +860,11 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
             .unwrap_or_else(|| "unknown CPU".to_owned());
         let cores = std::thread::available_parallelism().map_or(0, usize::from);
         let load = std::fs::read_to_string("/proc/loadavg")
@@ -745,14 +877,20 @@ impl Machine {
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-        Self { cpu, cores, load, revision }
+        Self {
+            cpu,
+            cores,
+            load,
+            revision,
+        }
     }
 }
 
 /// `target/bench-overhead.md`, honouring `CARGO_TARGET_DIR`.
 fn report_path() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), |d| manifest.join(d));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.join("target"), |d| manifest.join(d));
     target.join("bench-overhead.md")
 }
 
@@ -766,7 +904,10 @@ fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(|| "n/a".to_owned(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
+    d.map_or_else(
+        || "n/a".to_owned(),
+        |d| format!("{:.3}", d.as_secs_f64() * 1e3),
+    )
 }
 
 fn added(joule: Option<Duration>, direct: Option<Duration>) -> Option<f64> {
@@ -785,45 +926,60 @@ fn throughput(s: &Samples) -> String {
     format!("{:.0}", s.latencies.len() as f64 / secs)
 }
 
+/// CPU time per request of the path's process, in µs.
+fn cpu_per_request(s: &Samples) -> String {
+    let requests = s.latencies.len() + s.errors;
+    match s.cpu {
+        Some(cpu) if requests > 0 => format!("{:.0}", cpu.as_secs_f64() * 1e6 / requests as f64),
+        _ => "n/a".to_owned(),
+    }
+}
+
+fn sorted_latencies(s: &Samples) -> Vec<Duration> {
+    let mut v = s.latencies.clone();
+    v.sort_unstable();
+    v
+}
+
 fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## joule overhead vs direct ({})\n", if plan.quick { "quick run" } else { "full run" });
+    let run = if plan.quick { "quick run" } else { "full run" };
+    let _ = writeln!(out, "## joule overhead vs direct ({run})\n");
+    let revision = machine
+        .revision
+        .as_ref()
+        .map_or_else(String::new, |r| format!(", joule at `{r}`"));
     let _ = writeln!(
         out,
-        "Machine: {} × {} (load average at start: {}){}.  ",
-        machine.cores,
-        machine.cpu,
-        machine.load,
-        machine.revision.as_ref().map_or_else(String::new, |r| format!(", joule at `{r}`")),
+        "Machine: {} × {} (load average at start: {}){revision}.  ",
+        machine.cores, machine.cpu, machine.load,
     );
     let _ = writeln!(
         out,
-        "Mock upstream answering at once ({TOKENS} tokens) on its own thread; joule release build, \
-         threads = {JOULE_THREADS}, log level warn; client: hand-rolled HTTP/1.1, one keep-alive \
+        "Mock upstream with ttft 0 and no decode delay ({TOKENS} tokens) on its own thread; joule \
+         release build, threads = {}, log level warn; client: hand-rolled HTTP/1.1, one keep-alive \
          connection per in-flight request, same code and bytes on both paths; paths interleaved \
-         in ABBA batches. Times in ms; added = joule − direct.\n"
+         in ABBA batches. Times in ms; added = joule − direct; joule CPU = CPU time of the joule \
+         process per request.\n",
+        plan.joule_threads,
     );
     let _ = writeln!(
         out,
-        "| scenario | requests/path | direct p50 | joule p50 | added p50 | direct p99 | joule p99 | added p99 | req/s direct / joule | errors direct / joule |"
+        "| scenario | requests/path | direct p50 | joule p50 | added p50 | direct p99 | joule p99 | added p99 | req/s direct / joule | joule CPU µs/req | errors direct / joule |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let mut c1_added_p50 = None;
     for r in results {
         let [direct, joule] = &r.paths;
-        let sorted = |s: &Samples| {
-            let mut v = s.latencies.clone();
-            v.sort_unstable();
-            v
-        };
-        let (d, j) = (sorted(direct), sorted(joule));
-        let (d50, j50, d99, j99) = (percentile(&d, 0.5), percentile(&j, 0.5), percentile(&d, 0.99), percentile(&j, 0.99));
+        let (d, j) = (sorted_latencies(direct), sorted_latencies(joule));
+        let (d50, j50) = (percentile(&d, 0.5), percentile(&j, 0.5));
+        let (d99, j99) = (percentile(&d, 0.99), percentile(&j, 0.99));
         if r.scenario.mode == Mode::Complete && r.scenario.concurrency == 1 {
             c1_added_p50 = added(j50, d50);
         }
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} |",
             r.scenario.label,
             r.scenario.requests,
             ms(d50),
@@ -834,6 +990,7 @@ fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult]) -> String 
             signed_ms(added(j99, d99)),
             throughput(direct),
             throughput(joule),
+            cpu_per_request(joule),
             direct.errors,
             joule.errors,
         );
@@ -845,15 +1002,34 @@ fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult]) -> String 
         Some(v) => format!("**not met** ({v:+.3} ms)"),
         None => "not measured".to_owned(),
     };
-    let _ = writeln!(out, "Target: added p50 at concurrency 1 under {target_ms} ms — {verdict}.");
+    let _ = writeln!(
+        out,
+        "Target: added p50 at concurrency 1 under {target_ms} ms — {verdict}."
+    );
     for r in results {
         for (name, s) in ["direct", "joule"].iter().zip(&r.paths) {
+            if s.warmup_errors > 0 {
+                let _ = writeln!(
+                    out,
+                    "\n{} / {name}: {} error(s) during the warm-up.",
+                    r.scenario.label, s.warmup_errors
+                );
+            }
             let reconnects = s.connects.saturating_sub(r.scenario.concurrency);
             if reconnects > 0 {
-                let _ = writeln!(out, "\n{} / {name}: {reconnects} connection(s) had to be reopened.", r.scenario.label);
+                let _ = writeln!(
+                    out,
+                    "\n{} / {name}: {reconnects} connection(s) reopened.",
+                    r.scenario.label
+                );
             }
             for msg in &s.error_examples {
-                let _ = writeln!(out, "\n{} / {name} error: `{}`", r.scenario.label, msg.replace('`', "'"));
+                let _ = writeln!(
+                    out,
+                    "\n{} / {name} error: `{}`",
+                    r.scenario.label,
+                    msg.replace('`', "'")
+                );
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use super::config::{Failure, MockConfig};
 use super::http::{full_response, response_head, Conn, Request, ResponseBody};
@@ -179,7 +179,7 @@ where
             return Ok(Next::KeepAlive);
         }
         Failure::SlowHeaders { delay_ms } => {
-            sleep_until(deadline(Instant::now(), Duration::from_millis(delay_ms))).await;
+            wait_until(deadline(Instant::now(), Duration::from_millis(delay_ms))).await;
         }
         Failure::None
         | Failure::Refuse
@@ -218,7 +218,7 @@ where
 {
     let generation = Duration::from_millis(cfg.ttft_ms)
         .saturating_add(decode_time(cfg.tokens, cfg.tokens_per_s));
-    sleep_until(deadline(Instant::now(), generation)).await;
+    wait_until(deadline(Instant::now(), generation)).await;
     let body = match cfg.failure {
         Failure::GarbageSse { .. } => b"{{{garbage".to_vec(),
         _ => completion.response().to_string().into_bytes(),
@@ -274,9 +274,16 @@ where
 
     sse.send_json(conn, &completion.role_chunk(), false).await?;
     let ttft = Duration::from_millis(cfg.ttft_ms);
+    let interval = decode_time(1, cfg.tokens_per_s);
+    let mut last_sent: Option<Instant> = None;
     for index in 0..cutoff.map_or(cfg.tokens, |n| n.min(cfg.tokens)) {
-        let due = ttft.saturating_add(decode_time(index, cfg.tokens_per_s));
-        sleep_until(deadline(start, due)).await;
+        let due = deadline(start, ttft.saturating_add(decode_time(index, cfg.tokens_per_s)));
+        // Never catch up on a late token with a burst: a token is sent at least one decode
+        // interval after the previous one, so the spacing clients see is guaranteed at the
+        // source even on a loaded machine (the long-run rate then drifts slightly low).
+        let due = last_sent.map_or(due, |prev| due.max(prev + interval.min(MAX_DELAY)));
+        wait_until(due).await;
+        last_sent = Some(Instant::now());
         sse.send_json(conn, &completion.content_chunk(index), true)
             .await?;
     }
@@ -609,5 +616,14 @@ mod tests {
         assert_eq!(decode_time(10, -1.0), Duration::ZERO);
         assert_eq!(decode_time(10, 1e-300), MAX_DELAY);
         assert_eq!(decode_time(4, 8.0), Duration::from_millis(500));
+    }
+}
+
+/// Sleeps until `at`, returning at once when it is not in the future: tokio rounds timer
+/// deadlines up to its next millisecond tick, which would make an "immediate" mock answer
+/// take ~1 ms and inflate every baseline measured against it.
+async fn wait_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
     }
 }

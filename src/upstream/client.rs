@@ -20,6 +20,8 @@ pub enum ClientError {
     BadCa { path: String, detail: String },
     #[error("building the HTTP client failed: {0}")]
     Build(String),
+    #[error("deployment {deployment}: invalid upstream URL: {detail}")]
+    Url { deployment: String, detail: String },
 }
 
 /// Reads every certificate of a PEM file.
@@ -37,11 +39,13 @@ pub fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
     Ok(certs)
 }
 
-/// The upstream clients of one catalog.
+/// The upstream clients of one catalog, and every deployment's chat-completions URL parsed
+/// once (parsing it per request showed up in profiles).
 #[derive(Debug, Clone)]
 pub struct Clients {
     hosted: reqwest::Client,
     providers: Vec<reqwest::Client>,
+    chat_urls: Vec<Vec<reqwest::Url>>,
 }
 
 fn builder(limits: &Limits) -> reqwest::ClientBuilder {
@@ -74,7 +78,23 @@ impl Clients {
             }
             providers.push(b.build().map_err(|e| ClientError::Build(e.to_string()))?);
         }
-        Ok(Clients { hosted, providers })
+        let mut chat_urls = Vec::with_capacity(catalog.models.len());
+        for m in &catalog.models {
+            let mut urls = Vec::with_capacity(m.deployments.len());
+            for d in &m.deployments {
+                let (base, _) = catalog.endpoint_of(d);
+                let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+                    .map_err(|e| ClientError::Url { deployment: d.id.clone(), detail: e.to_string() })?;
+                urls.push(url);
+            }
+            chat_urls.push(urls);
+        }
+        Ok(Clients { hosted, providers, chat_urls })
+    }
+
+    /// The chat-completions URL of deployment `d` of model index `m`.
+    pub fn chat_url(&self, m: usize, d: usize) -> Option<&reqwest::Url> {
+        self.chat_urls.get(m)?.get(d)
     }
 
     /// The client for a deployment.

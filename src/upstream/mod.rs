@@ -146,7 +146,7 @@ pub async fn send(
         }
         let guard = stats.map(|s| s.begin());
         let sent_at = Instant::now();
-        let failure = match attempt(route, dep, request, body, sent_at).await {
+        let failure = match attempt(route, cand.deployment, dep, request, body, sent_at).await {
             Ok((status, content_type, body, first_token_at)) => {
                 return Ok(Answer {
                     deployment: cand.deployment,
@@ -183,16 +183,18 @@ type AttemptOk = (u16, String, AnswerBody, Option<Instant>);
 
 async fn attempt(
     route: &Route<'_>,
+    index: usize,
     dep: &crate::catalog::Deployment,
     request: &ChatRequest,
     body: &[u8],
     sent_at: Instant,
 ) -> Result<AttemptOk, AttemptFailure> {
-    let (base_url, key) = route.catalog.endpoint_of(dep);
+    let (_, key) = route.catalog.endpoint_of(dep);
+    let url = route.clients.chat_url(route.model_index, index).ok_or(AttemptFailure::Connect)?;
     let mut rb = route
         .clients
         .for_deployment(dep)
-        .post(format!("{base_url}/chat/completions"))
+        .post(url.clone())
         .header(CONTENT_TYPE, "application/json")
         .header(ACCEPT, if request.stream { "text/event-stream" } else { "application/json" })
         .header("x-request-id", route.request_id)
