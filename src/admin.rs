@@ -1,5 +1,7 @@
-//! The admin listener's surface: `GET /metrics` (Prometheus text) and `GET /healthz`.
-//! Bind it to loopback or a private interface; it carries no authentication yet.
+//! The admin listener's surface: `GET /metrics` (Prometheus text), `GET /healthz` and, when
+//! `[energy.push]` is configured, `POST /admin/energy/prices` (energy price push, see
+//! `crate::pricing::feed::push`). Bind it to loopback or a private interface; only the push
+//! API can require a token.
 
 use bytes::Bytes;
 
@@ -20,6 +22,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             io.send_body(Bytes::from(body), true).await
         }
         ("/healthz", &http::Method::GET) => send_json(io, rec, br#"{"status":"ok"}"#.to_vec()).await,
+        (crate::pricing::feed::push::PATH, &http::Method::POST) => crate::pricing::feed::push::handle(gw, head, io, rec).await,
         _ => {
             io.close_after();
             send_error(io, rec, &ApiError::NotFound { path: head.path.chars().take(200).collect() }).await

@@ -8,6 +8,7 @@
 pub mod tags;
 
 use crate::catalog::{Catalog, Model, Quote};
+use crate::pricing::PriceBook;
 use tags::{Strategy, StrategySet};
 
 /// A deployment with its numbers at decision time.
@@ -29,15 +30,17 @@ pub struct RouteDecision {
     pub strategies: StrategySet,
 }
 
-/// Builds the candidates of a model from the catalog (priors until telemetry exists).
-pub fn candidates(catalog: &Catalog, model: &Model) -> Vec<Candidate> {
+/// Builds the candidates of a model: quotes from the price book (energy-priced, computed when
+/// prices last changed), TTFT and rate from the catalog's priors until telemetry exists.
+pub fn candidates(catalog: &Catalog, book: &PriceBook, model: &Model) -> Vec<Candidate> {
+    let quotes = book.quotes_of(catalog, model);
     model
         .deployments
         .iter()
         .enumerate()
         .map(|(i, d)| Candidate {
             deployment: i,
-            quote: catalog.quote(model, d),
+            quote: quotes.and_then(|q| q.get(i)).copied().unwrap_or_else(|| catalog.quote(model, d)),
             ttft_ms: d.prior.ttft_ms,
             tokens_per_s: d.prior.tokens_per_s,
         })
@@ -46,7 +49,8 @@ pub fn candidates(catalog: &Catalog, model: &Model) -> Vec<Candidate> {
 
 fn raw_score(s: Strategy, c: &Candidate) -> f64 {
     match s {
-        // Ranks by what the deployment costs, so free models still go where it is cheapest.
+        // The current token price from the price book (energy included). `cost` equals the
+        // client price except for free models, which still go where they cost us least.
         Strategy::Price => c.quote.cost.input + c.quote.cost.output,
         Strategy::Latency => c.ttft_ms,
         Strategy::TokenRate => -c.tokens_per_s,
@@ -78,7 +82,7 @@ mod tests {
 
     fn cand(i: usize, price: f64, ttft: f64, tps: f64) -> Candidate {
         let p = TokenPrice { input: price, output: price };
-        Candidate { deployment: i, quote: Quote { price: p, fee: TokenPrice::default(), cost: p }, ttft_ms: ttft, tokens_per_s: tps }
+        Candidate { deployment: i, quote: Quote { price: p, cost: p, ..Quote::default() }, ttft_ms: ttft, tokens_per_s: tps }
     }
 
     fn order(d: &RouteDecision) -> Vec<usize> {
