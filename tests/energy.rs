@@ -297,7 +297,10 @@ async fn price_history_windows_and_restart() {
     let best = h["best"].as_array().unwrap();
     assert_eq!(best[0]["deployment"], "e-west");
     assert_eq!(best.last().unwrap()["deployment"], "e-chicago");
-    assert_eq!(h["providers"][0]["provider"], "prov");
+    assert_eq!(h["providers"], json!([]));
+    let tp = get_json(&c, format!("{}/models/tp-e/prices?window=4h", gw.base())).await;
+    assert_eq!(tp["providers"][0]["provider"], "prov", "{tp}");
+    assert!(close(f(&tp["best"][0]["input"]), 1.05), "{tp}");
     for w in ["24h", "7d"] {
         let h = get_json(&c, format!("{}/models/{MODEL}/prices?window={w}", gw.base())).await;
         assert!(!h["data_centers"][0]["points"].as_array().unwrap().is_empty(), "{w}: {h}");
