@@ -660,7 +660,7 @@ fn validate(
                         p.add(format!("{dpath}"), "url/api_key_env belong to the provider for provider routes");
                     }
                     if d.gpu.is_some() || d.floor_price_input.is_some() || d.floor_price_output.is_some() {
-                        p.add(format!("{dpath}"), "gpu and floor_price_* are for hosted deployments");
+                        p.add(dpath.clone(), "gpu and floor_price_* are for hosted deployments");
                     }
                     let list = TokenPrice {
                         input: p.price(&format!("{dpath}.list_price_input"), d.list_price_input),

@@ -455,18 +455,18 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
         let (mut c, mut e) = (0.0, 0.0);
         for st in &steps {
             choose(st, &mut alloc);
-            for s in 0..k {
-                c += alloc[s] * st.cost[s];
-                e += alloc[s] * st.energy[s];
+            for ((n, cost), energy) in alloc.iter().zip(&st.cost).zip(&st.energy) {
+                c += n * cost;
+                e += n * energy;
             }
         }
         (c, e)
     };
     let mut results: Vec<(String, f64, f64)> = Vec::new();
-    for s in 0..k {
+    for (s, name) in site_names.iter().enumerate() {
         let order: Vec<usize> = std::iter::once(s).chain(by_mean.iter().copied().filter(|&x| x != s)).collect();
         let (c, e) = run(&mut |st, out| fill(&order, st.n, cap, out));
-        results.push((format!("static {}", site_names[s]), c, e));
+        results.push((format!("static {name}"), c, e));
     }
     let (c, e) = run(&mut |st, out| even(k, st.n, cap, out));
     results.push(("round robin".into(), c, e));

@@ -11,12 +11,17 @@ use crate::pricing::clock::format_rfc3339;
 use crate::pricing::history::{self, Window};
 use crate::pricing::{PriceBook, Pricing};
 
+/// $/Mtok to a nano-dollar, so documents carry no float noise.
+fn r9(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
 fn price_json(q: &Quote) -> Value {
     json!({
-        "input": q.price.input,
-        "output": q.price.output,
-        "energy": {"input": q.energy.input, "output": q.energy.output},
-        "routing_fee": {"input": q.fee.input, "output": q.fee.output},
+        "input": r9(q.price.input),
+        "output": r9(q.price.output),
+        "energy": {"input": r9(q.energy.input), "output": r9(q.energy.output)},
+        "routing_fee": {"input": r9(q.fee.input), "output": r9(q.fee.output)},
         "currency": "USD",
         "unit": "per_million_tokens",
     })
@@ -97,7 +102,8 @@ pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str
     let ids: Vec<&str> = m.deployments.iter().map(|d| d.id.as_str()).collect();
     let (series, best) = history::series(&pricing.history().frames(), &ids, window, now);
     let point = |p: &history::SeriesPoint| {
-        json!({"t": format_rfc3339(p.t), "input": p.input, "output": p.output, "usd_per_mwh": p.usd_per_mwh, "stale": p.stale})
+        let mwh = p.usd_per_mwh.map(|x| (x * 1e6).round() / 1e6);
+        json!({"t": format_rfc3339(p.t), "input": r9(p.input), "output": r9(p.output), "usd_per_mwh": mwh, "stale": p.stale})
     };
     let mut data_centers = Vec::new();
     let mut providers = Vec::new();
@@ -111,7 +117,7 @@ pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str
     }
     let best: Vec<Value> = best
         .iter()
-        .map(|b| json!({"t": format_rfc3339(b.t), "input": b.input, "output": b.output, "deployment": b.deployment}))
+        .map(|b| json!({"t": format_rfc3339(b.t), "input": r9(b.input), "output": r9(b.output), "deployment": b.deployment}))
         .collect();
     Ok(json!({
         "object": "model.prices",
