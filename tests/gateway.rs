@@ -503,40 +503,20 @@ async fn demo_serves_every_model_with_the_demo_key() {
         let got = read_sse(resp, Duration::from_secs(20)).await;
         assert_eq!(got.data().last().copied(), Some("[DONE]"), "{model}");
     }
-    let free: serde_json::Value = c
-        .get(format!("http://127.0.0.1:{port}/v1/models/llama-3.2-1b-instruct"))
-        .bearer_auth("sk-joule-demo")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = async |path: &str| -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{port}/v1/{path}");
+        c.get(url).bearer_auth("sk-joule-demo").send().await.unwrap().json().await.unwrap()
+    };
+    let free = get("models/llama-3.2-1b-instruct").await;
     assert_eq!(free["category"], "free");
     assert_eq!(free["price"]["input"], 0.0);
     // The bundled July-2023 prices are replayed: every data center has a fresh price.
-    let llama: serde_json::Value = c
-        .get(format!("http://127.0.0.1:{port}/v1/models/llama-3.1-8b-instruct"))
-        .bearer_auth("sk-joule-demo")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let llama = get("models/llama-3.1-8b-instruct").await;
     for d in llama["deployments"].as_array().unwrap() {
         assert_eq!(d["energy"]["stale"], false, "{d}");
         assert!(d["energy"]["interval_start"].as_str().unwrap().starts_with("2023-07-1"), "{d}");
     }
-    let history: serde_json::Value = c
-        .get(format!("http://127.0.0.1:{port}/v1/models/llama-3.1-8b-instruct/prices?window=24h"))
-        .bearer_auth("sk-joule-demo")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = get("models/llama-3.1-8b-instruct/prices?window=24h").await;
     assert!(history["best"].as_array().unwrap().len() >= 90, "a day of history from the start: {history}");
     let _ = child.kill();
     let _ = child.wait();

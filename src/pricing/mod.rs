@@ -397,6 +397,7 @@ impl Pricing {
             accepted.sort_by_key(|r| r.price.interval_start);
             let mut t = (*old).clone();
             let mut i = 0;
+            let mut last = None;
             while i < accepted.len() {
                 let start = accepted[i].price.interval_start;
                 let j = i + accepted[i..].iter().take_while(|r| r.price.interval_start == start).count();
@@ -404,9 +405,14 @@ impl Pricing {
                 let at = start.min(now);
                 let book = PriceBook::build(&self.catalog, &t, self.fallback, at);
                 self.history.record(self.frame(&book, at));
+                last = Some(book);
                 i = j;
             }
             let book = PriceBook::build(&self.catalog, &table, self.fallback, now);
+            // Judged at `now`, a price may already be stale that was fresh at its start.
+            if last.is_some_and(|l| !l.same_prices(&book)) {
+                self.history.record(self.frame(&book, now));
+            }
             self.table.store(Arc::new(table));
             self.observe(&book, now);
             self.book.store(Arc::new(book));

@@ -212,3 +212,21 @@ fn a_backlog_becomes_one_history_frame_per_interval() {
     // Until Chicago has a price it is at the fallback; West's own prices are as sent.
     assert_eq!(got, vec![(T0, 0.0), (T0 + 300, 10.0), (T0 + 600, 20.0), (T0 + 900, 30.0)]);
 }
+
+#[test]
+fn a_late_backlog_ends_with_a_stale_frame() {
+    // Prices from an hour ago arrive now: history shows them as they were, then stale.
+    let clock = Arc::new(ManualClock::new(T0 + 3600));
+    let p = engine(clock);
+    p.ingest(Feed::Push, vec![row("CAISO/SP-15", T0, 5, 40.0), row("CAISO/SP-15", T0 + 300, 5, 50.0)]);
+    let frames = p.history().frames();
+    let west: Vec<(i64, bool, f64)> = frames
+        .iter()
+        .map(|f| {
+            let x = f.points.iter().find(|x| &*x.deployment == "m-west").unwrap();
+            (f.t, x.stale, x.usd_per_mwh.unwrap())
+        })
+        .collect();
+    assert_eq!(west, vec![(T0, false, 40.0), (T0 + 300, false, 50.0), (T0 + 3600, true, 150.0)]);
+    assert!(p.book().quote(p.catalog(), p.catalog().model("m").unwrap(), 0).stale);
+}
