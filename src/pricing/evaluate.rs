@@ -41,8 +41,8 @@ pub enum EvalError {
     NoModel,
     #[error(transparent)]
     Trace(#[from] ReplayError),
-    #[error("the trace has no interval where every site has a price")]
-    NoOverlap,
+    #[error("the trace has no interval where every site has a price{0}")]
+    NoOverlap(String),
     #[error("--step must be at least 1 s")]
     Step,
 }
@@ -374,10 +374,14 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
     let end_of = |n: &str| {
         rows.iter().rev().find(|r| r.node == n).map(|r| r.price.interval_start + 60 * i64::from(r.price.interval_minutes))
     };
-    let from = nodes.iter().map(|n| first_of(n)).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max()).ok_or(EvalError::NoOverlap)?;
-    let to = nodes.iter().map(|n| end_of(n)).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min()).ok_or(EvalError::NoOverlap)?;
+    let missing: Vec<&str> = nodes.iter().copied().filter(|n| first_of(n).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(EvalError::NoOverlap(format!(" (no rows for {})", missing.join(", "))));
+    }
+    let from = nodes.iter().filter_map(|n| first_of(n)).max().unwrap_or(0);
+    let to = nodes.iter().filter_map(|n| end_of(n)).min().unwrap_or(0);
     if to <= from {
-        return Err(EvalError::NoOverlap);
+        return Err(EvalError::NoOverlap(String::new()));
     }
 
     let rules = RowRules {

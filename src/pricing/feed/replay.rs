@@ -21,9 +21,9 @@ use crate::pricing::{Feed, Pricing, ReplaySettings, ReplaySource, ReplayStart};
 /// Why a trace could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("energy replay {source_name}: {message}")]
+    #[error("energy price trace {source_name}: {message}")]
     Source { source_name: String, message: String },
-    #[error("energy replay: no rows for any data center's price node in the trace")]
+    #[error("energy price trace: no rows for any data center's price node")]
     Empty,
 }
 
