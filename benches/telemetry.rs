@@ -46,13 +46,14 @@ fn bench(c: &mut Criterion) {
     for n in [4usize, 16] {
         let cat = catalog(n);
         let model = &cat.models[0];
+        let book = joule::pricing::PriceBook::build(&cat, &joule::pricing::energy::EnergyTable::default(), 150.0, 0);
         let live = Telemetry::new(&cat, settings.clone(), None);
         let off = Telemetry::new(&cat, TelemetrySettings { enabled: false, ..settings.clone() }, None);
         c.bench_function(&format!("candidates/{n}/telemetry_on"), |b| {
-            b.iter(|| black_box(routing::candidates(&cat, model, 0, &live)))
+            b.iter(|| black_box(routing::candidates(&cat, &book, model, 0, &live)))
         });
         c.bench_function(&format!("candidates/{n}/telemetry_off"), |b| {
-            b.iter(|| black_box(routing::candidates(&cat, model, 0, &off)))
+            b.iter(|| black_box(routing::candidates(&cat, &book, model, 0, &off)))
         });
     }
 }

@@ -1,6 +1,8 @@
-//! The admin listener's surface: `GET /metrics` (Prometheus text), `GET /healthz` and
-//! `GET /admin/deployments` (live telemetry and breaker state of every deployment).
-//! Bind it to loopback or a private interface; it carries no authentication yet.
+//! The admin listener's surface: `GET /metrics` (Prometheus text), `GET /healthz`,
+//! `GET /admin/deployments` (live telemetry and breaker state of every deployment) and, when
+//! `[energy.push]` is configured, `POST /admin/energy/prices` (energy price push, see
+//! `crate::pricing::feed::push`). Bind it to loopback or a private interface; only the push
+//! API can require a token.
 
 use bytes::Bytes;
 use serde_json::json;
@@ -31,6 +33,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             let world = gw.world.load();
             send_json(io, rec, deployments_json(&world.catalog, &world.telemetry)).await
         }
+        (crate::pricing::feed::push::PATH, &http::Method::POST) => crate::pricing::feed::push::handle(gw, head, io, rec).await,
         _ => {
             io.close_after();
             send_error(io, rec, &ApiError::NotFound { path: head.path.chars().take(200).collect() }).await

@@ -35,6 +35,18 @@ pub struct TokenPrice {
     pub output: f64,
 }
 
+/// A hosted deployment's hardware, for the energy part of its token price (DESIGN.md, Pricing):
+/// the node's power draw and its throughput per token direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuProfile {
+    /// Electrical power of the serving node, kW (IT load; the data center's PUE is applied on top).
+    pub node_kw: f64,
+    /// Input (prefill) tokens per second the node processes.
+    pub prefill_tokens_per_s: f64,
+    /// Output (decode) tokens per second the node generates.
+    pub decode_tokens_per_s: f64,
+}
+
 /// What the gateway assumes about a deployment before it has measured anything.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prior {
@@ -74,6 +86,11 @@ pub enum DeploymentKind {
         base_url: String,
         api_key: Option<Secret<String>>,
         base_price: TokenPrice,
+        /// Energy profile; required when the data center has a price node.
+        gpu: Option<GpuProfile>,
+        /// Lowest token price, $/Mtok per direction (default 0): negative energy prices lower
+        /// the price down to here, never below.
+        floor: TokenPrice,
     },
     Provider {
         /// Index into [`Catalog::providers`].
@@ -114,6 +131,11 @@ pub struct Quote {
     pub fee: TokenPrice,
     /// What the deployment costs us, $/Mtok; what the price strategy ranks free models by.
     pub cost: TokenPrice,
+    /// The energy part of `price` (hosted only): `price - base`, which is the energy $/Mtok of
+    /// the formula unless the floor binds. Negative when energy prices are negative.
+    pub energy: TokenPrice,
+    /// The energy price behind this quote is stale (see `crate::pricing::energy`).
+    pub stale: bool,
 }
 
 /// The validated catalog.
@@ -140,6 +162,11 @@ impl Catalog {
     /// The model with this public id and its index in [`Catalog::models`].
     pub fn model_indexed(&self, id: &str) -> Option<(usize, &Model)> {
         self.by_id.get(id).and_then(|&i| self.models.get(i).map(|m| (i, m)))
+    }
+
+    /// Position of the model with this public id in [`Catalog::models`].
+    pub fn model_index(&self, id: &str) -> Option<usize> {
+        self.model_indexed(id).map(|(i, _)| i)
     }
 
     /// The data center of a hosted deployment.
@@ -171,12 +198,16 @@ impl Catalog {
 
     /// The current token price of a deployment of `model`.
     ///
-    /// Hosted: the base price (energy pricing refines this once the energy table exists).
-    /// Provider routes: list price plus the routing fee. Free models: 0 to the client, the
-    /// deployment's cost still reported for routing.
+    /// This is the quote without energy: hosted deployments at their base price (floored).
+    /// The live price including energy comes from `crate::pricing::PriceBook`, which falls
+    /// back to this. Provider routes: list price plus the routing fee. Free models: 0 to the
+    /// client, the deployment's cost still reported for routing.
     pub fn quote(&self, model: &Model, d: &Deployment) -> Quote {
         let (cost, fee) = match &d.kind {
-            DeploymentKind::Hosted { base_price, .. } => (*base_price, TokenPrice::default()),
+            DeploymentKind::Hosted { base_price, floor, .. } => (
+                TokenPrice { input: base_price.input.max(floor.input), output: base_price.output.max(floor.output) },
+                TokenPrice::default(),
+            ),
             DeploymentKind::Provider { provider, list_price } => {
                 let rate = self.providers.get(*provider).map_or(0.0, |p| p.routing_fee);
                 (
@@ -186,8 +217,8 @@ impl Catalog {
             }
         };
         if model.category == Category::Free {
-            return Quote { price: TokenPrice::default(), fee: TokenPrice::default(), cost };
+            return Quote { cost, ..Quote::default() };
         }
-        Quote { price: cost, fee, cost }
+        Quote { price: cost, fee, cost, ..Quote::default() }
     }
 }

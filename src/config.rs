@@ -12,7 +12,11 @@ use serde::Deserialize;
 
 use crate::auth::{KeyEntry, KeyHash};
 use crate::catalog::{
-    Catalog, Category, DataCenter, Deployment, DeploymentKind, Model, Prior, Provider, TokenPrice,
+    Catalog, Category, DataCenter, Deployment, DeploymentKind, GpuProfile, Model, Prior, Provider, TokenPrice,
+};
+use crate::pricing::{
+    clock, EnergySettings, FeedFormat, HistorySettings, PollSettings, PushSettings, ReplaySettings, ReplaySource,
+    ReplayStart,
 };
 use crate::routing::tags::StrategySet;
 use crate::secret::Secret;
@@ -67,6 +71,9 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// Energy prices: sanity range, stale fallback, feeds, price history.
+    #[serde(default)]
+    pub energy: RawEnergy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +180,58 @@ pub struct RawDeployment {
     pub list_price_output: Option<f64>,
     pub ttft_ms: Option<f64>,
     pub tokens_per_s: Option<f64>,
+    /// GPU profile of a hosted deployment (energy part of its token price).
+    pub gpu: Option<RawGpu>,
+    pub floor_price_input: Option<f64>,
+    pub floor_price_output: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpu {
+    pub node_kw: Option<f64>,
+    pub prefill_tokens_per_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnergy {
+    pub min_usd_per_mwh: Option<f64>,
+    pub max_usd_per_mwh: Option<f64>,
+    pub stale_fallback_usd_per_mwh: Option<f64>,
+    pub refresh_s: Option<u64>,
+    pub data_dir: Option<String>,
+    pub history_days: Option<u64>,
+    pub replay: Option<RawReplay>,
+    #[serde(default)]
+    pub poll: Vec<RawPoll>,
+    pub push: Option<RawPush>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplay {
+    #[serde(default)]
+    pub files: Vec<String>,
+    pub speed: Option<f64>,
+    pub start: Option<String>,
+    pub repeat: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    pub url: String,
+    pub format: Option<String>,
+    pub interval_s: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +315,7 @@ pub struct Settings {
     pub keys: Vec<KeyEntry>,
     pub telemetry: TelemetrySettings,
     pub health: HealthSettings,
+    pub energy: EnergySettings,
 }
 
 /// Reads and validates a config file.
@@ -321,6 +381,21 @@ impl Problems {
                 self.add(path, format!("must be a finite number > 0, got {x}"));
                 default
             }
+        }
+    }
+
+    fn required_positive(&mut self, path: &str, v: Option<f64>) -> f64 {
+        if v.is_none() {
+            self.add(path, "missing");
+            return 1.0;
+        }
+        self.positive(path, v, 1.0)
+    }
+
+    fn optional_price(&mut self, path: &str, v: Option<f64>) -> f64 {
+        match v {
+            None => 0.0,
+            some => self.price(path, some),
         }
     }
 
@@ -552,6 +627,11 @@ fn validate(
             p.add(format!("{path}.id"), "must not be empty");
         }
         let pue = p.positive(&format!("{path}.pue"), dc.pue, 1.2);
+        if let Some(node) = &dc.price_node {
+            if node.split_once('/').is_none_or(|(iso, loc)| iso.is_empty() || loc.is_empty()) {
+                p.add(format!("{path}.price_node"), format!("`{node}` must be `ISO/location`, e.g. `CAISO/SP-15`"));
+            }
+        }
         data_centers.push(DataCenter {
             id: dc.id.clone(),
             name: dc.name.clone().unwrap_or_else(|| dc.id.clone()),
@@ -638,11 +718,29 @@ fn validate(
                         input: p.price(&format!("{dpath}.base_price_input"), d.base_price_input),
                         output: p.price(&format!("{dpath}.base_price_output"), d.base_price_output),
                     };
+                    let gpu = d.gpu.as_ref().map(|g| GpuProfile {
+                        node_kw: p.required_positive(&format!("{dpath}.gpu.node_kw"), g.node_kw),
+                        prefill_tokens_per_s: p.required_positive(&format!("{dpath}.gpu.prefill_tokens_per_s"), g.prefill_tokens_per_s),
+                        decode_tokens_per_s: p.required_positive(&format!("{dpath}.gpu.decode_tokens_per_s"), g.decode_tokens_per_s),
+                    });
+                    let priced = dc_index.and_then(|i| data_centers.get(i)).is_some_and(|x| x.price_node.is_some());
+                    if priced && gpu.is_none() {
+                        p.add(
+                            format!("{dpath}.gpu"),
+                            "the data center has a price_node: set gpu = { node_kw, prefill_tokens_per_s, decode_tokens_per_s }",
+                        );
+                    }
+                    let floor = TokenPrice {
+                        input: p.optional_price(&format!("{dpath}.floor_price_input"), d.floor_price_input),
+                        output: p.optional_price(&format!("{dpath}.floor_price_output"), d.floor_price_output),
+                    };
                     DeploymentKind::Hosted {
                         data_center: dc_index.unwrap_or(0),
                         base_url: url.unwrap_or_default(),
                         api_key: p.secret_env(&format!("{dpath}.api_key_env"), &d.api_key_env, env),
                         base_price: base,
+                        gpu,
+                        floor,
                     }
                 }
                 (None, Some(pr)) => {
@@ -652,6 +750,9 @@ fn validate(
                     }
                     if d.url.is_some() || d.api_key_env.is_some() {
                         p.add(format!("{dpath}"), "url/api_key_env belong to the provider for provider routes");
+                    }
+                    if d.gpu.is_some() || d.floor_price_input.is_some() || d.floor_price_output.is_some() {
+                        p.add(dpath.clone(), "gpu and floor_price_* are for hosted deployments");
                     }
                     let list = TokenPrice {
                         input: p.price(&format!("{dpath}.list_price_input"), d.list_price_input),
@@ -720,6 +821,8 @@ fn validate(
         },
     };
 
+    let energy = validate_energy(&mut p, &raw.energy, &data_centers, base, env);
+
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
     }
@@ -733,5 +836,127 @@ fn validate(
         keys,
         telemetry,
         health,
+        energy,
     })
+}
+
+fn validate_energy(
+    p: &mut Problems,
+    raw: &RawEnergy,
+    data_centers: &[DataCenter],
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> EnergySettings {
+    let d = EnergySettings::default();
+    let finite = |p: &mut Problems, path: &str, v: Option<f64>, default: f64| match v {
+        Some(x) if !x.is_finite() => {
+            p.add(path, format!("must be a finite number, got {x}"));
+            default
+        }
+        Some(x) => x,
+        None => default,
+    };
+    let min = finite(p, "energy.min_usd_per_mwh", raw.min_usd_per_mwh, d.min_usd_per_mwh);
+    let max = finite(p, "energy.max_usd_per_mwh", raw.max_usd_per_mwh, d.max_usd_per_mwh);
+    if min >= max {
+        p.add("energy.max_usd_per_mwh", format!("must be above energy.min_usd_per_mwh ({min}), got {max}"));
+    }
+    let fallback = finite(p, "energy.stale_fallback_usd_per_mwh", raw.stale_fallback_usd_per_mwh, d.stale_fallback_usd_per_mwh);
+    let refresh = match raw.refresh_s {
+        Some(0) => {
+            p.add("energy.refresh_s", "must be at least 1");
+            d.refresh
+        }
+        Some(n) => Duration::from_secs(n),
+        None => d.refresh,
+    };
+    let retention_days = match raw.history_days {
+        Some(n) if n < 7 => {
+            p.add("energy.history_days", format!("must be at least 7 (the 7d window), got {n}"));
+            7
+        }
+        Some(n) if n > 366 => {
+            p.add("energy.history_days", format!("must be at most 366, got {n}"));
+            366
+        }
+        Some(n) => n as u32,
+        None => d.history.retention_days,
+    };
+    let history = HistorySettings { data_dir: raw.data_dir.as_ref().map(|x| resolve(base, x)), retention_days };
+
+    let replay = raw.replay.as_ref().map(|r| {
+        if r.files.is_empty() {
+            p.add("energy.replay.files", "list at least one CSV file");
+        }
+        let sources = r
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let path = resolve(base, f);
+                if !path.is_file() {
+                    p.add(format!("energy.replay.files[{i}]"), format!("`{}` is not a readable file", path.display()));
+                }
+                ReplaySource::File(path)
+            })
+            .collect();
+        let speed = p.positive("energy.replay.speed", r.speed, 1.0);
+        let start = match r.start.as_deref() {
+            None => ReplayStart::TraceStart,
+            Some(s) => match (clock::parse_rfc3339(s), clock::parse_duration(s)) {
+                (Some(t), _) => ReplayStart::At(t),
+                (None, Some(off)) => ReplayStart::Offset(off),
+                (None, None) => {
+                    p.add("energy.replay.start", format!("`{s}` is neither an RFC 3339 time nor an offset like 36h or 2d"));
+                    ReplayStart::TraceStart
+                }
+            },
+        };
+        ReplaySettings { sources, speed, start, repeat: r.repeat.unwrap_or(false) }
+    });
+
+    let polls: Vec<PollSettings> = raw
+        .poll
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let path = format!("energy.poll[{i}]");
+            let url = check_url(p, &format!("{path}.url"), &r.url).unwrap_or_default();
+            let format = match r.format.as_deref() {
+                None | Some("json") => FeedFormat::Json,
+                Some("csv") => FeedFormat::Csv,
+                Some(other) => {
+                    p.add(format!("{path}.format"), format!("`{other}` is not one of: json, csv"));
+                    FeedFormat::Json
+                }
+            };
+            for (name, v) in [("interval_s", r.interval_s), ("timeout_ms", r.timeout_ms)] {
+                if v == Some(0) {
+                    p.add(format!("{path}.{name}"), "must be > 0");
+                }
+            }
+            PollSettings {
+                url,
+                format,
+                interval: Duration::from_secs(r.interval_s.unwrap_or(60).max(1)),
+                timeout: Duration::from_millis(r.timeout_ms.unwrap_or(5_000).max(1)),
+            }
+        })
+        .collect();
+
+    let push = raw.push.as_ref().map(|r| PushSettings { token: p.secret_env("energy.push.token_env", &r.token_env, env) });
+
+    if (replay.is_some() || !polls.is_empty() || push.is_some()) && data_centers.iter().all(|dc| dc.price_node.is_none()) {
+        p.add("energy", "feeds are configured but no data center has a price_node");
+    }
+    EnergySettings {
+        min_usd_per_mwh: min,
+        max_usd_per_mwh: max,
+        stale_fallback_usd_per_mwh: fallback,
+        refresh,
+        history,
+        replay,
+        polls,
+        push,
+    }
 }

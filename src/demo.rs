@@ -1,6 +1,8 @@
 //! `joule demo`: the gateway plus simulated GPU backends in one process, offline. Three data
 //! centers serve `llama-3.1-8b-instruct` at different speeds and prices, a free model runs in
-//! two of them, and `gpt-4o-mini` goes through a simulated third-party provider.
+//! two of them, and `gpt-4o-mini` goes through a simulated third-party provider. Energy prices
+//! come from a replay of four real days (July 2023, `data/energy-demo/`, compiled in),
+//! accelerated so token prices move while you watch.
 //!
 //! The mock backends run on their own tokio runtime in a background thread, because a
 //! pingora `Server` must start outside any runtime.
@@ -11,6 +13,26 @@ use std::sync::mpsc;
 
 use crate::config::{self, ConfigError, Settings};
 use crate::mock::{MockConfig, MockServer};
+use crate::pricing::{ReplaySettings, ReplaySource, ReplayStart};
+
+/// The bundled energy price excerpt (see `data/energy-demo/README.md`).
+pub const ENERGY_TRACE: [ReplaySource; 3] = [
+    ReplaySource::Embedded {
+        name: "CAISO_RT_2023-07-11_2023-07-14.csv",
+        text: include_str!("../data/energy-demo/CAISO_RT_2023-07-11_2023-07-14.csv"),
+    },
+    ReplaySource::Embedded {
+        name: "ERCOT_RT_2023-07-11_2023-07-14.csv",
+        text: include_str!("../data/energy-demo/ERCOT_RT_2023-07-11_2023-07-14.csv"),
+    },
+    ReplaySource::Embedded {
+        name: "PJM_RT_2023-07-11_2023-07-14.csv",
+        text: include_str!("../data/energy-demo/PJM_RT_2023-07-11_2023-07-14.csv"),
+    },
+];
+
+/// Default replay speed of the demo: one trace minute per second.
+pub const DEFAULT_SPEED: f64 = 60.0;
 
 /// The API key the demo accepts.
 pub const DEMO_KEY: &str = "sk-joule-demo";
@@ -100,6 +122,11 @@ grace_period_s = 5
 format = "text"
 level = "info"
 
+# `joule demo` adds a replay of the bundled July-2023 excerpt (data/energy-demo/, compiled in),
+# starting one day in so the 24h price history is already filled, accelerated and repeating.
+[energy]
+stale_fallback_usd_per_mwh = 150
+
 [[data_centers]]
 id = "caiso-sp15"
 name = "Los Angeles (CAISO SP-15)"
@@ -138,6 +165,7 @@ base_price_input = 0.05
 base_price_output = 0.10
 ttft_ms = 120
 tokens_per_s = 60
+gpu = {{ node_kw = 10.2, prefill_tokens_per_s = 40000, decode_tokens_per_s = 4000 }}
 
 [[models.deployments]]
 id = "llama8b-ercot"
@@ -148,6 +176,7 @@ base_price_input = 0.06
 base_price_output = 0.12
 ttft_ms = 60
 tokens_per_s = 120
+gpu = {{ node_kw = 10.2, prefill_tokens_per_s = 40000, decode_tokens_per_s = 4000 }}
 
 [[models.deployments]]
 id = "llama8b-pjm"
@@ -158,6 +187,7 @@ base_price_input = 0.04
 base_price_output = 0.09
 ttft_ms = 200
 tokens_per_s = 40
+gpu = {{ node_kw = 10.2, prefill_tokens_per_s = 40000, decode_tokens_per_s = 4000 }}
 
 [[models]]
 id = "llama-3.2-1b-instruct"
@@ -173,6 +203,7 @@ base_price_input = 0.01
 base_price_output = 0.02
 ttft_ms = 40
 tokens_per_s = 150
+gpu = {{ node_kw = 10.2, prefill_tokens_per_s = 200000, decode_tokens_per_s = 20000 }}
 
 [[models.deployments]]
 id = "llama1b-ercot"
@@ -183,6 +214,7 @@ base_price_input = 0.012
 base_price_output = 0.022
 ttft_ms = 30
 tokens_per_s = 200
+gpu = {{ node_kw = 10.2, prefill_tokens_per_s = 200000, decode_tokens_per_s = 20000 }}
 
 [[models]]
 id = "gpt-4o-mini"
@@ -212,13 +244,21 @@ sha256 = "{key}"
     )
 }
 
-/// Starts the backends and returns validated settings for the demo gateway.
+/// Starts the backends and returns validated settings for the demo gateway, with the
+/// bundled energy trace replayed at `speed`× real time.
 ///
 /// # Errors
 /// See [`DemoError`].
-pub fn prepare(listen: SocketAddr, admin: SocketAddr) -> Result<Settings, DemoError> {
+pub fn prepare(listen: SocketAddr, admin: SocketAddr, speed: f64) -> Result<Settings, DemoError> {
     let urls = start_backends()?;
     let text = config_text(listen, admin, &urls);
     let env = |name: &str| (name == PROVIDER_KEY_ENV).then(|| PROVIDER_KEY.to_string()).or_else(|| std::env::var(name).ok());
-    Ok(config::parse(&text, Path::new("."), &env)?)
+    let mut settings = config::parse(&text, Path::new("."), &env)?;
+    settings.energy.replay = Some(ReplaySettings {
+        sources: ENERGY_TRACE.to_vec(),
+        speed: if speed.is_finite() && speed > 0.0 { speed } else { DEFAULT_SPEED },
+        start: ReplayStart::Offset(86_400),
+        repeat: true,
+    });
+    Ok(settings)
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod mock;
+pub mod pricing;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

@@ -1,4 +1,5 @@
-//! The `joule` command: serve, demo, mock backends, key hashing and config checks.
+//! The `joule` command: serve, demo, mock backends, key hashing, config checks and the energy
+//! routing evaluation.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
         /// Print the generated config and exit.
         #[arg(long)]
         print_config: bool,
+        /// Replay speed of the bundled energy prices (trace seconds per second).
+        #[arg(long, default_value_t = joule::demo::DEFAULT_SPEED)]
+        energy_speed: f64,
     },
     /// Run one simulated OpenAI-compatible GPU backend (for tests and benchmarks).
     Mock {
@@ -59,6 +63,40 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Energy prices: evaluate price-aware routing on a real price trace.
+    Energy {
+        #[command(subcommand)]
+        command: EnergyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnergyCommand {
+    /// Replay a price trace against a synthetic load and compare the cost of static sites,
+    /// round robin, joule's `price` routing (with the feed delay) and the oracle.
+    Evaluate {
+        /// A joule config: its data centers, GPU profiles and base prices.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Price trace CSV files (the format of shared/data/energy/).
+        #[arg(long, num_args = 1.., required = true)]
+        prices: Vec<PathBuf>,
+        /// Model to evaluate (default: the first hosted model with two or more priced sites).
+        #[arg(long)]
+        model: Option<String>,
+        /// rate=REQ/S,shape=flat|diurnal,amplitude=A,peak=HOUR,mix=IN:OUT:W+...,capacity=REQ/S
+        #[arg(long, default_value = "")]
+        load: String,
+        /// How long after an interval starts its price reaches joule (e.g. 0, 90s, 5m, 1h).
+        #[arg(long, default_value = "5m")]
+        feed_delay: String,
+        /// Simulation step.
+        #[arg(long, default_value = "1m")]
+        step: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(s: &Settings) {
@@ -81,18 +119,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&settings);
             joule::server::run(settings)?;
         }
-        Command::Demo { listen, admin_listen, print_config } => {
+        Command::Demo { listen, admin_listen, print_config, energy_speed } => {
             if print_config {
                 print!("{}", joule::demo::config_text(listen, admin_listen, &[]));
                 return Ok(());
             }
-            let settings = joule::demo::prepare(listen, admin_listen)?;
+            let settings = joule::demo::prepare(listen, admin_listen, energy_speed)?;
             init_logging(&settings);
             println!("joule demo");
             println!("  base URL:  http://{listen}/v1");
             println!("  API key:   {}", joule::demo::DEMO_KEY);
             println!("  metrics:   http://{admin_listen}/metrics");
             println!("  models:    llama-3.1-8b-instruct (hosted), llama-3.2-1b-instruct (free), gpt-4o-mini (third-party)");
+            println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
+            println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
             joule::server::run(settings)?;
         }
         Command::Mock { listen, ttft_ms, tokens_per_s, tokens, failure, require_bearer } => {
@@ -112,6 +152,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             joule::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: ok", config.display());
+        }
+        Command::Energy { command: EnergyCommand::Evaluate { config, prices, model, load, feed_delay, step, json } } => {
+            use joule::pricing::{clock::parse_duration, evaluate};
+            let settings = joule::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let feed_delay = parse_duration(&feed_delay).ok_or_else(|| anyhow::anyhow!("--feed-delay `{feed_delay}` is not a duration like 0, 90s, 5m, 1h"))?;
+            let step = parse_duration(&step).ok_or_else(|| anyhow::anyhow!("--step `{step}` is not a duration like 1m"))?;
+            let setup = evaluate::Setup { model, load: load.parse()?, feed_delay, step };
+            let result = evaluate::evaluate_files(&settings.catalog, &settings.energy, &prices, &setup)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", result.table());
+            }
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! by the config, never by client input.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::catalog::Catalog;
@@ -29,6 +29,18 @@ pub struct Metrics {
     /// `tokens_per_second`, `error_rate`, `in_flight`, `breaker_open` (0 closed, 0.5 half-open,
     /// 1 open)); refreshed at scrape time, not on the request path.
     pub deployment: GaugeVec,
+    /// Latest energy price held per data center, $/MWh.
+    pub energy_price: GaugeVec,
+    /// Age of that price (clock time minus its interval start), seconds.
+    pub energy_price_age: GaugeVec,
+    /// 1 while a data center's price is stale (older than 2 intervals, or none yet).
+    pub energy_price_stale: IntGaugeVec,
+    /// Current client token price per deployment and direction, $/Mtok.
+    pub token_price: GaugeVec,
+    /// Energy feed rows accepted, by feed.
+    pub energy_rows: IntCounterVec,
+    /// Energy feed errors by feed and kind (rejected row kinds, `fetch`).
+    pub energy_feed_errors: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -72,7 +84,52 @@ impl Metrics {
         registry.register(Box::new(upstream_failures.clone()))?;
         registry.register(Box::new(stream_failures.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(Metrics { registry, requests, duration, ttft, upstream_failures, stream_failures, in_flight, deployment })
+        let energy_price = GaugeVec::new(
+            Opts::new("joule_energy_price_usd_per_mwh", "Latest energy price per data center"),
+            &["data_center"],
+        )?;
+        let energy_price_age = GaugeVec::new(
+            Opts::new("joule_energy_price_age_seconds", "Age of the latest energy price per data center"),
+            &["data_center"],
+        )?;
+        let energy_price_stale = IntGaugeVec::new(
+            Opts::new("joule_energy_price_stale", "1 while the data center's energy price is stale"),
+            &["data_center"],
+        )?;
+        let token_price = GaugeVec::new(
+            Opts::new("joule_token_price_usd_per_mtok", "Current client token price per deployment"),
+            &["deployment", "direction"],
+        )?;
+        let energy_rows = IntCounterVec::new(
+            Opts::new("joule_energy_feed_rows_total", "Energy feed rows accepted"),
+            &["feed"],
+        )?;
+        let energy_feed_errors = IntCounterVec::new(
+            Opts::new("joule_energy_feed_errors_total", "Energy feed errors by kind"),
+            &["feed", "kind"],
+        )?;
+        registry.register(Box::new(energy_price.clone()))?;
+        registry.register(Box::new(energy_price_age.clone()))?;
+        registry.register(Box::new(energy_price_stale.clone()))?;
+        registry.register(Box::new(token_price.clone()))?;
+        registry.register(Box::new(energy_rows.clone()))?;
+        registry.register(Box::new(energy_feed_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            ttft,
+            upstream_failures,
+            stream_failures,
+            in_flight,
+            energy_price,
+            energy_price_age,
+            energy_price_stale,
+            token_price,
+            energy_rows,
+            energy_feed_errors,
+            deployment,
+        })
     }
 
     /// Copies every deployment's live numbers into the `joule_deployment` gauges.

@@ -345,7 +345,14 @@ mod tests {
             id: "d".into(),
             upstream_model: "u".into(),
             prior: Prior { ttft_ms: 500.0, tokens_per_s: 50.0 },
-            kind: DeploymentKind::Hosted { data_center: 0, base_url: String::new(), api_key: None, base_price: TokenPrice::default() },
+            kind: DeploymentKind::Hosted {
+                data_center: 0,
+                base_url: String::new(),
+                api_key: None,
+                base_price: TokenPrice::default(),
+                gpu: None,
+                floor: TokenPrice::default(),
+            },
         }
     }
 

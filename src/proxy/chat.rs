@@ -12,7 +12,9 @@ use crate::api::chat::{self, ChatRequest};
 use crate::api::error::{stream_error_event, ApiError};
 use crate::api::sse::{self, SseItem};
 use crate::auth::Principal;
-use crate::catalog::Model;
+use crate::catalog::{Model, Quote};
+use crate::pricing::cost::{insert_cost, Cost};
+use crate::pricing::PriceBook;
 use crate::routing::{self, tags, RouteDecision};
 use crate::upstream::{self, Answer, AnswerBody};
 
@@ -39,7 +41,11 @@ async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -
     }
 }
 
-fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(usize, &'w Model, RouteDecision), ApiError> {
+fn decide<'w>(
+    world: &'w World,
+    book: &PriceBook,
+    req: &ChatRequest,
+) -> Result<(usize, &'w Model, RouteDecision), ApiError> {
     let (base, strategies) = tags::parse_model(&req.model)
         .map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") })?;
     let (index, model) = world
@@ -47,7 +53,7 @@ fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(usize, &'w Model, 
         .model_indexed(base)
         .ok_or_else(|| ApiError::ModelNotFound { model: base.chars().take(200).collect() })?;
     let strategies = strategies.unwrap_or_else(|| world.default_strategy.clone());
-    let cands = routing::candidates(&world.catalog, model, index, &world.telemetry);
+    let cands = routing::candidates(&world.catalog, book, model, index, &world.telemetry);
     Ok((index, model, routing::rank_native(cands, &strategies)))
 }
 
@@ -77,7 +83,9 @@ pub async fn handle(
         Err(e) => return send_error(io, rec, &e).await,
     };
     rec.stream = req.stream;
-    let (model_index, model, decision) = match decide(world, &req) {
+    // One load of the price book: the price charged is the one the decision saw.
+    let book = gw.pricing.book();
+    let (model_index, model, decision) = match decide(world, &book, &req) {
         Ok(x) => x,
         Err(e) => return send_error(io, rec, &e).await,
     };
@@ -140,12 +148,24 @@ fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer:
         if let Some(dc) = world.catalog.data_center_of(d) {
             h.push(("x-joule-data-center", dc.id.clone()));
         }
-        let q = world.catalog.quote(model, d);
+        let q = quote_of(decision, answer.deployment);
         h.push(("x-joule-price-input", format!("{:.6}", q.price.input)));
         h.push(("x-joule-price-output", format!("{:.6}", q.price.output)));
     }
     h.push(("x-joule-strategy", format!("{} (native)", decision.strategies)));
     h
+}
+
+/// The quote the decision used for a deployment (the price charged).
+fn quote_of(decision: &RouteDecision, deployment: usize) -> Quote {
+    decision.ranked.iter().find(|(c, _)| c.deployment == deployment).map(|(c, _)| c.quote).unwrap_or_default()
+}
+
+/// Adds `cost` to the usage object of an upstream JSON document, recording it.
+fn with_cost(doc: &[u8], quote: &Quote, tokens: (u64, u64), rec: &mut Record) -> Option<Vec<u8>> {
+    let cost = Cost::of(quote, tokens.0, tokens.1);
+    rec.cost = Some(cost);
+    insert_cost(doc, &cost)
 }
 
 fn usage_of(v: &serde_json::Value) -> Option<(u64, u64)> {
@@ -164,6 +184,7 @@ enum Flow {
 async fn forward_items(
     items: &[SseItem],
     req: &ChatRequest,
+    quote: &Quote,
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<Flow, DownstreamError> {
@@ -174,7 +195,7 @@ async fn forward_items(
                 io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
                 return Ok(Flow::Done);
             }
-            SseItem::Event { data, .. } => {
+            SseItem::Event { event, data } => {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
                     return Ok(Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid"));
                 };
@@ -183,14 +204,19 @@ async fn forward_items(
                 }
                 let usage_only = v.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty())
                     && v.get("usage").is_some_and(|u| !u.is_null());
+                let mut with_cost_event = None;
                 if let Some((p, c)) = usage_of(&v) {
                     rec.prompt_tokens = Some(p);
                     rec.completion_tokens = Some(c);
+                    // Only this event is re-encoded, with `cost` added to its usage.
+                    with_cost_event = with_cost(data.as_bytes(), quote, (p, c), rec)
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .map(|data| SseItem::Event { event: event.clone(), data });
                 }
                 if usage_only && !req.include_usage {
                     continue;
                 }
-                io.send_body(Bytes::from(sse::encode(item)), false).await?;
+                io.send_body(Bytes::from(sse::encode(with_cost_event.as_ref().unwrap_or(item))), false).await?;
                 if v.get("error").is_some() {
                     return Ok(Flow::Failed("The upstream reported an error mid-stream.", "upstream_stream_error"));
                 }
@@ -210,6 +236,7 @@ async fn relay(
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
     rec.deployment = model.deployments.get(answer.deployment).map(|d| d.id.clone());
+    let quote = quote_of(decision, answer.deployment);
     let mut headers = joule_headers(world, model, decision, &answer, rec);
     let status = answer.status;
     rec.status = status;
@@ -227,10 +254,16 @@ async fn relay(
                     return send_error(io, rec, &e).await;
                 }
             };
+            let mut bytes = bytes;
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                 if let Some((p, c)) = usage_of(&v) {
                     rec.prompt_tokens = Some(p);
                     rec.completion_tokens = Some(c);
+                    if (200..300).contains(&status) {
+                        if let Some(b) = with_cost(&bytes, &quote, (p, c), rec) {
+                            bytes = Bytes::from(b);
+                        }
+                    }
                 }
             }
             headers.push(("content-type", answer.content_type));
@@ -244,7 +277,7 @@ async fn relay(
     headers.push(("cache-control", "no-cache".into()));
     io.send_head(ResponseHead { status, headers, content_length: None }).await?;
 
-    let mut flow = forward_items(&prefetched, req, io, rec).await?;
+    let mut flow = forward_items(&prefetched, req, &quote, io, rec).await?;
     while let Flow::Continue = flow {
         let chunk = match tokio::time::timeout(world.limits.stream_idle_timeout, rest.next()).await {
             Err(_) => {
@@ -258,7 +291,7 @@ async fn relay(
             Ok(None) => {
                 prefetched.clear();
                 parser.finish(&mut prefetched);
-                flow = match forward_items(&prefetched, req, io, rec).await? {
+                flow = match forward_items(&prefetched, req, &quote, io, rec).await? {
                     Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
                     other => other,
                 };
@@ -271,7 +304,7 @@ async fn relay(
             flow = Flow::Failed("The upstream sent a malformed event stream.", "upstream_stream_invalid");
             break;
         }
-        flow = forward_items(&prefetched, req, io, rec).await?;
+        flow = forward_items(&prefetched, req, &quote, io, rec).await?;
     }
     if let Flow::Failed(message, code) = flow {
         rec.error = Some(code);

@@ -21,6 +21,8 @@ use crate::auth::{KeySnapshot, Principal};
 use crate::catalog::Catalog;
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
+use crate::pricing::cost::Cost;
+use crate::pricing::Pricing;
 use crate::routing::tags::StrategySet;
 use crate::telemetry::Telemetry;
 use crate::upstream::client::{ClientError, Clients};
@@ -57,13 +59,22 @@ impl World {
 pub struct Gateway {
     pub world: ArcSwap<World>,
     pub metrics: Metrics,
+    /// Energy prices and the price book (its own `ArcSwap`s; changes far more often than the world).
+    pub pricing: Arc<Pricing>,
     in_flight: AtomicUsize,
 }
 
 impl Gateway {
-    /// Wraps a world.
+    /// Wraps a world, with a pricing engine that no feed updates (base prices, priced sites
+    /// at the stale fallback).
     pub fn new(world: World, metrics: Metrics) -> Arc<Self> {
-        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, in_flight: AtomicUsize::new(0) })
+        let pricing = Pricing::unfed(&world.catalog);
+        Self::with_pricing(world, metrics, pricing)
+    }
+
+    /// Wraps a world and its pricing engine.
+    pub fn with_pricing(world: World, metrics: Metrics, pricing: Arc<Pricing>) -> Arc<Self> {
+        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, pricing, in_flight: AtomicUsize::new(0) })
     }
 
     /// Requests being served now (graceful shutdown waits for 0).
@@ -95,6 +106,8 @@ pub struct RequestHead {
     pub method: http::Method,
     /// Path without the query string.
     pub path: String,
+    /// The query string, without `?`.
+    pub query: Option<String>,
     pub authorization: Option<Vec<u8>>,
     pub content_length: Option<u64>,
 }
@@ -143,6 +156,8 @@ pub struct Record {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub stream: bool,
+    /// What the request cost the client (`usage.cost`).
+    pub cost: Option<Cost>,
 }
 
 impl Record {
@@ -162,6 +177,7 @@ impl Record {
             prompt_tokens: None,
             completion_tokens: None,
             stream: false,
+            cost: None,
         }
     }
 }
@@ -220,10 +236,15 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             Err(e) => Err(e),
         },
         ("/v1/models", &Method::GET) => {
-            authenticate(&world, head, rec).map(|_| models::list(&world.catalog))
+            authenticate(&world, head, rec).map(|_| models::list(&world.catalog, &gw.pricing.book()))
         }
+        (p, &Method::GET) if p.starts_with("/v1/models/") && p.ends_with("/prices") => authenticate(&world, head, rec)
+            .and_then(|_| {
+                let id = &p["/v1/models/".len()..p.len() - "/prices".len()];
+                models::prices(&world.catalog, &gw.pricing, id, head.query.as_deref())
+            }),
         (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(&world, head, rec)
-            .and_then(|_| models::one(&world.catalog, &p["/v1/models/".len()..])),
+            .and_then(|_| models::one(&world.catalog, &gw.pricing.book(), &p["/v1/models/".len()..])),
         ("/healthz" | "/v1/chat/completions" | "/v1/models", m) => {
             Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })
         }

@@ -9,6 +9,7 @@ pub mod tags;
 
 use crate::catalog::{Catalog, Model, Quote};
 use crate::telemetry::{BreakerState, Telemetry};
+use crate::pricing::PriceBook;
 use tags::{Strategy, StrategySet};
 
 /// A deployment with its numbers at decision time.
@@ -38,18 +39,26 @@ pub struct RouteDecision {
     pub strategies: StrategySet,
 }
 
-/// Builds the candidates of model `model_index` from the catalog and live telemetry.
+/// Builds the candidates of model `model_index`: quotes from the price book (energy-priced,
+/// computed when prices last changed), TTFT, token rate and health from live telemetry.
 ///
 /// Deployments whose breaker is open are left out; if that leaves none, the one whose
 /// breaker opened longest ago is the only candidate. With telemetry disabled, the configured
 /// priors stand in for measurements.
-pub fn candidates(catalog: &Catalog, model: &Model, model_index: usize, telemetry: &Telemetry) -> Vec<Candidate> {
+pub fn candidates(
+    catalog: &Catalog,
+    book: &PriceBook,
+    model: &Model,
+    model_index: usize,
+    telemetry: &Telemetry,
+) -> Vec<Candidate> {
+    let quotes = book.quotes_of(catalog, model);
     let all: Vec<Candidate> = model
         .deployments
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let quote = catalog.quote(model, d);
+            let quote = quotes.and_then(|q| q.get(i)).copied().unwrap_or_else(|| catalog.quote(model, d));
             match telemetry.get(model_index, i).filter(|_| telemetry.settings.enabled) {
                 Some(st) => {
                     let s = st.snapshot();
@@ -90,7 +99,8 @@ pub fn candidates(catalog: &Catalog, model: &Model, model_index: usize, telemetr
 
 fn raw_score(s: Strategy, c: &Candidate) -> f64 {
     match s {
-        // Ranks by what the deployment costs, so free models still go where it is cheapest.
+        // The current token price from the price book (energy included). `cost` equals the
+        // client price except for free models, which still go where they cost us least.
         Strategy::Price => c.quote.cost.input + c.quote.cost.output,
         Strategy::Latency => c.ttft_ms,
         Strategy::TokenRate => -c.tokens_per_s,
@@ -124,7 +134,7 @@ mod tests {
         let p = TokenPrice { input: price, output: price };
         Candidate {
             deployment: i,
-            quote: Quote { price: p, fee: TokenPrice::default(), cost: p },
+            quote: Quote { price: p, cost: p, ..Quote::default() },
             ttft_ms: ttft,
             tokens_per_s: tps,
             latency_ms: ttft,

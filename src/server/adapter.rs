@@ -78,6 +78,7 @@ fn request_head(session: &Session) -> RequestHead {
     RequestHead {
         method: req.method.clone(),
         path: req.uri.path().to_string(),
+        query: req.uri.query().map(str::to_string),
         authorization: req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()),
         content_length: req
             .headers
@@ -155,6 +156,7 @@ impl ProxyHttp for JouleProxy {
             ttft_ms = rec.ttft.map(|t| t.as_secs_f64() * 1e3),
             prompt_tokens = rec.prompt_tokens,
             completion_tokens = rec.completion_tokens,
+            cost_usd = rec.cost.map(|c| c.total),
             error = rec.error.unwrap_or("-"),
             "request"
         );

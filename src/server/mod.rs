@@ -18,6 +18,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::pricing::feed::Feeds;
 use crate::proxy::{Gateway, World};
 use adapter::{JouleProxy, Role};
 
@@ -32,6 +33,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Energy(#[from] crate::pricing::feed::StartError),
 }
 
 /// Binds and releases every configured address, so that a port in use or a foreign address
@@ -60,6 +63,8 @@ impl BackgroundService for Drain {
         while self.gateway.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Price history frames still queued for the store are written before the exit.
+        self.gateway.pricing.history().flush();
         tracing::info!(in_flight = self.gateway.in_flight(), "shutdown complete");
         std::process::exit(0);
     }
@@ -88,12 +93,30 @@ impl BackgroundService for Prober {
     }
 }
 
-/// Builds the gateway state from settings.
+/// Runs the energy feeds and the staleness check until shutdown.
+struct Energy {
+    gateway: Arc<Gateway>,
+    feeds: std::sync::Mutex<Option<Feeds>>,
+}
+
+#[async_trait]
+impl BackgroundService for Energy {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let feeds = self.feeds.lock().ok().and_then(|mut f| f.take());
+        if let Some(feeds) = feeds {
+            feeds.run(self.gateway.pricing.clone(), shutdown).await;
+        }
+    }
+}
+
+/// Builds the gateway state and its energy feeds (not yet running) from settings.
 ///
 /// # Errors
 /// See [`StartError`].
-pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
-    Ok(Gateway::new(World::new(settings, None)?, Metrics::new()?))
+pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError> {
+    let metrics = Metrics::new()?;
+    let (pricing, feeds) = crate::pricing::feed::build(&settings.energy, &settings.catalog, Some(metrics.clone()))?;
+    Ok((Gateway::with_pricing(World::new(settings, None)?, metrics, pricing), feeds))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime.
@@ -102,7 +125,7 @@ pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
 /// See [`StartError`]; does not return once serving.
 pub fn run(settings: Settings) -> Result<(), StartError> {
     check_bind(&settings)?;
-    let gw = gateway(&settings)?;
+    let (gw, feeds) = gateway(&settings)?;
     let conf = ServerConf {
         threads: settings.server.threads,
         // Our drain service exits as soon as nothing is in flight; pingora's own sleep is the
@@ -146,6 +169,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         server.add_service(admin);
     }
     server.add_service(background_service("probes", Prober { gateway: gw.clone(), health: settings.health.clone() }));
+    server.add_service(background_service("energy", Energy { gateway: gw.clone(), feeds: std::sync::Mutex::new(Some(feeds)) }));
     server.add_service(background_service("drain", Drain { gateway: gw, grace: settings.server.grace_period }));
 
     for a in &settings.server.listen {

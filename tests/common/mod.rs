@@ -91,9 +91,9 @@ impl Gateway {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("joule exited early ({status}):\n{}", self.logs());
             }
-            let api = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok();
-            let admin = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await.is_ok();
-            if api && admin {
+            // An HTTP answer, not just a TCP connect: a connect to a port nobody listens on yet
+            // can succeed as a TCP self-connection.
+            if healthy(self.port).await && healthy(self.admin_port).await {
                 return;
             }
             assert!(Instant::now() < deadline, "joule not ready in 30 s:\n{}", self.logs());
@@ -152,6 +152,12 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
+}
+
+/// True when `GET /healthz` on the loopback port answers 200.
+pub async fn healthy(port: u16) -> bool {
+    let c = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().expect("client");
+    matches!(c.get(format!("http://127.0.0.1:{port}/healthz")).send().await, Ok(r) if r.status() == 200)
 }
 
 /// A loopback HTTP client that ignores proxies.
@@ -244,4 +250,18 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: Option<&st
         assert_eq!(e["code"], c, "{v}");
     }
     v
+}
+
+/// The admin `/metrics` page once it contains `needle` (request metrics are recorded in the
+/// logging phase, just after the client has its response), bounded at 10 s.
+pub async fn metrics_containing(gw: &Gateway, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = client().get(format!("{}/metrics", gw.admin())).send().await.expect("metrics").text().await.expect("text");
+        if page.contains(needle) {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "metrics never contained {needle}:\n{page}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

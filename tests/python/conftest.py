@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,12 @@ def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"joule exited early:\n{log.read_text()}")
+        # An HTTP answer, not just a TCP connect (which can self-connect on loopback).
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
         except OSError:
             time.sleep(0.02)  # readiness probe interval; the condition is the accepting listener
     pytest.fail(f"joule not listening after 30 s:\n{log.read_text()}")

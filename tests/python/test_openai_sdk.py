@@ -85,3 +85,47 @@ def test_errors_map_to_sdk_exceptions(client, gateway):
         )
     assert e.value.status_code == 413
     assert e.value.code == "request_too_large"
+
+
+def _check_cost(usage, price_in, price_out):
+    # joule adds `cost` to the usage object; the SDK keeps unknown fields (model_extra).
+    cost = usage.model_extra["cost"]
+    assert cost == usage.cost
+    assert cost["currency"] == "USD"
+    assert abs(cost["input"] - usage.prompt_tokens * price_in / 1e6) < 2e-9
+    assert abs(cost["output"] - usage.completion_tokens * price_out / 1e6) < 2e-9
+    assert abs(cost["total"] - cost["input"] - cost["output"]) < 2e-9
+    assert cost["energy"] == 0.0  # these data centers have no price node
+    assert cost["routing_fee"] == 0.0
+    assert cost["total"] > 0
+
+
+def test_cost_in_non_stream_usage(client):
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    assert raw.headers["x-joule-price-input"] == "0.100000"
+    assert raw.headers["x-joule-price-output"] == "0.200000"
+    completion = raw.parse()
+    _check_cost(completion.usage, 0.1, 0.2)
+
+
+def test_cost_in_final_stream_usage_chunk(client):
+    stream = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    price_in = float(stream.headers["x-joule-price-input"])
+    price_out = float(stream.headers["x-joule-price-output"])
+    chunks = list(stream.parse())
+    assert all(c.usage is None for c in chunks[:-1])
+    _check_cost(chunks[-1].usage, price_in, price_out)
+
+
+def test_models_show_prices(client):
+    model = client.models.retrieve(MODEL)
+    extra = model.model_extra
+    assert extra["price"]["currency"] == "USD"
+    assert extra["best_deployment"] == "broken"  # cheapest by price, even if it then fails
+    prices = {d["id"]: d["price"] for d in extra["deployments"]}
+    assert prices["healthy"]["input"] == 0.1 and prices["healthy"]["output"] == 0.2

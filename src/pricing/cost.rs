@@ -1,0 +1,137 @@
+//! The cost of one request, itemised for the client (`usage.cost`): what the input and
+//! output tokens cost at the chosen deployment's price at decision time, how much of that is
+//! energy and how much the routing fee. Also the byte-level insertion of that object into an
+//! upstream's usage object, so the rest of the upstream JSON reaches the client as sent.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::catalog::Quote;
+
+/// Itemised cost of a request in US$. `total = input + output`; `energy` and `routing_fee`
+/// are the parts of `total` due to energy (negative when energy prices were) and to the
+/// third-party routing fee.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Cost {
+    pub total: f64,
+    pub input: f64,
+    pub output: f64,
+    pub energy: f64,
+    pub routing_fee: f64,
+    pub currency: &'static str,
+}
+
+fn usd(tokens: u64, per_mtok: f64) -> f64 {
+    tokens as f64 * per_mtok / 1e6
+}
+
+/// Rounds to a nano-dollar so sums print without float noise.
+fn round(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
+impl Cost {
+    /// The cost of `prompt` input and `completion` output tokens at quote `q`. Free models'
+    /// quotes are 0, so their cost is 0.
+    pub fn of(q: &Quote, prompt: u64, completion: u64) -> Cost {
+        let input = usd(prompt, q.price.input);
+        let output = usd(completion, q.price.output);
+        Cost {
+            total: round(input + output),
+            input: round(input),
+            output: round(output),
+            energy: round(usd(prompt, q.energy.input) + usd(completion, q.energy.output)),
+            routing_fee: round(usd(prompt, q.fee.input) + usd(completion, q.fee.output)),
+            currency: "USD",
+        }
+    }
+
+    /// The JSON object.
+    pub fn to_json(&self) -> String {
+        // A struct of finite numbers and a string always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Inserts `"cost": {…}` into the top-level `usage` object of a JSON document, leaving every
+/// other byte as it was. `None` when the document has no usage object. A `cost` the upstream
+/// put there itself is replaced (only the usage object is then re-serialised).
+pub fn insert_cost(doc: &[u8], cost: &Cost) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(doc).ok()?;
+    let top: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> = serde_json::from_str(text).ok()?;
+    let usage = top.get("usage")?.get();
+    if !usage.starts_with('{') {
+        return None;
+    }
+    let start = usage.as_ptr() as usize - text.as_ptr() as usize;
+    let end = start + usage.len();
+    let cost_json = cost.to_json();
+    let mut out = Vec::with_capacity(doc.len() + cost_json.len() + 10);
+    out.extend_from_slice(&doc[..start]);
+    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(usage).ok()?;
+    if fields.contains_key("cost") {
+        let mut fields = fields;
+        fields.insert("cost".into(), serde_json::from_str(&cost_json).ok()?);
+        out.extend_from_slice(serde_json::to_string(&fields).ok()?.as_bytes());
+    } else {
+        // `usage` ends with `}`; insert before it.
+        out.extend_from_slice(&doc[start..end - 1]);
+        if !fields.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"cost\":");
+        out.extend_from_slice(cost_json.as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(&doc[end..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::TokenPrice;
+
+    fn tp(i: f64, o: f64) -> TokenPrice {
+        TokenPrice { input: i, output: o }
+    }
+
+    #[test]
+    fn cost_items_add_up() {
+        let q = Quote { price: tp(0.2, 0.6), fee: TokenPrice::default(), cost: tp(0.2, 0.6), energy: tp(0.05, 0.2), stale: false };
+        let c = Cost::of(&q, 1_000_000, 500_000);
+        assert_eq!((c.input, c.output, c.total), (0.2, 0.3, 0.5));
+        assert!((c.energy - 0.15).abs() < 1e-12);
+        assert_eq!(c.routing_fee, 0.0);
+        // Provider route: list 1.0/2.0 + 5%.
+        let q = Quote { price: tp(1.05, 2.1), fee: tp(0.05, 0.1), cost: tp(1.05, 2.1), ..Quote::default() };
+        let c = Cost::of(&q, 2_000, 1_000);
+        assert_eq!((c.total, c.routing_fee, c.energy), (0.0042, 0.0002, 0.0));
+        // Free model: the quote is 0.
+        let c = Cost::of(&Quote { cost: tp(0.1, 0.2), ..Quote::default() }, 10_000, 10_000);
+        assert_eq!((c.total, c.input, c.output, c.energy), (0.0, 0.0, 0.0, 0.0));
+        // Negative energy lowers the total below the base.
+        let q = Quote { price: tp(0.09, 0.08), cost: tp(0.09, 0.08), energy: tp(-0.01, -0.02), ..Quote::default() };
+        assert_eq!(Cost::of(&q, 1_000_000, 1_000_000).energy, -0.03);
+    }
+
+    #[test]
+    fn insert_keeps_the_rest_byte_exact() {
+        let c = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, currency: "USD" };
+        let doc = br#"{"id":"x", "usage": {"prompt_tokens": 3 ,"completion_tokens":4}, "z":[1, 2.50]}"#;
+        let out = String::from_utf8(insert_cost(doc, &c).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"id":"x", "usage": {"prompt_tokens": 3 ,"completion_tokens":4,"cost":{"total":1.5,"input":0.5,"output":1.0,"energy":0.25,"routing_fee":0.0,"currency":"USD"}}, "z":[1, 2.50]}"#
+        );
+        let empty = insert_cost(br#"{"usage":{}}"#, &c).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["usage"]["cost"]["total"], 1.5);
+        let replaced = insert_cost(br#"{"usage":{"cost":7,"prompt_tokens":1}}"#, &c).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&replaced).unwrap();
+        assert_eq!((v["usage"]["cost"]["output"].as_f64(), v["usage"]["prompt_tokens"].as_u64()), (Some(1.0), Some(1)));
+        assert!(insert_cost(br#"{"usage":null}"#, &c).is_none());
+        assert!(insert_cost(br#"{"choices":[]}"#, &c).is_none());
+        assert!(insert_cost(b"not json", &c).is_none());
+    }
+}
