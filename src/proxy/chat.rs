@@ -13,6 +13,8 @@ use crate::api::error::{stream_error_event, ApiError};
 use crate::api::sse::{self, SseItem, SseParser};
 use crate::auth::Principal;
 use crate::catalog::Model;
+use crate::limits::{self, Refusal};
+use crate::routing::tags::StrategySet;
 use crate::routing::{self, tags, RouteDecision};
 use crate::upstream::{self, Answer};
 
@@ -39,14 +41,14 @@ async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -
     }
 }
 
-fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(&'w Model, RouteDecision), ApiError> {
+fn decide<'w>(world: &'w World, default: &StrategySet, req: &ChatRequest) -> Result<(&'w Model, RouteDecision), ApiError> {
     let (base, strategies) = tags::parse_model(&req.model)
         .map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") })?;
     let model = world
         .catalog
         .model(base)
         .ok_or_else(|| ApiError::ModelNotFound { model: base.chars().take(200).collect() })?;
-    let strategies = strategies.unwrap_or_else(|| world.default_strategy.clone());
+    let strategies = strategies.unwrap_or_else(|| default.clone());
     let decision = routing::rank_native(routing::candidates(&world.catalog, model), &strategies);
     Ok((model, decision))
 }
@@ -58,11 +60,12 @@ fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(&'w Model, RouteDe
 pub async fn handle(
     gw: &Gateway,
     world: &World,
-    _principal: &Principal,
+    principal: &Principal,
     head: &RequestHead,
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
+    rec.principal = Some(principal.clone());
     let body = match read_body(io, head, world).await {
         Ok(b) => b,
         Err(e) => {
@@ -77,12 +80,15 @@ pub async fn handle(
         Err(e) => return send_error(io, rec, &e).await,
     };
     rec.stream = req.stream;
-    let (model, decision) = match decide(world, &req) {
+    let (model, decision) = match decide(world, principal.default_strategy(&world.default_strategy), &req) {
         Ok(x) => x,
         Err(e) => return send_error(io, rec, &e).await,
     };
     rec.model = Some(model.id.clone());
     rec.strategy = Some(decision.strategies.to_string());
+    if let Err(e) = check_access(gw, principal, model) {
+        return send_error(io, rec, &e).await;
+    }
 
     let metrics = &gw.metrics;
     let mut on_failure = |a: &upstream::Attempt| {
@@ -108,6 +114,28 @@ pub async fn handle(
     };
     drop(body);
     relay(world, model, &decision, &req, answer, io, rec).await
+}
+
+/// The project's model allow-list, then its and the key's limits and budget.
+fn check_access(gw: &Gateway, principal: &Principal, model: &Model) -> Result<(), ApiError> {
+    if !principal.may_use(&model.id) {
+        return Err(ApiError::ModelNotAllowed { model: model.id.clone() });
+    }
+    limits::admit(principal, limits::now_ns(), crate::store::now_ms()).map_err(|r| {
+        let (scope, kind) = r.labels();
+        gw.metrics.limit_rejections.with_label_values(&[scope, kind]).inc();
+        let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        match r {
+            Refusal::Rate { retry_after, .. } => ApiError::RateLimited {
+                message: format!("Rate limit reached: {kind} per minute of this {scope}. Retry after {} s.", secs(retry_after)),
+                retry_after: secs(retry_after).max(1),
+            },
+            Refusal::Budget { retry_after } => ApiError::QuotaExceeded {
+                message: "The project's budget for this period is spent.".into(),
+                retry_after: secs(retry_after).max(1),
+            },
+        }
+    })
 }
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
@@ -140,7 +168,11 @@ async fn relay(
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
     let sent_at = Instant::now();
-    rec.deployment = model.deployments.get(answer.deployment).map(|d| d.id.clone());
+    if let Some(d) = model.deployments.get(answer.deployment) {
+        rec.deployment = Some(d.id.clone());
+        rec.data_center = world.catalog.data_center_of(d).map(|dc| dc.id.clone());
+        rec.quote = Some(world.catalog.quote(model, d));
+    }
     let mut headers = joule_headers(world, model, decision, &answer, rec);
     let status = answer.response.status().as_u16();
     let content_type = answer

@@ -3,7 +3,9 @@
 //! [`Downstream`] over a pingora session; tests could implement it over anything.
 //!
 //! Each request takes one `load()` of the [`World`] snapshot and uses it throughout, so it
-//! sees one consistent catalog, key set and client pool even while a reload swaps them.
+//! sees one consistent catalog and client pool even while a reload swaps them; keys and
+//! projects come from the [`Registry`]'s own snapshot (one more `load()`), which changes
+//! whenever a key or project does.
 
 pub mod chat;
 pub mod models;
@@ -17,20 +19,23 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::api::error::ApiError;
-use crate::auth::{KeySnapshot, Principal};
-use crate::catalog::Catalog;
+use crate::auth::{KeyHash, Principal};
+use crate::catalog::{Catalog, Quote};
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
+use crate::projects::Registry;
 use crate::routing::tags::StrategySet;
 use crate::upstream::client::{ClientError, Clients};
+use crate::usage::UsageSink;
 
 /// Everything a request reads, swapped whole on reload.
 pub struct World {
     pub catalog: Catalog,
     pub clients: Clients,
-    pub keys: KeySnapshot,
     pub default_strategy: StrategySet,
     pub limits: Limits,
+    /// SHA-256 of the admin API token; `None` disables the admin API.
+    pub admin_token: Option<KeyHash>,
 }
 
 impl World {
@@ -42,9 +47,9 @@ impl World {
         Ok(World {
             clients: Clients::new(&s.catalog, &s.limits)?,
             catalog: s.catalog.clone(),
-            keys: KeySnapshot::new(&s.keys),
             default_strategy: s.default_strategy.clone(),
             limits: s.limits.clone(),
+            admin_token: s.admin_token,
         })
     }
 }
@@ -53,13 +58,17 @@ impl World {
 pub struct Gateway {
     pub world: ArcSwap<World>,
     pub metrics: Metrics,
+    /// API keys and projects (snapshot + store).
+    pub registry: Arc<Registry>,
+    /// Where finished requests' usage records go.
+    pub usage: UsageSink,
     in_flight: AtomicUsize,
 }
 
 impl Gateway {
-    /// Wraps a world.
-    pub fn new(world: World, metrics: Metrics) -> Arc<Self> {
-        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, in_flight: AtomicUsize::new(0) })
+    /// Wraps a world, its key registry and usage sink.
+    pub fn new(world: World, metrics: Metrics, registry: Arc<Registry>, usage: UsageSink) -> Arc<Self> {
+        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, registry, usage, in_flight: AtomicUsize::new(0) })
     }
 
     /// Requests being served now (graceful shutdown waits for 0).
@@ -91,6 +100,8 @@ pub struct RequestHead {
     pub method: http::Method,
     /// Path without the query string.
     pub path: String,
+    /// The query string, without `?`.
+    pub query: Option<String>,
     pub authorization: Option<Vec<u8>>,
     pub content_length: Option<u64>,
 }
@@ -137,6 +148,12 @@ pub struct Record {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub stream: bool,
+    /// The authenticated key (and project), for limits and the usage record.
+    pub principal: Option<Principal>,
+    /// The data center of the deployment that answered (hosted deployments).
+    pub data_center: Option<String>,
+    /// The answering deployment's token prices at decision time.
+    pub quote: Option<Quote>,
 }
 
 impl Record {
@@ -155,6 +172,9 @@ impl Record {
             prompt_tokens: None,
             completion_tokens: None,
             stream: false,
+            principal: None,
+            data_center: None,
+            quote: None,
         }
     }
 }
@@ -192,8 +212,8 @@ pub async fn send_json(io: &mut dyn Downstream, rec: &mut Record, body: Vec<u8>)
     io.send_body(Bytes::from(body), true).await
 }
 
-fn authenticate(world: &World, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
-    let p = world.keys.authenticate(head.authorization.as_deref()).map_err(ApiError::InvalidApiKey)?;
+fn authenticate(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
+    let p = gw.registry.load().keys.authenticate(head.authorization.as_deref()).map_err(ApiError::InvalidApiKey)?;
     rec.key_name = Some(p.key_name.clone());
     Ok(p)
 }
@@ -208,14 +228,14 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
     use http::Method;
     let result = match (path, &head.method) {
         ("/healthz", &Method::GET) => return send_json(io, rec, br#"{"status":"ok"}"#.to_vec()).await,
-        ("/v1/chat/completions", &Method::POST) => match authenticate(&world, head, rec) {
+        ("/v1/chat/completions", &Method::POST) => match authenticate(gw, head, rec) {
             Ok(p) => return chat::handle(gw, &world, &p, head, io, rec).await,
             Err(e) => Err(e),
         },
         ("/v1/models", &Method::GET) => {
-            authenticate(&world, head, rec).map(|_| models::list(&world.catalog))
+            authenticate(gw, head, rec).map(|_| models::list(&world.catalog))
         }
-        (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(&world, head, rec)
+        (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(gw, head, rec)
             .and_then(|_| models::one(&world.catalog, &p["/v1/models/".len()..])),
         ("/healthz" | "/v1/chat/completions" | "/v1/models", m) => {
             Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })

@@ -19,7 +19,7 @@ use crate::proxy::{self, Downstream, DownstreamError, Gateway, InFlight, Record,
 pub enum Role {
     /// The public OpenAI-compatible API.
     Api,
-    /// `/metrics` and `/healthz` for operators.
+    /// `/metrics`, `/healthz` and the admin API for operators.
     Admin,
 }
 
@@ -78,6 +78,7 @@ fn request_head(session: &Session) -> RequestHead {
     RequestHead {
         method: req.method.clone(),
         path: req.uri.path().to_string(),
+        query: req.uri.query().map(str::to_string),
         authorization: req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()),
         content_length: req
             .headers
@@ -127,6 +128,7 @@ impl ProxyHttp for JouleProxy {
         let rec = &ctx.rec;
         let elapsed = rec.started.elapsed();
         if self.role == Role::Api {
+            crate::usage::account(&self.gateway.usage, rec);
             let m = &self.gateway.metrics;
             let model = rec.model.as_deref().unwrap_or("none");
             let deployment = rec.deployment.as_deref().unwrap_or("none");
