@@ -283,7 +283,8 @@ async fn usage_filter(store: &Store, query: &Query, limit: u32) -> Result<UsageF
 /// The CSV columns, in order.
 pub const CSV_HEADER: &str = "id,ts_ms,instance,project_id,key_id,key_name,model,strategy,deployment,data_center,status,outcome,stream,ttft_ms,latency_ms,tokens_in,tokens_out,price_input,price_output,cost_input,cost_output,cost_fee,cost_total";
 
-fn to_csv(records: &[crate::usage::UsageRecord]) -> Vec<u8> {
+/// Usage records as CSV, with [`CSV_HEADER`] first.
+pub fn to_csv(records: &[crate::usage::UsageRecord]) -> Vec<u8> {
     fn field(out: &mut String, s: &str) {
         if s.contains([',', '"', '\n', '\r']) {
             out.push('"');
