@@ -139,20 +139,20 @@ impl RateLimits {
 /// A project's budget state.
 #[derive(Debug)]
 pub struct Budget {
-    /// Limit in micro-USD.
+    /// Limit in nano-USD (costs of single small requests are fractions of a micro-dollar).
     limit: AtomicU64,
     period: std::sync::atomic::AtomicU8,
     /// Start (unix ms) of the period the counters below belong to.
     period_start: AtomicI64,
-    /// This instance's spend in the period, micro-USD.
+    /// This instance's spend in the period, nano-USD.
     local: AtomicU64,
-    /// Other instances' spend in the period as last read from the store, micro-USD.
+    /// Other instances' spend in the period as last read from the store, nano-USD.
     others: AtomicU64,
 }
 
-fn micros(usd: f64) -> u64 {
+fn nanos(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
-        (usd * 1e6).round().min(u64::MAX as f64) as u64
+        (usd * 1e9).round().min(u64::MAX as f64) as u64
     } else {
         0
     }
@@ -169,7 +169,7 @@ impl Budget {
     /// A budget of `usd` per `period`, nothing spent yet.
     pub fn new(usd: f64, period: BudgetPeriod) -> Self {
         Budget {
-            limit: AtomicU64::new(micros(usd)),
+            limit: AtomicU64::new(nanos(usd)),
             period: std::sync::atomic::AtomicU8::new(period_code(period)),
             period_start: AtomicI64::new(period.bounds(crate::store::now_ms()).0),
             local: AtomicU64::new(0),
@@ -184,13 +184,13 @@ impl Budget {
 
     /// Changes limit and period (a period change starts counting afresh at the next sync).
     pub fn set(&self, usd: f64, period: BudgetPeriod) {
-        self.limit.store(micros(usd), Ordering::Relaxed);
+        self.limit.store(nanos(usd), Ordering::Relaxed);
         self.period.store(period_code(period), Ordering::Relaxed);
     }
 
     /// Spend known to this instance in the current period, USD.
     pub fn spent(&self) -> f64 {
-        (self.local.load(Ordering::Relaxed) + self.others.load(Ordering::Relaxed)) as f64 / 1e6
+        (self.local.load(Ordering::Relaxed) + self.others.load(Ordering::Relaxed)) as f64 / 1e9
     }
 
     /// Refuses when the period's spend has reached the limit; the error is the time until
@@ -213,7 +213,7 @@ impl Budget {
     pub fn add(&self, usd: f64, now_ms: i64) {
         let (start, _) = self.period().bounds(now_ms);
         self.roll(start);
-        self.local.fetch_add(micros(usd), Ordering::Relaxed);
+        self.local.fetch_add(nanos(usd), Ordering::Relaxed);
     }
 
     /// Starts a new period's counters if `start` is newer than the current one.
@@ -229,7 +229,7 @@ impl Budget {
     pub fn sync_others(&self, start: i64, usd: f64) {
         self.roll(start);
         if self.period_start.load(Ordering::Relaxed) == start {
-            self.others.store(micros(usd), Ordering::Relaxed);
+            self.others.store(nanos(usd), Ordering::Relaxed);
         }
     }
 
