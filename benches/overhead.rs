@@ -31,6 +31,13 @@
 //!
 //! The target is under 0.5 ms added p50 at concurrency 1. It is reported, never asserted.
 //!
+//! `JOULE_BENCH_COMPARE=store` (or `scripts/bench --store`) compares two joule processes
+//! instead, in the same interleaved way: "store off" (`[store] backend = "none"`, a config key)
+//! against "store on" (SQLite store, the key in a project with requests- and tokens-per-minute
+//! limits and a budget, all too high to refuse, so every request runs the whole access check,
+//! settles tokens and cost, and queues a usage record that the writer batches into SQLite).
+//! Without it, the joule path runs with the store off, as the gateway core did.
+//!
 //! Run with `scripts/bench` (or `cargo bench --bench overhead`). `JOULE_BENCH_QUICK=1` (or the
 //! argument `--quick`) runs a few hundred requests only: a smoke run for CI that keeps the bench
 //! from rotting.
@@ -75,24 +82,33 @@ fn main() -> Result<()> {
         tokens: TOKENS,
         ..MockConfig::default()
     })?;
-    let mut joule = Joule::start(mock.addr)?;
+    let compare_store = std::env::var("JOULE_BENCH_COMPARE").is_ok_and(|v| v == "store")
+        || std::env::args().skip(1).any(|a| a == "--store");
+    let mut baseline = if compare_store { Some(Joule::start(mock.addr, StoreMode::Off)?) } else { None };
+    let mut joule = Joule::start(mock.addr, if compare_store { StoreMode::Sqlite } else { StoreMode::Off })?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the client runtime")?;
     let paths = [
-        Endpoint::new("direct", mock.addr),
-        Endpoint::new("joule", joule.addr),
+        match &baseline {
+            Some(b) => Endpoint::new("store off", b.addr),
+            None => Endpoint::new("direct", mock.addr),
+        },
+        Endpoint::new(if compare_store { "store on" } else { "joule" }, joule.addr),
     ];
     let results = runtime.block_on(run(&plan, &paths));
     // Whatever happened, a gateway that died under load is the first thing to report.
     joule.check_alive()?;
+    if let Some(b) = baseline.as_mut() {
+        b.check_alive()?;
+    }
     let results = results?;
 
-    let report = render(&plan, &machine, &results);
+    let report = render(&plan, &machine, &results, [paths[0].name, paths[1].name]);
     println!("\n{report}");
-    let out = report_path();
+    let out = report_path(if compare_store { "bench-overhead-store.md" } else { "bench-overhead.md" });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -230,7 +246,7 @@ impl Samples {
     }
 }
 
-/// Results of one scenario: `[direct, joule]`.
+/// Results of one scenario: `[baseline, joule]`.
 struct ScenarioResult {
     scenario: Scenario,
     paths: [Samples; 2],
@@ -612,6 +628,15 @@ impl Drop for MockThread {
     }
 }
 
+/// Whether a joule process keeps projects, keys and usage.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreMode {
+    /// `[store] backend = "none"`: config keys only, no usage records.
+    Off,
+    /// SQLite store; the key belongs to a project with limits and a budget.
+    Sqlite,
+}
+
 /// A running `joule serve` process, killed on drop.
 struct Joule {
     child: Child,
@@ -621,7 +646,7 @@ struct Joule {
 }
 
 impl Joule {
-    fn start(upstream: SocketAddr) -> Result<Self> {
+    fn start(upstream: SocketAddr, store: StoreMode) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -651,11 +676,27 @@ base_price_output = 0.2
 [[keys]]
 name = "bench"
 sha256 = "{hash}"
+{project}
+[store]
+{backend}
 "#,
             hash = joule::auth::KeyHash::of(KEY).to_hex(),
+            project = if store == StoreMode::Sqlite { "project = \"bench\"" } else { "" },
+            backend = if store == StoreMode::Sqlite { "path = \"joule.db\"" } else { "backend = \"none\"" },
         );
         let config_path = dir.path().join("joule.toml");
         std::fs::write(&config_path, config).context("writing joule's config")?;
+        if store == StoreMode::Sqlite {
+            // Limits and budget far above what the bench can reach: checked, never refusing.
+            let out = Command::new(env!("CARGO_BIN_EXE_joule"))
+                .args(["projects", "create", "bench", "--rpm", "4000000000", "--tpm", "4000000000", "--budget", "1000000000", "--config"])
+                .arg(&config_path)
+                .output()
+                .context("creating the bench project")?;
+            if !out.status.success() {
+                bail!("joule projects create failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
         let log = dir.path().join("joule.log");
         let log_file = std::fs::File::create(&log).context("creating joule's log file")?;
         let binary = env!("CARGO_BIN_EXE_joule");
@@ -749,11 +790,11 @@ impl Machine {
     }
 }
 
-/// `target/bench-overhead.md`, honouring `CARGO_TARGET_DIR`.
-fn report_path() -> PathBuf {
+/// `target/<file>`, honouring `CARGO_TARGET_DIR`.
+fn report_path(file: &str) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), |d| manifest.join(d));
-    target.join("bench-overhead.md")
+    target.join(file)
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -785,9 +826,10 @@ fn throughput(s: &Samples) -> String {
     format!("{:.0}", s.latencies.len() as f64 / secs)
 }
 
-fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult]) -> String {
+fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult], names: [&str; 2]) -> String {
+    let [a, b] = names;
     let mut out = String::new();
-    let _ = writeln!(out, "## joule overhead vs direct ({})\n", if plan.quick { "quick run" } else { "full run" });
+    let _ = writeln!(out, "## joule: {b} vs {a} ({})\n", if plan.quick { "quick run" } else { "full run" });
     let _ = writeln!(
         out,
         "Machine: {} × {} (load average at start: {}){}.  ",
@@ -801,11 +843,11 @@ fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult]) -> String 
         "Mock upstream answering at once ({TOKENS} tokens) on its own thread; joule release build, \
          threads = {JOULE_THREADS}, log level warn; client: hand-rolled HTTP/1.1, one keep-alive \
          connection per in-flight request, same code and bytes on both paths; paths interleaved \
-         in ABBA batches. Times in ms; added = joule − direct.\n"
+         in ABBA batches. Times in ms; added = {b} − {a}.\n"
     );
     let _ = writeln!(
         out,
-        "| scenario | requests/path | direct p50 | joule p50 | added p50 | direct p99 | joule p99 | added p99 | req/s direct / joule | errors direct / joule |"
+        "| scenario | requests/path | {a} p50 | {b} p50 | added p50 | {a} p99 | {b} p99 | added p99 | req/s {a} / {b} | errors {a} / {b} |"
     );
     let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let mut c1_added_p50 = None;
@@ -847,7 +889,7 @@ fn render(plan: &Plan, machine: &Machine, results: &[ScenarioResult]) -> String 
     };
     let _ = writeln!(out, "Target: added p50 at concurrency 1 under {target_ms} ms — {verdict}.");
     for r in results {
-        for (name, s) in ["direct", "joule"].iter().zip(&r.paths) {
+        for (name, s) in names.iter().zip(&r.paths) {
             let reconnects = s.connects.saturating_sub(r.scenario.concurrency);
             if reconnects > 0 {
                 let _ = writeln!(out, "\n{} / {name}: {reconnects} connection(s) had to be reopened.", r.scenario.label);

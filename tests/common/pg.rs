@@ -39,8 +39,11 @@ fn is_root() -> bool {
 impl PgCluster {
     /// Creates and starts a cluster; panics with the server log if that fails.
     pub fn start() -> PgCluster {
-        let dir = tempfile::Builder::new().prefix("joule-pg-").tempdir().expect("tempdir");
-        let c = PgCluster { dir, bin: pg_bin(), as_postgres: is_root() };
+        let as_postgres = is_root();
+        // As root, the postgres user must reach the directory: $TMPDIR may sit under /root.
+        let parent = if as_postgres { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        let dir = tempfile::Builder::new().prefix("joule-pg-").tempdir_in(parent).expect("tempdir");
+        let c = PgCluster { dir, bin: pg_bin(), as_postgres };
         if c.as_postgres {
             let ok = Command::new("chown").args(["-R", "postgres:"]).arg(c.dir.path()).status().is_ok_and(|s| s.success());
             assert!(ok, "chown of the cluster directory to postgres failed (is PostgreSQL installed? run scripts/setup)");
