@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /admin/projects` | every project |
 //! | `POST /admin/projects` | create: `{"name", "allowed_models": [..] or null, "default_strategy", "rpm", "tpm", "budget_usd", "budget_period": "day"/"month"}` → 201 |
-//! | `GET /admin/projects/{name}` | one project |
+//! | `GET /admin/projects/{name}` | one project, with `budget_spent_usd` as this instance sees it |
 //! | `PATCH /admin/projects/{name}` | change any of the fields above (`null` clears) |
 //! | `DELETE /admin/projects/{name}` | delete (409 while it has active keys) |
 //! | `GET /admin/keys[?project=P]` | keys (store keys and read-only config keys); never the key itself |
@@ -133,7 +133,8 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
     match (rest, &head.method) {
         ("/projects", &Method::GET) => {
             query.only(&[])?;
-            Ok(Reply::Json(200, json!({ "projects": store.projects().await.map_err(store_error)? })))
+            let projects: Vec<Value> = store.projects().await.map_err(store_error)?.iter().map(|p| project_view(gw, p)).collect();
+            Ok(Reply::Json(200, json!({ "projects": projects })))
         }
         ("/projects", &Method::POST) => {
             query.only(&[])?;
@@ -151,7 +152,7 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
             query.only(&[])?;
             let name = &p["/projects/".len()..];
             match *m {
-                Method::GET => Ok(Reply::Json(200, json!(store.project(name).await.map_err(store_error)?))),
+                Method::GET => Ok(Reply::Json(200, project_view(gw, &store.project(name).await.map_err(store_error)?))),
                 Method::PATCH => {
                     let mut body = read_object(io, head).await?;
                     let changes = project_changes(&mut body, true)?;
@@ -227,6 +228,16 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
         (p, _) if p.starts_with("/keys/") => Err(not_allowed()),
         _ => Err(ApiError::NotFound { path: head.path.chars().take(200).collect() }),
     }
+}
+
+/// A project as stored, plus `budget_spent_usd`: the period's spend as this instance sees it
+/// (its own requests exactly, other instances' as of the last budget sync).
+fn project_view(gw: &Gateway, p: &store::Project) -> Value {
+    let mut v = json!(p);
+    if let Some(b) = gw.registry.load().projects.get(&p.id).and_then(|x| x.budget.clone()) {
+        v["budget_spent_usd"] = json!(b.spent());
+    }
+    v
 }
 
 async fn usage(store: &Store, query: &Query) -> Result<Reply, ApiError> {

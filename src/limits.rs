@@ -8,6 +8,7 @@
 //!   the bucket not to be empty, and the request's actual input + output tokens are taken
 //!   when it finishes ([`settle`]); the bucket can go into debt, which then delays the
 //!   following requests until it has refilled.
+//!
 //! A refusal is a 429 `rate_limit_exceeded` with `retry-after` (whole seconds, rounded up).
 //!
 //! **Budgets** are USD per UTC day or month per project. Spend = this instance's own
@@ -182,10 +183,16 @@ impl Budget {
         if self.period.load(Ordering::Relaxed) == 0 { BudgetPeriod::Day } else { BudgetPeriod::Month }
     }
 
-    /// Changes limit and period (a period change starts counting afresh at the next sync).
+    /// Changes limit and period. A period change starts the counters afresh for the new
+    /// period: other instances' spend comes back with the next sync; this instance's spend
+    /// earlier in the new period is not counted (it only counts its requests as they end).
     pub fn set(&self, usd: f64, period: BudgetPeriod) {
         self.limit.store(nanos(usd), Ordering::Relaxed);
-        self.period.store(period_code(period), Ordering::Relaxed);
+        if self.period.swap(period_code(period), Ordering::AcqRel) != period_code(period) {
+            self.period_start.store(period.bounds(crate::store::now_ms()).0, Ordering::Release);
+            self.local.store(0, Ordering::Relaxed);
+            self.others.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Spend known to this instance in the current period, USD.

@@ -8,6 +8,7 @@
 //!   milliseconds;
 //! - when the store's change sequence moved (checked every second: the safety net for missed
 //!   notifications and for the CLI writing an SQLite file a gateway is serving from).
+//!
 //! If the store is unreachable the last snapshot stays in force.
 //!
 //! Keys from the config's `[[keys]]` are merged into every snapshot: read-only, id
@@ -233,31 +234,37 @@ impl Registry {
     }
 
     async fn sync_budgets(&self, instance: Arc<str>, every: Duration) {
-        let Some(store) = &self.store else { return };
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let access = self.access.load_full();
-            let now = crate::store::now_ms();
-            let mut starts: Vec<i64> =
-                access.projects.values().filter_map(|p| p.budget.as_ref().map(|b| b.period_start(now))).collect();
-            starts.sort_unstable();
-            starts.dedup();
-            for start in starts {
-                match store.spend_since(start, &instance).await {
-                    Ok(rows) => {
-                        let spent: HashMap<String, f64> = rows.into_iter().collect();
-                        for p in access.projects.values() {
-                            if let Some(b) = p.budget.as_ref().filter(|b| b.period_start(now) == start) {
-                                b.sync_others(start, spent.get(&*p.id).copied().unwrap_or(0.0));
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "budget sync failed; using the last known spend"),
+            if let Err(e) = self.sync_budgets_once(&instance).await {
+                tracing::debug!(error = %e, "budget sync failed; using the last known spend");
+            }
+        }
+    }
+
+    /// Reads other instances' spend in each budget's current period from the store.
+    ///
+    /// # Errors
+    /// The store is unreachable (budgets keep the last known spend).
+    pub async fn sync_budgets_once(&self, instance: &str) -> Result<(), StoreError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let access = self.access.load_full();
+        let now = crate::store::now_ms();
+        let mut starts: Vec<i64> =
+            access.projects.values().filter_map(|p| p.budget.as_ref().map(|b| b.period_start(now))).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            let spent: HashMap<String, f64> = store.spend_since(start, instance).await?.into_iter().collect();
+            for p in access.projects.values() {
+                if let Some(b) = p.budget.as_ref().filter(|b| b.period_start(now) == start) {
+                    b.sync_others(start, spent.get(&*p.id).copied().unwrap_or(0.0));
                 }
             }
         }
+        Ok(())
     }
 }
 

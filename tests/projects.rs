@@ -299,7 +299,7 @@ async fn rate_limits_and_budgets_answer_429() {
     wait_for_records(&gw, &c, "?project=budget", 1, Duration::from_secs(10)).await;
     let r = chat_with(&gw, &c, &kb, MODEL, false).await;
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(retry >= 1 && retry <= 31 * 86_400, "{retry}");
+    assert!((1..=31 * 86_400).contains(&retry), "{retry}");
     let v = expect_error(r, 429, Some("insufficient_quota")).await;
     assert_eq!(v["error"]["type"], "insufficient_quota");
     // Raising the budget lets it through again.
@@ -493,4 +493,55 @@ async fn postgres_outage_loses_no_usage_record() {
     wait_for_records(&gw, &c, "?project=load", total, Duration::from_secs(60)).await;
     assert!(metric(&gw, &c, "joule_usage_spilled_total").await >= 1.0);
     assert_eq!(metric(&gw, &c, "joule_usage_dropped_total").await, 0.0);
+}
+
+/// Two instances sharing one store enforce one budget: each adds the other's recorded spend
+/// (read every `budget_sync_interval_ms`) to its own. Also: a key created through one instance
+/// reaches the other through the change-sequence poll (SQLite has no NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_store_share_budgets() {
+    let m = mock(MockConfig { ttft_ms: 1, ..Default::default() }).await;
+    let shared = tempfile::tempdir().unwrap();
+    let db = shared.path().join("shared.db");
+    let extra = format!(
+        "{}\n{}\n[store]\npath = \"{}\"\nbudget_sync_interval_ms = 100\nflush_interval_ms = 20\n",
+        catalog(&[(MODEL, &m)]),
+        admin_toml(),
+        db.display()
+    );
+    let a = Gateway::start(&extra).await;
+    let b = Gateway::start(&extra).await;
+    let c = client();
+    // Price 1 and 2 $/Mtok: each request costs a few $1e-5; the budget allows about two.
+    let (s, _) = admin(&a, &c, "POST", "/projects", Some(json!({"name": "shared", "budget_usd": 0.0001, "budget_period": "day"}))).await;
+    assert_eq!(s, 201);
+    let (_, key) = create_key(&a, &c, json!({"name": "k", "project": "shared"})).await;
+
+    // B learns of the key within the poll interval (1 s) and spends until refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut spent_on_b = 0;
+    loop {
+        let r = chat_with(&b, &c, &key, MODEL, false).await;
+        match r.status().as_u16() {
+            200 => spent_on_b += 1,
+            401 => assert_eq!(spent_on_b, 0, "a known key became unknown"),
+            429 => break,
+            s => panic!("unexpected status {s}"),
+        }
+        assert!(Instant::now() < deadline, "B never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spent_on_b >= 1);
+    // A has spent nothing itself; once its sync has read B's records it refuses too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, p) = admin(&a, &c, "GET", "/projects/shared", None).await;
+        if p["budget_spent_usd"].as_f64().unwrap() >= 0.0001 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never saw B's spend: {p}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    expect_error(chat_with(&a, &c, &key, MODEL, false).await, 429, Some("insufficient_quota")).await;
+    assert_eq!(m.requests(), spent_on_b, "A forwarded nothing");
 }

@@ -96,6 +96,8 @@ pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
             let store = Store::open(&s.location)?;
             let registry = Registry::new(settings.keys.clone(), Some(store.clone()));
             store.wait(registry.refresh())?;
+            // Budgets start from the spend already recorded, before the first request.
+            store.wait(registry.sync_budgets_once(&instance))?;
             registry.spawn_background(instance.clone(), s.budget_sync);
             tracing::info!(backend = store.kind(), instance = %instance, "store open");
             (registry, UsageSink::start(store, s.usage.clone(), metrics.clone(), instance))

@@ -217,7 +217,7 @@ impl ProjectChanges {
             }
         }
         if let Some(Some(b)) = self.budget_usd {
-            if !(b.is_finite() && b >= 0.0 && b <= 1e12) {
+            if !(b.is_finite() && (0.0..=1e12).contains(&b)) {
                 return Err(StoreError::Invalid(format!("budget_usd: must be a finite number between 0 and 1e12, got {b}")));
             }
         }

@@ -21,7 +21,7 @@ const POOL_IDLE: usize = 4;
 /// The channel every change is announced on.
 const CHANNEL: &str = "joule_changes";
 /// Serialises migrations of instances starting together (an arbitrary constant).
-const MIGRATION_LOCK: i64 = 0x6a6f_756c_65;
+const MIGRATION_LOCK: i64 = 0x006a_6f75_6c65;
 
 /// A PostgreSQL database.
 pub struct PgStore {
@@ -366,15 +366,7 @@ impl Backend for PgStore {
     async fn usage_summary(&self, filter: &UsageFilter) -> Result<UsageSummary, StoreError> {
         let (sql, ps) = rows::usage_summary_query(filter);
         let c = self.conn().await?;
-        let r = query(&c, &sql, &ps, |r| {
-            Ok(UsageSummary {
-                requests: r.int(0)?.unwrap_or(0).max(0) as u64,
-                tokens_in: r.int(1)?.unwrap_or(0).max(0) as u64,
-                tokens_out: r.int(2)?.unwrap_or(0).max(0) as u64,
-                cost_usd: r.real(3)?.unwrap_or(0.0),
-            })
-        })
-        .await;
+        let r = query(&c, &sql, &ps, rows::usage_summary).await;
         self.put(c);
         Ok(r?.pop().unwrap_or_default())
     }

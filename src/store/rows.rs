@@ -220,6 +220,12 @@ pub fn usage(r: &dyn RowLike) -> Result<UsageRecord, StoreError> {
     })
 }
 
+/// A row of [`usage_summary_query`].
+pub fn usage_summary(r: &dyn RowLike) -> Result<super::UsageSummary, StoreError> {
+    let count = |i| -> Result<u64, StoreError> { Ok(u64::try_from(r.int(i)?.unwrap_or(0)).unwrap_or(0)) };
+    Ok(super::UsageSummary { requests: count(0)?, tokens_in: count(1)?, tokens_out: count(2)?, cost_usd: r.real(3)?.unwrap_or(0.0) })
+}
+
 /// `WHERE …` for a usage filter (cursor included when `with_cursor`), with its parameters.
 fn usage_where(f: &UsageFilter, with_cursor: bool) -> (String, Vec<Param>) {
     let mut conds: Vec<String> = Vec::new();

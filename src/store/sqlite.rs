@@ -306,14 +306,7 @@ impl Backend for SqliteStore {
     async fn usage_summary(&self, filter: &UsageFilter) -> Result<UsageSummary, StoreError> {
         let (sql, ps) = rows::usage_summary_query(filter);
         self.with(move |c| {
-            let mut v = query(c, &sql, &ps, |r| {
-                Ok(UsageSummary {
-                    requests: r.int(0)?.unwrap_or(0).max(0) as u64,
-                    tokens_in: r.int(1)?.unwrap_or(0).max(0) as u64,
-                    tokens_out: r.int(2)?.unwrap_or(0).max(0) as u64,
-                    cost_usd: r.real(3)?.unwrap_or(0.0),
-                })
-            })?;
+            let mut v = query(c, &sql, &ps, rows::usage_summary)?;
             Ok(v.pop().unwrap_or_default())
         })
         .await

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use joule::api::sse::{SseItem, SseParser};
+#[allow(unused_imports)]
 pub use joule::mock::{Failure, MockConfig, MockServer, SseFraming, TestCa};
 
 pub const KEY: &str = "sk-test-client-key-0123456789";
