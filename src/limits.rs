@@ -145,6 +145,8 @@ pub struct Budget {
     period: std::sync::atomic::AtomicU8,
     /// Start (unix ms) of the period the counters below belong to.
     period_start: AtomicI64,
+    /// Its end (unix ms), so that admission need not compute calendar dates.
+    period_end: AtomicI64,
     /// This instance's spend in the period, nano-USD.
     local: AtomicU64,
     /// Other instances' spend in the period as last read from the store, nano-USD.
@@ -169,10 +171,12 @@ fn period_code(p: BudgetPeriod) -> u8 {
 impl Budget {
     /// A budget of `usd` per `period`, nothing spent yet.
     pub fn new(usd: f64, period: BudgetPeriod) -> Self {
+        let (start, end) = period.bounds(crate::store::now_ms());
         Budget {
             limit: AtomicU64::new(nanos(usd)),
             period: std::sync::atomic::AtomicU8::new(period_code(period)),
-            period_start: AtomicI64::new(period.bounds(crate::store::now_ms()).0),
+            period_start: AtomicI64::new(start),
+            period_end: AtomicI64::new(end),
             local: AtomicU64::new(0),
             others: AtomicU64::new(0),
         }
@@ -189,7 +193,9 @@ impl Budget {
     pub fn set(&self, usd: f64, period: BudgetPeriod) {
         self.limit.store(nanos(usd), Ordering::Relaxed);
         if self.period.swap(period_code(period), Ordering::AcqRel) != period_code(period) {
-            self.period_start.store(period.bounds(crate::store::now_ms()).0, Ordering::Release);
+            let (start, end) = period.bounds(crate::store::now_ms());
+            self.period_start.store(start, Ordering::Release);
+            self.period_end.store(end, Ordering::Release);
             self.local.store(0, Ordering::Relaxed);
             self.others.store(0, Ordering::Relaxed);
         }
@@ -203,14 +209,13 @@ impl Budget {
     /// Refuses when the period's spend has reached the limit; the error is the time until
     /// the period ends.
     pub fn check(&self, now_ms: i64) -> Result<(), Duration> {
-        let spent = self.local.load(Ordering::Relaxed).saturating_add(self.others.load(Ordering::Relaxed));
-        let limit = self.limit.load(Ordering::Relaxed);
-        let (start, end) = self.period().bounds(now_ms);
-        if start != self.period_start.load(Ordering::Relaxed) {
-            // A new period began and the sync has not caught up yet: nothing spent in it.
+        let end = self.period_end.load(Ordering::Acquire);
+        if now_ms >= end {
+            // A new period began and nothing has rolled the counters yet: nothing spent in it.
             return Ok(());
         }
-        if spent >= limit {
+        let spent = self.local.load(Ordering::Relaxed).saturating_add(self.others.load(Ordering::Relaxed));
+        if spent >= self.limit.load(Ordering::Relaxed) {
             return Err(Duration::from_millis(u64::try_from(end - now_ms).unwrap_or(0)));
         }
         Ok(())
@@ -218,23 +223,23 @@ impl Budget {
 
     /// Adds this instance's cost of a finished request.
     pub fn add(&self, usd: f64, now_ms: i64) {
-        let (start, _) = self.period().bounds(now_ms);
-        self.roll(start);
+        self.roll(self.period().bounds(now_ms));
         self.local.fetch_add(nanos(usd), Ordering::Relaxed);
     }
 
-    /// Starts a new period's counters if `start` is newer than the current one.
-    fn roll(&self, start: i64) {
+    /// Starts a new period's counters if `(start, end)` is newer than the current period.
+    fn roll(&self, (start, end): (i64, i64)) {
         let cur = self.period_start.load(Ordering::Relaxed);
         if start > cur && self.period_start.compare_exchange(cur, start, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             self.local.store(0, Ordering::Relaxed);
             self.others.store(0, Ordering::Relaxed);
+            self.period_end.store(end, Ordering::Release);
         }
     }
 
     /// Sets other instances' spend in the period starting at `start`, as read from the store.
     pub fn sync_others(&self, start: i64, usd: f64) {
-        self.roll(start);
+        self.roll(self.period().bounds(start));
         if self.period_start.load(Ordering::Relaxed) == start {
             self.others.store(nanos(usd), Ordering::Relaxed);
         }
