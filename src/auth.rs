@@ -1,11 +1,18 @@
 //! Authentication: `Authorization: Bearer <key>` → SHA-256 → in-memory key snapshot →
 //! principal. Keys are only ever held hashed; API keys are high-entropy random strings, so a
 //! fast unsalted hash is enough to make a leaked table useless (no password-style stretching).
+//!
+//! The snapshot is built by [`crate::projects`] from the config's `[[keys]]` and the store's
+//! keys, each key carrying its limits and project.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+
+use crate::limits::RateLimits;
+use crate::projects::{ProjectPolicy, CONFIG_KEY_PREFIX};
+use crate::routing::tags::StrategySet;
 
 /// SHA-256 of an API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,17 +37,45 @@ impl KeyHash {
     }
 }
 
-/// A configured key: its name and hash.
+/// A configured key: its name, hash and optional project (by name).
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub name: String,
     pub hash: KeyHash,
+    pub project: Option<String>,
 }
 
-/// Who is calling. Cheap to clone.
+/// Who is calling: the key, its own limits and its project. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_name: Arc<str>,
+    /// Store key id (`key_…`), or `config:<name>` for a key from the config.
+    pub key_id: Arc<str>,
+    /// The key's own rate limits.
+    pub limits: Option<Arc<RateLimits>>,
+    pub project: Option<Arc<ProjectPolicy>>,
+}
+
+impl Principal {
+    /// A key from the config without project or limits.
+    pub fn config_key(name: &str) -> Self {
+        Principal {
+            key_name: Arc::from(name),
+            key_id: Arc::from(format!("{CONFIG_KEY_PREFIX}{name}")),
+            limits: None,
+            project: None,
+        }
+    }
+
+    /// Whether the key may use `model` (a base model id). Keys without a project may use all.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.project.as_ref().is_none_or(|p| p.may_use(model))
+    }
+
+    /// The project's default strategy, else `fallback` (the config default).
+    pub fn default_strategy<'a>(&'a self, fallback: &'a StrategySet) -> &'a StrategySet {
+        self.project.as_ref().and_then(|p| p.default_strategy.as_ref()).unwrap_or(fallback)
+    }
 }
 
 /// Why a request was not authenticated.
@@ -61,13 +96,33 @@ pub struct KeySnapshot {
 }
 
 impl KeySnapshot {
-    /// Builds a snapshot from configured keys.
+    /// Builds a snapshot from configured keys, ignoring their projects.
     pub fn new(keys: &[KeyEntry]) -> Self {
-        let by_hash = keys
-            .iter()
-            .map(|k| (k.hash, Principal { key_name: Arc::from(k.name.as_str()) }))
-            .collect();
+        Self::from_principals(keys.iter().map(|k| (k.hash, Principal::config_key(&k.name))))
+    }
+
+    /// Builds a snapshot; the first principal of a hash wins.
+    pub fn from_principals(keys: impl IntoIterator<Item = (KeyHash, Principal)>) -> Self {
+        let mut by_hash = HashMap::new();
+        for (h, p) in keys {
+            by_hash.entry(h).or_insert(p);
+        }
         KeySnapshot { by_hash }
+    }
+
+    /// Every key's principal.
+    pub fn principals(&self) -> impl Iterator<Item = &Principal> {
+        self.by_hash.values()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether there is no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
     }
 
     /// Authenticates the raw `Authorization` header value (if any).
@@ -75,22 +130,31 @@ impl KeySnapshot {
     /// # Errors
     /// [`AuthError`] for a missing, malformed or unknown key.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Principal, AuthError> {
-        let header = header.ok_or(AuthError::Missing)?;
-        let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
-        let header = header.trim();
-        if header.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Missing);
-        }
-        let (scheme, key) = header.split_once(' ').ok_or(AuthError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Malformed);
-        }
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(AuthError::Missing);
-        }
+        let key = bearer_token(header)?;
         self.by_hash.get(&KeyHash::of(key)).cloned().ok_or(AuthError::Unknown)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+///
+/// # Errors
+/// [`AuthError::Missing`] or [`AuthError::Malformed`].
+pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
+    let header = header.trim();
+    if header.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    let (scheme, key) = header.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed);
+    }
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -99,7 +163,7 @@ mod tests {
 
     #[test]
     fn authenticates_by_hash_only() {
-        let snap = KeySnapshot::new(&[KeyEntry { name: "dev".into(), hash: KeyHash::of("sk-1") }]);
+        let snap = KeySnapshot::new(&[KeyEntry { name: "dev".into(), hash: KeyHash::of("sk-1"), project: None }]);
         assert_eq!(&*snap.authenticate(Some(b"Bearer sk-1")).unwrap().key_name, "dev");
         assert_eq!(&*snap.authenticate(Some(b"bearer  sk-1 ")).unwrap().key_name, "dev");
         assert_eq!(snap.authenticate(Some(b"Bearer sk-2")).unwrap_err(), AuthError::Unknown);

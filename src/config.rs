@@ -21,6 +21,8 @@ use crate::pricing::{
 use crate::routing::tags::StrategySet;
 use crate::secret::Secret;
 use crate::telemetry::TelemetrySettings;
+use crate::store::StoreLocation;
+use crate::usage::UsageSettings;
 
 /// One problem found in a config, with the TOML path it concerns.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +76,39 @@ pub struct RawConfig {
     /// Energy prices: sanity range, stale fallback, feeds, price history.
     #[serde(default)]
     pub energy: RawEnergy,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sqlite` (default), `postgres` or `none`.
+    pub backend: Option<String>,
+    /// SQLite file. Default `joule.db` beside the config file.
+    pub path: Option<String>,
+    /// PostgreSQL connection string; prefer `url_env` when it holds a password.
+    pub url: Option<String>,
+    /// Environment variable holding the PostgreSQL connection string.
+    pub url_env: Option<String>,
+    /// Where usage records wait while the store is unavailable.
+    pub spill_path: Option<String>,
+    pub queue_capacity: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+    pub retry_interval_ms: Option<u64>,
+    pub budget_sync_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Environment variable holding the admin token.
+    pub token_env: Option<String>,
+    /// Hex SHA-256 of the admin token (`joule hash-key TOKEN`).
+    pub token_sha256: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +275,8 @@ pub struct RawKey {
     pub name: String,
     /// Hex SHA-256 of the key (`joule hash-key KEY` prints it).
     pub sha256: String,
+    /// Project (by name) the key belongs to; default none.
+    pub project: Option<String>,
 }
 
 // ---------------------------------------------------------------- runtime settings
@@ -303,6 +340,15 @@ pub struct HealthSettings {
     pub probe_third_party: bool,
 }
 
+/// Where projects, keys and usage records are kept, and how usage is written.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub location: StoreLocation,
+    pub usage: UsageSettings,
+    /// How often budgets read other instances' spend. Default 2 s.
+    pub budget_sync: Duration,
+}
+
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -316,6 +362,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub health: HealthSettings,
     pub energy: EnergySettings,
+    /// `None`: `backend = "none"` (config keys only, no usage records, no projects).
+    pub store: Option<StoreSettings>,
+    /// SHA-256 of the admin API token; `None` disables the admin API (but not /metrics).
+    pub admin_token: Option<KeyHash>,
 }
 
 /// Reads and validates a config file.
@@ -804,7 +854,12 @@ fn validate(
                 if !seen.insert(h) {
                     p.add(format!("{path}.sha256"), "duplicate key hash");
                 }
-                keys.push(KeyEntry { name: k.name.clone(), hash: h });
+                if let Some(pname) = &k.project {
+                    if let Err(e) = crate::store::check_name("project", pname) {
+                        p.add(format!("{path}.project"), e.to_string());
+                    }
+                }
+                keys.push(KeyEntry { name: k.name.clone(), hash: h, project: k.project.clone() });
             }
             None => p.add(format!("{path}.sha256"), "must be 64 hex characters (see `joule hash-key`)"),
         }
@@ -822,6 +877,8 @@ fn validate(
     };
 
     let energy = validate_energy(&mut p, &raw.energy, &data_centers, base, env);
+    let store = store_settings(&mut p, &raw.store, base, env);
+    let admin_token = admin_token(&mut p, &raw.admin, env);
 
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
@@ -837,6 +894,8 @@ fn validate(
         telemetry,
         health,
         energy,
+        store,
+        admin_token,
     })
 }
 
@@ -958,5 +1017,102 @@ fn validate_energy(
         replay,
         polls,
         push,
+    }
+}
+
+fn store_settings(
+    p: &mut Problems,
+    raw: &RawStore,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<StoreSettings> {
+    let backend = raw.backend.as_deref().unwrap_or("sqlite");
+    let location = match backend {
+        "none" => return None,
+        "sqlite" => {
+            if raw.url.is_some() || raw.url_env.is_some() {
+                p.add("store", "url/url_env are for backend = \"postgres\"");
+            }
+            StoreLocation::Sqlite(resolve(base, raw.path.as_deref().unwrap_or("joule.db")))
+        }
+        "postgres" => {
+            if raw.path.is_some() {
+                p.add("store.path", "path is for backend = \"sqlite\"");
+            }
+            let url = match (&raw.url, &raw.url_env) {
+                (Some(u), None) => Some(Secret::new(u.clone())),
+                (None, Some(_)) => p.secret_env("store.url_env", &raw.url_env, env),
+                _ => {
+                    p.add("store.url", "set exactly one of url or url_env for backend = \"postgres\"");
+                    None
+                }
+            };
+            if let Some(u) = &url {
+                if u.expose().parse::<tokio_postgres::Config>().is_err() {
+                    p.add("store.url", "not a PostgreSQL connection string (postgres://user@host/db or host=… dbname=…)");
+                }
+            }
+            StoreLocation::Postgres(url.unwrap_or_default())
+        }
+        other => {
+            p.add("store.backend", format!("`{other}` is not one of: sqlite, postgres, none"));
+            return None;
+        }
+    };
+    let spill_default = match &location {
+        StoreLocation::Sqlite(db) => {
+            let mut s = db.clone().into_os_string();
+            s.push(".usage-spill.jsonl");
+            PathBuf::from(s)
+        }
+        StoreLocation::Postgres(_) => base.join("joule.usage-spill.jsonl"),
+    };
+    let mut count = |field: &str, v: Option<usize>, default: usize, max: usize| match v {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n,
+        Some(n) => {
+            p.add(format!("store.{field}"), format!("must be between 1 and {max}, got {n}"));
+            default
+        }
+    };
+    let queue_capacity = count("queue_capacity", raw.queue_capacity, 65_536, 10_000_000);
+    let batch_size = count("batch_size", raw.batch_size, 500, 10_000);
+    for (name, v) in [
+        ("flush_interval_ms", raw.flush_interval_ms),
+        ("retry_interval_ms", raw.retry_interval_ms),
+        ("budget_sync_interval_ms", raw.budget_sync_interval_ms),
+    ] {
+        if v == Some(0) {
+            p.add(format!("store.{name}"), "must be > 0");
+        }
+    }
+    Some(StoreSettings {
+        location,
+        usage: UsageSettings {
+            queue_capacity,
+            batch_size,
+            flush_interval: ms(raw.flush_interval_ms, 200),
+            retry_interval: ms(raw.retry_interval_ms, 1_000),
+            spill_path: raw.spill_path.as_deref().map_or(spill_default, |s| resolve(base, s)),
+        },
+        budget_sync: ms(raw.budget_sync_interval_ms, 2_000),
+    })
+}
+
+fn admin_token(p: &mut Problems, raw: &RawAdmin, env: &dyn Fn(&str) -> Option<String>) -> Option<KeyHash> {
+    match (&raw.token_env, &raw.token_sha256) {
+        (None, None) => None,
+        (Some(_), None) => p.secret_env("admin.token_env", &raw.token_env, env).map(|t| KeyHash::of(t.expose())),
+        (None, Some(h)) => {
+            let hash = KeyHash::from_hex(h);
+            if hash.is_none() {
+                p.add("admin.token_sha256", "must be 64 hex characters (see `joule hash-key`)");
+            }
+            hash
+        }
+        (Some(_), Some(_)) => {
+            p.add("admin", "set token_env or token_sha256, not both");
+            None
+        }
     }
 }

@@ -6,6 +6,11 @@
 //!
 //! The mock backends run on their own tokio runtime in a background thread, because a
 //! pingora `Server` must start outside any runtime.
+//!
+//! Projects, keys and usage records go to an SQLite file in a fresh temporary directory
+//! unless `--store-path` or `--database-url` says otherwise, and the admin API's token is
+//! [`DEMO_ADMIN_TOKEN`] unless `--admin-token` overrides it. The well-known default token is
+//! refused on an admin listener that is not loopback.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,6 +41,19 @@ pub const DEFAULT_SPEED: f64 = 60.0;
 
 /// The API key the demo accepts.
 pub const DEMO_KEY: &str = "sk-joule-demo";
+/// The demo's default admin token (loopback admin listeners only).
+pub const DEMO_ADMIN_TOKEN: &str = "joule-demo-admin";
+
+/// Where the demo keeps its state, and its admin token.
+#[derive(Debug, Clone, Default)]
+pub struct DemoStore {
+    /// SQLite file; default: `joule-demo.db` in a new temporary directory.
+    pub sqlite_path: Option<std::path::PathBuf>,
+    /// PostgreSQL connection string instead of SQLite.
+    pub database_url: Option<String>,
+    /// Admin token; default [`DEMO_ADMIN_TOKEN`].
+    pub admin_token: Option<String>,
+}
 /// The credential the simulated provider requires (never shown to clients).
 const PROVIDER_KEY: &str = "sk-sim-provider-secret";
 const PROVIDER_KEY_ENV: &str = "JOULE_DEMO_PROVIDER_KEY";
@@ -63,6 +81,10 @@ pub enum DemoError {
     Backends(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("the default admin token `{DEMO_ADMIN_TOKEN}` is only allowed on a loopback admin listener; pass --admin-token")]
+    PublicAdmin,
+    #[error("creating the demo's temporary directory: {0}")]
+    TempDir(std::io::Error),
 }
 
 /// Starts the simulated backends on loopback ephemeral ports; returns their base URLs in
@@ -244,14 +266,42 @@ sha256 = "{key}"
     )
 }
 
+/// The `[store]` and `[admin]` sections of the demo config. Creates the temporary directory
+/// when no location is given.
+///
+/// # Errors
+/// The default token on a public admin listener, or the directory cannot be created.
+pub fn store_text(admin: SocketAddr, store: &DemoStore) -> Result<String, DemoError> {
+    if store.admin_token.is_none() && !admin.ip().is_loopback() {
+        return Err(DemoError::PublicAdmin);
+    }
+    let token = store.admin_token.as_deref().unwrap_or(DEMO_ADMIN_TOKEN);
+    // TOML basic strings: escape what could end or break them.
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let backend = match (&store.database_url, &store.sqlite_path) {
+        (Some(url), _) => format!("backend = \"postgres\"\nurl = \"{}\"", quote(url)),
+        (None, Some(path)) => format!("backend = \"sqlite\"\npath = \"{}\"", quote(&path.to_string_lossy())),
+        (None, None) => {
+            let dir = std::env::temp_dir().join(format!("joule-demo-{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>())));
+            std::fs::create_dir_all(&dir).map_err(DemoError::TempDir)?;
+            format!("backend = \"sqlite\"\npath = \"{}\"", quote(&dir.join("joule-demo.db").to_string_lossy()))
+        }
+    };
+    Ok(format!(
+        "\n[store]\n{backend}\n\n[admin]\n# SHA-256 of the admin token\ntoken_sha256 = \"{}\"\n",
+        crate::auth::KeyHash::of(token).to_hex()
+    ))
+}
+
 /// Starts the backends and returns validated settings for the demo gateway, with the
 /// bundled energy trace replayed at `speed`× real time.
 ///
 /// # Errors
 /// See [`DemoError`].
-pub fn prepare(listen: SocketAddr, admin: SocketAddr, speed: f64) -> Result<Settings, DemoError> {
+pub fn prepare(listen: SocketAddr, admin: SocketAddr, store: &DemoStore, speed: f64) -> Result<Settings, DemoError> {
+    let store_section = store_text(admin, store)?;
     let urls = start_backends()?;
-    let text = config_text(listen, admin, &urls);
+    let text = config_text(listen, admin, &urls) + &store_section;
     let env = |name: &str| (name == PROVIDER_KEY_ENV).then(|| PROVIDER_KEY.to_string()).or_else(|| std::env::var(name).ok());
     let mut settings = config::parse(&text, Path::new("."), &env)?;
     settings.energy.replay = Some(ReplaySettings {

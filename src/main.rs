@@ -1,5 +1,6 @@
-//! The `joule` command: serve, demo, mock backends, key hashing, config checks and the energy
-//! routing evaluation.
+//! The `joule` command: serve, demo, mock backends, key hashing, config checks, the energy
+//! routing evaluation, and the management commands (`projects`, `keys`, `usage`) that work on
+//! the configured store.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use joule::config::{LogFormat, Settings};
+use joule::store::{BudgetPeriod, ProjectChanges, Store, StoreError, UsageFilter};
 
 #[derive(Parser)]
 #[command(name = "joule", version, about = "Energy-smart, OpenAI-compatible LLM gateway")]
@@ -38,6 +40,15 @@ enum Command {
         /// Replay speed of the bundled energy prices (trace seconds per second).
         #[arg(long, default_value_t = joule::demo::DEFAULT_SPEED)]
         energy_speed: f64,
+        /// SQLite file for projects, keys and usage (default: a new temporary directory).
+        #[arg(long, conflicts_with = "database_url")]
+        store_path: Option<PathBuf>,
+        /// PostgreSQL connection string instead of SQLite.
+        #[arg(long, env = "JOULE_DEMO_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Admin API token (default `joule-demo-admin`, allowed on loopback only).
+        #[arg(long, env = "JOULE_DEMO_ADMIN_TOKEN")]
+        admin_token: Option<String>,
     },
     /// Run one simulated OpenAI-compatible GPU backend (for tests and benchmarks).
     Mock {
@@ -67,6 +78,145 @@ enum Command {
     Energy {
         #[command(subcommand)]
         command: EnergyCommand,
+    },
+    /// Manage projects in the configured store.
+    Projects {
+        #[arg(long, short, env = "JOULE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ProjectsCmd,
+    },
+    /// Manage API keys in the configured store.
+    Keys {
+        #[arg(long, short, env = "JOULE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+    /// Query usage records in the configured store.
+    Usage {
+        #[arg(long, short, env = "JOULE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UsageCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct ProjectArgs {
+    /// Allowed models, comma-separated (default: all models).
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_models")]
+    models: Option<Vec<String>>,
+    /// Allow every model.
+    #[arg(long)]
+    all_models: bool,
+    /// Default strategy, e.g. `price` or `latency@price`.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Requests per minute (0: no limit).
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens per minute (0: no limit).
+    #[arg(long)]
+    tpm: Option<u32>,
+    /// Budget in USD per period (negative: no budget).
+    #[arg(long, allow_hyphen_values = true)]
+    budget: Option<f64>,
+    /// Budget period: day or month.
+    #[arg(long)]
+    budget_period: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ProjectsCmd {
+    /// Create a project.
+    Create {
+        name: String,
+        #[command(flatten)]
+        args: ProjectArgs,
+    },
+    /// List projects.
+    List,
+    /// Show one project.
+    Show { name: String },
+    /// Change a project (only the given options change).
+    Update {
+        name: String,
+        /// New name.
+        #[arg(long)]
+        rename: Option<String>,
+        /// Remove the default strategy (use the config default).
+        #[arg(long, conflicts_with = "strategy")]
+        no_strategy: bool,
+        #[command(flatten)]
+        args: ProjectArgs,
+    },
+    /// Delete a project without active keys.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key; it is printed once and never stored.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        project: Option<String>,
+        /// Requests per minute for this key.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute for this key.
+        #[arg(long)]
+        tpm: Option<u32>,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Revoke a key by id or name.
+    Revoke { key: String },
+}
+
+#[derive(clap::Args)]
+struct UsageArgs {
+    #[arg(long)]
+    project: Option<String>,
+    /// Key id.
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    status: Option<u16>,
+    /// From (unix ms, inclusive).
+    #[arg(long)]
+    since: Option<i64>,
+    /// Until (unix ms, exclusive).
+    #[arg(long)]
+    until: Option<i64>,
+}
+
+#[derive(Subcommand)]
+enum UsageCmd {
+    /// Usage records, newest first.
+    List {
+        #[command(flatten)]
+        filter: UsageArgs,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after a previous page (its `next_cursor`).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Request count, tokens and cost.
+    Summary {
+        #[command(flatten)]
+        filter: UsageArgs,
     },
 }
 
@@ -119,17 +269,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&settings);
             joule::server::run(settings)?;
         }
-        Command::Demo { listen, admin_listen, print_config, energy_speed } => {
+        Command::Demo { listen, admin_listen, print_config, energy_speed, store_path, database_url, admin_token } => {
+            let store = joule::demo::DemoStore { sqlite_path: store_path, database_url, admin_token };
             if print_config {
-                print!("{}", joule::demo::config_text(listen, admin_listen, &[]));
+                let tmp = joule::demo::DemoStore { sqlite_path: Some("joule-demo.db".into()), ..store };
+                print!("{}{}", joule::demo::config_text(listen, admin_listen, &[]), joule::demo::store_text(admin_listen, &tmp)?);
                 return Ok(());
             }
-            let settings = joule::demo::prepare(listen, admin_listen, energy_speed)?;
+            let settings = joule::demo::prepare(listen, admin_listen, &store, energy_speed)?;
             init_logging(&settings);
             println!("joule demo");
             println!("  base URL:  http://{listen}/v1");
             println!("  API key:   {}", joule::demo::DEMO_KEY);
             println!("  metrics:   http://{admin_listen}/metrics");
+            match &settings.store.as_ref().map(|s| &s.location) {
+                Some(joule::store::StoreLocation::Sqlite(p)) => println!("  store:     {}", p.display()),
+                Some(joule::store::StoreLocation::Postgres(_)) => println!("  store:     PostgreSQL"),
+                None => {}
+            }
+            println!(
+                "  admin API: http://{admin_listen}/admin/projects (token: {})",
+                if store.admin_token.is_some() { "as given" } else { joule::demo::DEMO_ADMIN_TOKEN }
+            );
             println!("  models:    llama-3.1-8b-instruct (hosted), llama-3.2-1b-instruct (free), gpt-4o-mini (third-party)");
             println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
             println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
@@ -166,8 +327,126 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", result.table());
             }
         }
+        Command::Projects { config, command } => {
+            let (settings, store) = open_store(config)?;
+            projects(&settings, &store, command)?;
+        }
+        Command::Keys { config, command } => {
+            let (_, store) = open_store(config)?;
+            keys(&store, command)?;
+        }
+        Command::Usage { config, command } => {
+            let (_, store) = open_store(config)?;
+            usage(&store, command)?;
+        }
     }
     Ok(())
+}
+
+/// Loads the config and opens its store. Provider credentials are not needed to manage the
+/// store, so variables named by `*_env` fields that are unset get a placeholder here
+/// (`store.url_env` must still be set for PostgreSQL: the placeholder is no connection string).
+fn open_store(config: Option<PathBuf>) -> anyhow::Result<(Settings, Store)> {
+    let config = config.context("--config (or JOULE_CONFIG) is required")?;
+    let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+    let base = config.parent().unwrap_or_else(|| std::path::Path::new("."));
+    let env = |name: &str| std::env::var(name).ok().or_else(|| Some("unset-for-cli".to_string()));
+    let settings = joule::config::parse(&text, base, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let location = settings.store.as_ref().map(|s| s.location.clone()).context("the config has [store] backend = \"none\"")?;
+    let store = Store::open(&location)?;
+    Ok((settings, store))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn changes(args: ProjectArgs, clear_strategy: bool) -> anyhow::Result<ProjectChanges> {
+    let limit = |v: Option<u32>| v.map(|n| (n > 0).then_some(n));
+    Ok(ProjectChanges {
+        name: None,
+        allowed_models: if args.all_models { Some(None) } else { args.models.map(Some) },
+        default_strategy: if clear_strategy { Some(None) } else { args.strategy.map(Some) },
+        rpm: limit(args.rpm),
+        tpm: limit(args.tpm),
+        budget_usd: args.budget.map(|b| (b >= 0.0).then_some(b)),
+        budget_period: args.budget_period.as_deref().map(BudgetPeriod::parse).transpose()?,
+    })
+}
+
+fn projects(settings: &Settings, store: &Store, cmd: ProjectsCmd) -> anyhow::Result<()> {
+    let checked = |c: ProjectChanges| -> Result<ProjectChanges, StoreError> {
+        c.validate()?;
+        joule::projects::check_models(&settings.catalog, &c)?;
+        Ok(c)
+    };
+    match cmd {
+        ProjectsCmd::Create { name, args } => {
+            let c = checked(changes(args, false)?)?;
+            print_json(&store.wait(store.create_project(&name, c))?)
+        }
+        ProjectsCmd::List => print_json(&store.wait(store.projects())?),
+        ProjectsCmd::Show { name } => print_json(&store.wait(store.project(&name))?),
+        ProjectsCmd::Update { name, rename, no_strategy, args } => {
+            let c = checked(ProjectChanges { name: rename, ..changes(args, no_strategy)? })?;
+            print_json(&store.wait(store.update_project(&name, c))?)
+        }
+        ProjectsCmd::Delete { name } => {
+            store.wait(store.delete_project(&name))?;
+            println!("deleted project {name}");
+            Ok(())
+        }
+    }
+}
+
+fn keys(store: &Store, cmd: KeysCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::Create { name, project, rpm, tpm } => {
+            let (key, secret) = store.wait(store.create_key(joule::store::NewKey { name, project, rpm, tpm }))?;
+            print_json(&key)?;
+            eprintln!("This key is shown once; only its hash is stored:");
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        KeysCmd::List { project } => print_json(&store.wait(store.keys(project.as_deref()))?),
+        KeysCmd::Revoke { key } => print_json(&store.wait(store.revoke_key(&key))?),
+    }
+}
+
+fn usage_filter(store: &Store, a: UsageArgs, limit: u32, cursor: Option<String>) -> anyhow::Result<UsageFilter> {
+    let project_id = match a.project {
+        Some(p) => Some(store.wait(store.project(&p))?.id),
+        None => None,
+    };
+    Ok(UsageFilter {
+        project_id,
+        key_id: a.key,
+        model: a.model,
+        status: a.status,
+        since_ms: a.since,
+        until_ms: a.until,
+        after: cursor.as_deref().map(joule::store::Cursor::decode).transpose()?,
+        limit,
+    })
+}
+
+fn usage(store: &Store, cmd: UsageCmd) -> anyhow::Result<()> {
+    match cmd {
+        UsageCmd::List { filter, limit, cursor, csv } => {
+            let page = store.wait(store.usage(usage_filter(store, filter, limit, cursor)?))?;
+            if csv {
+                print!("{}", String::from_utf8_lossy(&joule::admin::to_csv(&page.records)));
+                if let Some(c) = page.next_cursor {
+                    eprintln!("next page: --cursor {c}");
+                }
+                Ok(())
+            } else {
+                print_json(&page)
+            }
+        }
+        UsageCmd::Summary { filter } => print_json(&store.wait(store.usage_summary(usage_filter(store, filter, 1, None)?))?),
+    }
 }
 
 fn main() -> ExitCode {

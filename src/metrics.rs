@@ -3,7 +3,8 @@
 //! by the config, never by client input.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::catalog::Catalog;
@@ -41,6 +42,21 @@ pub struct Metrics {
     pub energy_rows: IntCounterVec,
     /// Energy feed errors by feed and kind (rejected row kinds, `fetch`).
     pub energy_feed_errors: IntCounterVec,
+    /// Store write latency by operation (`usage`).
+    pub store_write: HistogramVec,
+    /// Failed store writes by operation.
+    pub store_errors: IntCounterVec,
+    /// Usage records waiting in the queue.
+    pub usage_queue_depth: IntGauge,
+    /// Usage records written to the store (directly or from the spill file).
+    pub usage_written: IntCounter,
+    /// Usage records spilled to the local file because the store was unavailable.
+    pub usage_spilled: IntCounter,
+    /// Usage records lost (queue full, or the spill file unwritable).
+    pub usage_dropped: IntCounter,
+    /// Requests refused by a limit, by scope (`key`, `project`) and kind (`requests`,
+    /// `tokens`, `budget`).
+    pub limit_rejections: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -78,6 +94,21 @@ impl Metrics {
             &["deployment", "measure"],
         )?;
         registry.register(Box::new(deployment.clone()))?;
+        let store_write = HistogramVec::new(
+            HistogramOpts::new("joule_store_write_seconds", "Store write latency by operation")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["op"],
+        )?;
+        let store_errors = IntCounterVec::new(Opts::new("joule_store_errors_total", "Failed store writes"), &["op"])?;
+        let usage_queue_depth = IntGauge::new("joule_usage_queue_depth", "Usage records waiting to be written")?;
+        let usage_written = IntCounter::new("joule_usage_written_total", "Usage records written to the store")?;
+        let usage_spilled =
+            IntCounter::new("joule_usage_spilled_total", "Usage records spilled to the local file (store unavailable)")?;
+        let usage_dropped = IntCounter::new("joule_usage_dropped_total", "Usage records lost (queue full or spill unwritable)")?;
+        let limit_rejections = IntCounterVec::new(
+            Opts::new("joule_limit_rejections_total", "Requests refused by rate limits and budgets"),
+            &["scope", "kind"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
@@ -114,6 +145,13 @@ impl Metrics {
         registry.register(Box::new(token_price.clone()))?;
         registry.register(Box::new(energy_rows.clone()))?;
         registry.register(Box::new(energy_feed_errors.clone()))?;
+        registry.register(Box::new(store_write.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(usage_queue_depth.clone()))?;
+        registry.register(Box::new(usage_written.clone()))?;
+        registry.register(Box::new(usage_spilled.clone()))?;
+        registry.register(Box::new(usage_dropped.clone()))?;
+        registry.register(Box::new(limit_rejections.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -129,6 +167,13 @@ impl Metrics {
             energy_rows,
             energy_feed_errors,
             deployment,
+            store_write,
+            store_errors,
+            usage_queue_depth,
+            usage_written,
+            usage_spilled,
+            usage_dropped,
+            limit_rejections,
         })
     }
 

@@ -516,6 +516,32 @@ async fn demo_serves_every_model_with_the_demo_key() {
     }
     let history = get("models/llama-3.1-8b-instruct/prices?window=24h").await;
     assert!(history["best"].as_array().unwrap().len() >= 90, "a day of history from the start: {history}");
+    // The admin API answers to the demo token and keeps state in the demo's SQLite file.
+    let admin_url = format!("http://127.0.0.1:{admin}/admin");
+    let r = c.get(format!("{admin_url}/projects")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.post(format!("{admin_url}/keys")).bearer_auth("joule-demo-admin").json(&serde_json::json!({"name": "dev-key"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let key: serde_json::Value = r.json().await.unwrap();
+    let resp = c
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .json(&chat_body("llama-3.2-1b-instruct", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn demo_refuses_its_default_admin_token_off_loopback() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{}", free_port()), "--admin-listen", "0.0.0.0:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin-token"), "{err}");
 }

@@ -22,8 +22,17 @@ async fn deployment_of(gw: &Gateway, c: &reqwest::Client, model: &str, stream: b
     dep
 }
 
+const ADMIN_TOKEN: &str = "telemetry-admin-token";
+
+/// The `[admin]` section enabling the admin API with [`ADMIN_TOKEN`].
+fn admin_toml() -> String {
+    format!("\n[admin]\ntoken_sha256 = \"{}\"\n", joule::auth::KeyHash::of(ADMIN_TOKEN).to_hex())
+}
+
 async fn admin_deployments(gw: &Gateway) -> serde_json::Value {
-    client().get(format!("{}/admin/deployments", gw.admin())).send().await.unwrap().json().await.unwrap()
+    let resp = client().get(format!("{}/admin/deployments", gw.admin())).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
 }
 
 fn find<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
@@ -38,7 +47,7 @@ async fn latency_and_tokenrate_follow_measurements_not_priors() {
     let d1 = mock(MockConfig { ttft_ms: 15, tokens_per_s: 40.0, tokens: 12, ..Default::default() }).await;
     let d2 = mock(MockConfig { ttft_ms: 150, tokens_per_s: 60.0, tokens: 12, ..Default::default() }).await;
     let urls = [d0.base_url(), d1.base_url(), d2.base_url()];
-    let gw = Gateway::start(&format!("{}\n[health]\nprobe_interval_ms = 0\n", hosted_catalog(MODEL, &urls))).await;
+    let gw = Gateway::start(&format!("{}\n[health]\nprobe_interval_ms = 0\n{}", hosted_catalog(MODEL, &urls), admin_toml())).await;
     let c = client();
     // Before any traffic the priors decide.
     let before = admin_deployments(&gw).await;
@@ -67,7 +76,7 @@ async fn failing_deployment_is_excluded_then_readmitted() {
     let d1 = mock(MockConfig::default()).await;
     let urls = [d0.base_url(), d1.base_url()];
     let extra = "[health]\nfailure_threshold = 3\nopen_base_ms = 300\nprobe_interval_ms = 0\n";
-    let gw = Gateway::start(&format!("{}\n{extra}", hosted_catalog(MODEL, &urls))).await;
+    let gw = Gateway::start(&format!("{}\n{extra}{}", hosted_catalog(MODEL, &urls), admin_toml())).await;
     let c = client();
     assert_eq!(deployment_of(&gw, &c, MODEL, false).await, "dep0");
     d0.set_config(MockConfig { failure: Failure::Status500, ..Default::default() });
@@ -102,7 +111,7 @@ async fn active_probes_open_and_close_the_breaker() {
     let d1 = mock(MockConfig::default()).await;
     let urls = [d0.base_url(), d1.base_url()];
     let extra = "[health]\nfailure_threshold = 2\nopen_base_ms = 100\nprobe_interval_ms = 50\nprobe_timeout_ms = 500\n";
-    let gw = Gateway::start(&format!("{}\n{extra}", hosted_catalog(MODEL, &urls))).await;
+    let gw = Gateway::start(&format!("{}\n{extra}{}", hosted_catalog(MODEL, &urls), admin_toml())).await;
     // No client traffic at all: the probes alone open dep0's breaker...
     let deadline = Instant::now() + Duration::from_secs(15);
     while find(&admin_deployments(&gw).await, "dep0")["breaker"] == "closed" {
@@ -127,7 +136,7 @@ async fn stalled_stream_trips_ttft_timeout_and_client_gets_answer() {
     let fine = mock(MockConfig { ttft_ms: 10, tokens: 4, ..Default::default() }).await;
     let urls = [stalled.base_url(), fine.base_url()];
     let catalog = hosted_catalog(MODEL, &urls).replacen("category = \"hosted\"", "category = \"hosted\"\nttft_timeout_ms = 300", 1);
-    let gw = Gateway::start(&format!("{catalog}\n[health]\nprobe_interval_ms = 0\n")).await;
+    let gw = Gateway::start(&format!("{catalog}\n[health]\nprobe_interval_ms = 0\n{}", admin_toml())).await;
     let c = client();
     let started = Instant::now();
     let resp = gw.chat(&c, chat_body(MODEL, true)).send().await.unwrap();
@@ -145,4 +154,14 @@ async fn stalled_stream_trips_ttft_timeout_and_client_gets_answer() {
     assert!(find(&state, "dep0")["ttft_ms"].as_f64().unwrap() >= 300.0, "penalised: {state}");
     let metrics = c.get(format!("{}/metrics", gw.admin())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("kind=\"ttft_timeout\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_deployments_requires_the_admin_token() {
+    let d0 = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&format!("{}{}", hosted_catalog(MODEL, &[d0.base_url()]), admin_toml())).await;
+    let url = format!("{}/admin/deployments", gw.admin());
+    expect_error(client().get(&url).send().await.unwrap(), 401, None).await;
+    expect_error(client().get(&url).bearer_auth("wrong").send().await.unwrap(), 401, None).await;
+    assert_eq!(find(&admin_deployments(&gw).await, "dep0")["breaker"], "closed");
 }

@@ -33,6 +33,18 @@ pub enum ApiError {
     UpstreamTimeout { message: String },
     /// 500: a bug on our side; the message is generic.
     Internal,
+    /// 429: a requests- or tokens-per-minute limit of the key or its project.
+    RateLimited { message: String, retry_after: u64 },
+    /// 429: the project's budget for the period is spent.
+    QuotaExceeded { message: String, retry_after: u64 },
+    /// 401 on the admin API: missing or wrong admin token.
+    AdminUnauthorized,
+    /// 404 on the admin API: an unknown project or key.
+    ResourceNotFound { message: String },
+    /// 409 on the admin API: a duplicate name, or a change the current state forbids.
+    Conflict { message: String },
+    /// 503 on the admin API: the store cannot be reached.
+    StoreUnavailable,
 }
 
 #[derive(Serialize)]
@@ -66,6 +78,11 @@ impl ApiError {
             ApiError::BodyTimeout => 408,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Internal => 500,
+            ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => 429,
+            ApiError::AdminUnauthorized => 401,
+            ApiError::ResourceNotFound { .. } => 404,
+            ApiError::Conflict { .. } => 409,
+            ApiError::StoreUnavailable => 503,
             ApiError::UpstreamFailed { .. } => 502,
             ApiError::UpstreamUnavailable { .. } => 503,
             ApiError::UpstreamTimeout { .. } => 504,
@@ -84,6 +101,12 @@ impl ApiError {
             ApiError::BodyTimeout => "body_timeout",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::Internal => "internal",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::QuotaExceeded { .. } => "insufficient_quota",
+            ApiError::AdminUnauthorized => "invalid_admin_token",
+            ApiError::ResourceNotFound { .. } => "resource_not_found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::StoreUnavailable => "store_unavailable",
             ApiError::UpstreamFailed { .. } => "upstream_failed",
             ApiError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -94,6 +117,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::UpstreamUnavailable { retry_after, .. } => *retry_after,
+            ApiError::RateLimited { retry_after, .. } | ApiError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -140,6 +164,26 @@ impl ApiError {
                 Some("request_too_large"),
             ),
             ApiError::Internal => ("Internal error.".into(), "server_error", None, Some("internal_error")),
+            ApiError::RateLimited { message, .. } => (message.clone(), "requests", None, Some("rate_limit_exceeded")),
+            ApiError::QuotaExceeded { message, .. } => {
+                (message.clone(), "insufficient_quota", None, Some("insufficient_quota"))
+            }
+            ApiError::AdminUnauthorized => (
+                "Missing or wrong admin token. Pass it as `Authorization: Bearer <token>`.".into(),
+                "invalid_request_error",
+                None,
+                Some("invalid_admin_token"),
+            ),
+            ApiError::ResourceNotFound { message } => {
+                (message.clone(), "invalid_request_error", None, Some("not_found"))
+            }
+            ApiError::Conflict { message } => (message.clone(), "invalid_request_error", None, Some("conflict")),
+            ApiError::StoreUnavailable => (
+                "The store is unavailable; try again shortly.".into(),
+                "server_error",
+                None,
+                Some("store_unavailable"),
+            ),
             ApiError::UpstreamFailed { message } => {
                 (message.clone(), "upstream_error", None, Some("upstream_failed"))
             }
@@ -181,6 +225,13 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"], "model");
         assert_eq!(e.status(), 404);
+        let e = ApiError::RateLimited { message: "slow down".into(), retry_after: 3 };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!((e.status(), e.retry_after()), (429, Some(3)));
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        let e = ApiError::QuotaExceeded { message: "spent".into(), retry_after: 60 };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!((e.status(), v["error"]["type"].as_str()), (429, Some("insufficient_quota")));
         let ev = stream_error_event("boom \"quoted\"", "upstream_stream_interrupted");
         let s = String::from_utf8(ev).unwrap();
         let v: serde_json::Value = serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();

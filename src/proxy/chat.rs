@@ -13,8 +13,10 @@ use crate::api::error::{stream_error_event, ApiError};
 use crate::api::sse::{self, SseItem};
 use crate::auth::Principal;
 use crate::catalog::{Model, Quote};
+use crate::limits::{self, Refusal};
 use crate::pricing::cost::{insert_cost, Cost};
 use crate::pricing::PriceBook;
+use crate::routing::tags::StrategySet;
 use crate::routing::{self, tags, RouteDecision};
 use crate::upstream::{self, Answer, AnswerBody};
 
@@ -44,6 +46,7 @@ async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -
 fn decide<'w>(
     world: &'w World,
     book: &PriceBook,
+    default: &StrategySet,
     req: &ChatRequest,
 ) -> Result<(usize, &'w Model, RouteDecision), ApiError> {
     let (base, strategies) = tags::parse_model(&req.model)
@@ -52,7 +55,7 @@ fn decide<'w>(
         .catalog
         .model_indexed(base)
         .ok_or_else(|| ApiError::ModelNotFound { model: base.chars().take(200).collect() })?;
-    let strategies = strategies.unwrap_or_else(|| world.default_strategy.clone());
+    let strategies = strategies.unwrap_or_else(|| default.clone());
     let cands = routing::candidates(&world.catalog, book, model, index, &world.telemetry);
     Ok((index, model, routing::rank_native(cands, &strategies)))
 }
@@ -64,11 +67,12 @@ fn decide<'w>(
 pub async fn handle(
     gw: &Gateway,
     world: &World,
-    _principal: &Principal,
+    principal: &Principal,
     head: &RequestHead,
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
+    rec.principal = Some(principal.clone());
     let body = match read_body(io, head, world).await {
         Ok(b) => b,
         Err(e) => {
@@ -85,12 +89,15 @@ pub async fn handle(
     rec.stream = req.stream;
     // One load of the price book: the price charged is the one the decision saw.
     let book = gw.pricing.book();
-    let (model_index, model, decision) = match decide(world, &book, &req) {
+    let (model_index, model, decision) = match decide(world, &book, principal.default_strategy(&world.default_strategy), &req) {
         Ok(x) => x,
         Err(e) => return send_error(io, rec, &e).await,
     };
     rec.model = Some(model.id.clone());
     rec.strategy = Some(decision.strategies.to_string());
+    if let Err(e) = check_access(gw, principal, model) {
+        return send_error(io, rec, &e).await;
+    }
 
     let metrics = &gw.metrics;
     let mut on_failure = |a: &upstream::Attempt| {
@@ -139,6 +146,28 @@ pub async fn handle(
         }
     }
     outcome
+}
+
+/// The project's model allow-list, then its and the key's limits and budget.
+fn check_access(gw: &Gateway, principal: &Principal, model: &Model) -> Result<(), ApiError> {
+    if !principal.may_use(&model.id) {
+        return Err(ApiError::ModelNotAllowed { model: model.id.clone() });
+    }
+    limits::admit(principal, limits::now_ns(), crate::store::now_ms()).map_err(|r| {
+        let (scope, kind) = r.labels();
+        gw.metrics.limit_rejections.with_label_values(&[scope, kind]).inc();
+        let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        match r {
+            Refusal::Rate { retry_after, .. } => ApiError::RateLimited {
+                message: format!("Rate limit reached: {kind} per minute of this {scope}. Retry after {} s.", secs(retry_after)),
+                retry_after: secs(retry_after).max(1),
+            },
+            Refusal::Budget { retry_after } => ApiError::QuotaExceeded {
+                message: "The project's budget for this period is spent.".into(),
+                retry_after: secs(retry_after).max(1),
+            },
+        }
+    })
 }
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
@@ -235,8 +264,12 @@ async fn relay(
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
-    rec.deployment = model.deployments.get(answer.deployment).map(|d| d.id.clone());
     let quote = quote_of(decision, answer.deployment);
+    if let Some(d) = model.deployments.get(answer.deployment) {
+        rec.deployment = Some(d.id.clone());
+        rec.data_center = world.catalog.data_center_of(d).map(|dc| dc.id.clone());
+        rec.quote = Some(quote);
+    }
     let mut headers = joule_headers(world, model, decision, &answer, rec);
     let status = answer.status;
     rec.status = status;

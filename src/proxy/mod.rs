@@ -3,7 +3,9 @@
 //! [`Downstream`] over a pingora session; tests could implement it over anything.
 //!
 //! Each request takes one `load()` of the [`World`] snapshot and uses it throughout, so it
-//! sees one consistent catalog, key set and client pool even while a reload swaps them.
+//! sees one consistent catalog and client pool even while a reload swaps them; keys and
+//! projects come from the [`Registry`]'s own snapshot (one more `load()`), which changes
+//! whenever a key or project does.
 
 pub mod chat;
 pub mod models;
@@ -17,15 +19,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::api::error::ApiError;
-use crate::auth::{KeySnapshot, Principal};
-use crate::catalog::Catalog;
+use crate::auth::{KeyHash, Principal};
+use crate::catalog::{Catalog, Quote};
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
 use crate::pricing::cost::Cost;
 use crate::pricing::Pricing;
+use crate::projects::Registry;
 use crate::routing::tags::StrategySet;
 use crate::telemetry::Telemetry;
 use crate::upstream::client::{ClientError, Clients};
+use crate::usage::UsageSink;
 
 /// Everything a request reads, swapped whole on reload.
 pub struct World {
@@ -33,9 +37,10 @@ pub struct World {
     /// Live deployment numbers; carried over from the previous world on reload.
     pub telemetry: Arc<Telemetry>,
     pub clients: Clients,
-    pub keys: KeySnapshot,
     pub default_strategy: StrategySet,
     pub limits: Limits,
+    /// SHA-256 of the admin API token; `None` disables the admin API.
+    pub admin_token: Option<KeyHash>,
 }
 
 impl World {
@@ -48,9 +53,9 @@ impl World {
             telemetry: Arc::new(Telemetry::new(&s.catalog, s.telemetry.clone(), previous.map(|w| &*w.telemetry))),
             clients: Clients::new(&s.catalog, &s.limits)?,
             catalog: s.catalog.clone(),
-            keys: KeySnapshot::new(&s.keys),
             default_strategy: s.default_strategy.clone(),
             limits: s.limits.clone(),
+            admin_token: s.admin_token,
         })
     }
 }
@@ -61,20 +66,30 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Energy prices and the price book (its own `ArcSwap`s; changes far more often than the world).
     pub pricing: Arc<Pricing>,
+    /// API keys and projects (snapshot + store).
+    pub registry: Arc<Registry>,
+    /// Where finished requests' usage records go.
+    pub usage: UsageSink,
     in_flight: AtomicUsize,
 }
 
 impl Gateway {
-    /// Wraps a world, with a pricing engine that no feed updates (base prices, priced sites
-    /// at the stale fallback).
-    pub fn new(world: World, metrics: Metrics) -> Arc<Self> {
+    /// Wraps a world, its key registry and usage sink, with a pricing engine that no feed
+    /// updates (base prices, priced sites at the stale fallback).
+    pub fn new(world: World, metrics: Metrics, registry: Arc<Registry>, usage: UsageSink) -> Arc<Self> {
         let pricing = Pricing::unfed(&world.catalog);
-        Self::with_pricing(world, metrics, pricing)
+        Self::with_pricing(world, metrics, pricing, registry, usage)
     }
 
-    /// Wraps a world and its pricing engine.
-    pub fn with_pricing(world: World, metrics: Metrics, pricing: Arc<Pricing>) -> Arc<Self> {
-        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, pricing, in_flight: AtomicUsize::new(0) })
+    /// Wraps a world, its pricing engine, key registry and usage sink.
+    pub fn with_pricing(
+        world: World,
+        metrics: Metrics,
+        pricing: Arc<Pricing>,
+        registry: Arc<Registry>,
+        usage: UsageSink,
+    ) -> Arc<Self> {
+        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, pricing, registry, usage, in_flight: AtomicUsize::new(0) })
     }
 
     /// Requests being served now (graceful shutdown waits for 0).
@@ -158,6 +173,12 @@ pub struct Record {
     pub stream: bool,
     /// What the request cost the client (`usage.cost`).
     pub cost: Option<Cost>,
+    /// The authenticated key (and project), for limits and the usage record.
+    pub principal: Option<Principal>,
+    /// The data center of the deployment that answered (hosted deployments).
+    pub data_center: Option<String>,
+    /// The answering deployment's token prices at decision time.
+    pub quote: Option<Quote>,
 }
 
 impl Record {
@@ -178,6 +199,9 @@ impl Record {
             completion_tokens: None,
             stream: false,
             cost: None,
+            principal: None,
+            data_center: None,
+            quote: None,
         }
     }
 }
@@ -215,8 +239,8 @@ pub async fn send_json(io: &mut dyn Downstream, rec: &mut Record, body: Vec<u8>)
     io.send_body(Bytes::from(body), true).await
 }
 
-fn authenticate(world: &World, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
-    let p = world.keys.authenticate(head.authorization.as_deref()).map_err(ApiError::InvalidApiKey)?;
+fn authenticate(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
+    let p = gw.registry.load().keys.authenticate(head.authorization.as_deref()).map_err(ApiError::InvalidApiKey)?;
     rec.key_name = Some(p.key_name.clone());
     Ok(p)
 }
@@ -231,19 +255,19 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
     use http::Method;
     let result = match (path, &head.method) {
         ("/healthz", &Method::GET) => return send_json(io, rec, br#"{"status":"ok"}"#.to_vec()).await,
-        ("/v1/chat/completions", &Method::POST) => match authenticate(&world, head, rec) {
+        ("/v1/chat/completions", &Method::POST) => match authenticate(gw, head, rec) {
             Ok(p) => return chat::handle(gw, &world, &p, head, io, rec).await,
             Err(e) => Err(e),
         },
         ("/v1/models", &Method::GET) => {
-            authenticate(&world, head, rec).map(|_| models::list(&world.catalog, &gw.pricing.book()))
+            authenticate(gw, head, rec).map(|_| models::list(&world.catalog, &gw.pricing.book()))
         }
-        (p, &Method::GET) if p.starts_with("/v1/models/") && p.ends_with("/prices") => authenticate(&world, head, rec)
+        (p, &Method::GET) if p.starts_with("/v1/models/") && p.ends_with("/prices") => authenticate(gw, head, rec)
             .and_then(|_| {
                 let id = &p["/v1/models/".len()..p.len() - "/prices".len()];
                 models::prices(&world.catalog, &gw.pricing, id, head.query.as_deref())
             }),
-        (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(&world, head, rec)
+        (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(gw, head, rec)
             .and_then(|_| models::one(&world.catalog, &gw.pricing.book(), &p["/v1/models/".len()..])),
         ("/healthz" | "/v1/chat/completions" | "/v1/models", m) => {
             Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })

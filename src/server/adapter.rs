@@ -19,7 +19,7 @@ use crate::proxy::{self, Downstream, DownstreamError, Gateway, InFlight, Record,
 pub enum Role {
     /// The public OpenAI-compatible API.
     Api,
-    /// `/metrics` and `/healthz` for operators.
+    /// `/metrics`, `/healthz` and the admin API for operators.
     Admin,
 }
 
@@ -128,6 +128,7 @@ impl ProxyHttp for JouleProxy {
         let rec = &ctx.rec;
         let elapsed = rec.started.elapsed();
         if self.role == Role::Api {
+            crate::usage::account(&self.gateway.usage, rec);
             let m = &self.gateway.metrics;
             let model = rec.model.as_deref().unwrap_or("none");
             let deployment = rec.deployment.as_deref().unwrap_or("none");

@@ -4,6 +4,8 @@
 //! Shutdown: on SIGTERM pingora stops accepting and signals its services; the drain service
 //! here then waits until no request is in flight, or the configured grace period has passed,
 //! and exits. (Pingora alone would always sleep the whole grace period — 300 s by default.)
+//! Before exiting it flushes the usage queue, so every finished request's record is in the
+//! store (or, if the store is down, in the spill file) when the process ends.
 
 pub mod adapter;
 pub mod tls;
@@ -19,7 +21,10 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::pricing::feed::Feeds;
+use crate::projects::Registry;
 use crate::proxy::{Gateway, World};
+use crate::store::{Store, StoreError};
+use crate::usage::{new_instance_id, UsageSink};
 use adapter::{JouleProxy, Role};
 
 /// Why the server could not start.
@@ -35,7 +40,12 @@ pub enum StartError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Energy(#[from] crate::pricing::feed::StartError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
+
+/// Longest the shutdown waits for the usage queue to be written or spilled.
+const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds and releases every configured address, so that a port in use or a foreign address
 /// is reported as a start-up error: pingora itself panics in a service thread on bind failure.
@@ -62,6 +72,11 @@ impl BackgroundService for Drain {
         tracing::info!(in_flight = self.gateway.in_flight(), grace_s = self.grace.as_secs(), "shutting down: draining");
         while self.gateway.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Records of the requests that just finished are queued by now (the logging phase
+        // runs before a request stops counting as in flight).
+        if !self.gateway.usage.flush(USAGE_FLUSH_TIMEOUT).await {
+            tracing::error!("usage records not flushed within {USAGE_FLUSH_TIMEOUT:?}");
         }
         // Price history frames still queued for the store are written before the exit.
         self.gateway.pricing.history().flush();
@@ -109,14 +124,31 @@ impl BackgroundService for Energy {
     }
 }
 
-/// Builds the gateway state and its energy feeds (not yet running) from settings.
+/// Builds the gateway state and its energy feeds (not yet running) from settings: opens (and
+/// migrates) the store, loads keys and projects, and starts the usage writer and the snapshot
+/// and budget tasks. Call outside any tokio runtime.
 ///
 /// # Errors
 /// See [`StartError`].
 pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError> {
     let metrics = Metrics::new()?;
     let (pricing, feeds) = crate::pricing::feed::build(&settings.energy, &settings.catalog, Some(metrics.clone()))?;
-    Ok((Gateway::with_pricing(World::new(settings, None)?, metrics, pricing), feeds))
+    let world = World::new(settings, None)?;
+    let instance: Arc<str> = Arc::from(new_instance_id());
+    let (registry, usage) = match &settings.store {
+        None => (Registry::new(settings.keys.clone(), None), UsageSink::disabled(metrics.clone())),
+        Some(s) => {
+            let store = Store::open(&s.location)?;
+            let registry = Registry::new(settings.keys.clone(), Some(store.clone()));
+            store.wait(registry.refresh())?;
+            // Budgets start from the spend already recorded, before the first request.
+            store.wait(registry.sync_budgets_once(&instance))?;
+            registry.spawn_background(instance.clone(), s.budget_sync);
+            tracing::info!(backend = store.kind(), instance = %instance, "store open");
+            (registry, UsageSink::start(store, s.usage.clone(), metrics.clone(), instance))
+        }
+    };
+    Ok((Gateway::with_pricing(world, metrics, pricing, registry, usage), feeds))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime.
@@ -181,7 +213,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         }
     }
     if let Some(a) = settings.server.admin_listen {
-        tracing::info!("admin listening on http://{a} (/metrics, /healthz)");
+        tracing::info!("admin listening on http://{a} (/metrics, /healthz, /admin/…)");
     }
     server.run_forever();
 }

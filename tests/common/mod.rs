@@ -2,6 +2,8 @@
 //! config, against in-process mock upstreams, and reads SSE streams with arrival times.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,0 +1,328 @@
+//! The SQLite backend: one connection (WAL journal, 5 s busy timeout so the CLI and a running
+//! gateway can share the file), used from the store runtime's blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+use super::rows::{self, Param, RowLike};
+use super::schema::{self, sqlite_sql as q};
+use super::{ApiKey, Backend, Directory, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use crate::usage::UsageRecord;
+
+/// An SQLite database file.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+            StoreError::Duplicate("a record with this name already exists".into())
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen | ErrorCode::DiskFull | ErrorCode::SystemIoFailure) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn value(p: &Param) -> Value {
+    match p {
+        Param::Int(Some(v)) => Value::Integer(*v),
+        Param::Real(Some(v)) => Value::Real(*v),
+        Param::Text(Some(v)) => Value::Text(v.clone()),
+        Param::Int(None) | Param::Real(None) | Param::Text(None) => Value::Null,
+    }
+}
+
+fn params(ps: &[Param]) -> rusqlite::ParamsFromIter<Vec<Value>> {
+    rusqlite::params_from_iter(ps.iter().map(value).collect::<Vec<_>>())
+}
+
+impl RowLike for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.get(i).map_err(err)
+    }
+    fn real(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        self.get(i).map_err(err)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.get(i).map_err(err)
+    }
+}
+
+fn query<T>(
+    c: &Connection,
+    sql: &str,
+    ps: &[Param],
+    map: impl Fn(&dyn RowLike) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = c.prepare_cached(&q(sql)).map_err(err)?;
+    let mut rows = stmt.query(params(ps)).map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        out.push(map(r)?);
+    }
+    Ok(out)
+}
+
+fn exec(c: &Connection, sql: &str, ps: &[Param]) -> Result<usize, StoreError> {
+    c.prepare_cached(&q(sql)).map_err(err)?.execute(params(ps)).map_err(err)
+}
+
+fn project_by_name(c: &Connection, name: &str) -> Result<Option<Project>, StoreError> {
+    let sql = format!("SELECT {} FROM projects WHERE name = $1", schema::PROJECT_COLS);
+    Ok(query(c, &sql, &[name.into()], rows::project)?.pop())
+}
+
+fn project_id(c: &Connection, name: &str) -> Result<String, StoreError> {
+    c.query_row(&q(schema::PROJECT_ID_BY_NAME), [name], |r| r.get(0))
+        .optional()
+        .map_err(err)?
+        .ok_or_else(|| StoreError::NotFound(format!("no project named `{name}`")))
+}
+
+impl SqliteStore {
+    /// Opens or creates the database file (and its directory).
+    ///
+    /// # Errors
+    /// The file cannot be created or opened.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let c = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        c.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;").map_err(err)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(c)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-written transaction behind
+            // (rusqlite rolls back on drop), so a poisoned lock is safe to reuse.
+            let mut c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task: {e}")))?
+    }
+
+    /// Runs `f` in an immediate (write-locking) transaction, committed when `f` succeeds.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(err)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn bump(c: &Connection) -> Result<(), StoreError> {
+    exec(c, schema::BUMP_SEQ, &[]).map(|_| ())
+}
+
+#[async_trait]
+impl Backend for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute_batch(schema::META).map_err(err)?;
+            let found: i64 = query(c, schema::GET_META, &["schema_version".into()], |r| Ok(r.int(0)?.unwrap_or(0)))?
+                .pop()
+                .unwrap_or(0);
+            let known = schema::MIGRATIONS.len() as i64;
+            if found > known {
+                return Err(StoreError::Schema { found, known });
+            }
+            for (i, m) in schema::MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
+                c.execute_batch(m).map_err(err)?;
+                exec(c, schema::SET_META, &["schema_version".into(), (i as i64 + 1).into()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_seq(&self) -> Result<i64, StoreError> {
+        self.with(|c| Ok(query(c, schema::GET_META, &["change_seq".into()], |r| Ok(r.int(0)?.unwrap_or(0)))?.pop().unwrap_or(0)))
+            .await
+    }
+
+    async fn directory(&self) -> Result<Directory, StoreError> {
+        self.with(|c| {
+            // A read transaction: projects, keys and the sequence from one snapshot.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred).map_err(err)?;
+            let seq = query(&tx, schema::GET_META, &["change_seq".into()], |r| Ok(r.int(0)?.unwrap_or(0)))?.pop().unwrap_or(0);
+            let projects = query(&tx, &format!("SELECT {} FROM projects ORDER BY name", schema::PROJECT_COLS), &[], rows::project)?;
+            let keys = query(&tx, &format!("{} WHERE k.revoked_at IS NULL", schema::KEY_SELECT), &[], rows::key)?;
+            tx.commit().map_err(err)?;
+            Ok(Directory { seq, projects, keys })
+        })
+        .await
+    }
+
+    async fn insert_project(&self, p: &Project) -> Result<(), StoreError> {
+        let ps = rows::project_params(p);
+        let name = p.name.clone();
+        self.write(move |c| {
+            exec(c, schema::INSERT_PROJECT, &ps).map_err(|e| match e {
+                StoreError::Duplicate(_) => StoreError::Duplicate(format!("a project named `{name}` already exists")),
+                e => e,
+            })?;
+            bump(c)
+        })
+        .await
+    }
+
+    async fn update_project(&self, name: &str, changes: &ProjectChanges, now: i64) -> Result<Project, StoreError> {
+        let name = name.to_string();
+        let changes = changes.clone();
+        self.write(move |c| {
+            let mut p = project_by_name(c, &name)?.ok_or_else(|| StoreError::NotFound(format!("no project named `{name}`")))?;
+            changes.apply(&mut p);
+            p.updated_at = now;
+            exec(c, schema::UPDATE_PROJECT, &rows::project_update_params(&p)).map_err(|e| match e {
+                StoreError::Duplicate(_) => StoreError::Duplicate(format!("a project named `{}` already exists", p.name)),
+                e => e,
+            })?;
+            bump(c)?;
+            Ok(p)
+        })
+        .await
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let id = project_id(c, &name)?;
+            let active = query(c, schema::ACTIVE_KEYS_OF, &[id.as_str().into()], |r| Ok(r.int(0)?.unwrap_or(0)))?.pop().unwrap_or(0);
+            if active > 0 {
+                return Err(StoreError::Conflict(format!("project `{name}` has {active} active key(s); revoke them first")));
+            }
+            exec(c, schema::DELETE_PROJECT, &[id.into()])?;
+            bump(c)
+        })
+        .await
+    }
+
+    async fn projects(&self) -> Result<Vec<Project>, StoreError> {
+        self.with(|c| query(c, &format!("SELECT {} FROM projects ORDER BY name", schema::PROJECT_COLS), &[], rows::project)).await
+    }
+
+    async fn project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| project_by_name(c, &name)).await
+    }
+
+    async fn insert_key(&self, key: &ApiKey, project: Option<&str>) -> Result<ApiKey, StoreError> {
+        let key = key.clone();
+        let project = project.map(str::to_string);
+        self.write(move |c| {
+            let pid = project.as_deref().map(|p| project_id(c, p)).transpose()?;
+            exec(c, schema::INSERT_KEY, &rows::key_params(&key, pid.as_deref())).map_err(|e| match e {
+                StoreError::Duplicate(_) => StoreError::Duplicate(format!("an active key named `{}` already exists", key.name)),
+                e => e,
+            })?;
+            bump(c)?;
+            Ok(ApiKey { project_id: pid, project, ..key })
+        })
+        .await
+    }
+
+    async fn keys(&self, project: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let project = project.map(str::to_string);
+        self.with(move |c| match project {
+            Some(p) => query(c, &format!("{} WHERE p.name = $1 ORDER BY k.created_at, k.id", schema::KEY_SELECT), &[p.into()], rows::key),
+            None => query(c, &format!("{} ORDER BY k.created_at, k.id", schema::KEY_SELECT), &[], rows::key),
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id_or_name: &str, now: i64) -> Result<ApiKey, StoreError> {
+        let k = id_or_name.to_string();
+        self.write(move |c| {
+            let sql = format!("{} WHERE (k.id = $1 OR k.name = $1) AND k.revoked_at IS NULL", schema::KEY_SELECT);
+            let mut found = query(c, &sql, &[k.as_str().into()], rows::key)?;
+            if found.len() > 1 {
+                return Err(StoreError::Conflict(format!("`{k}` matches several keys; use the key id")));
+            }
+            let mut key = found.pop().ok_or_else(|| StoreError::NotFound(format!("no active key `{k}`")))?;
+            exec(c, schema::REVOKE_KEY, &[key.id.as_str().into(), now.into()])?;
+            bump(c)?;
+            key.revoked_at = Some(now);
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let used = used.to_vec();
+        self.write(move |c| {
+            for (id, ts) in &used {
+                exec(c, schema::TOUCH_KEY, &[id.as_str().into(), (*ts).into()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.write(move |c| {
+            for chunk in records.chunks(schema::USAGE_ROWS_PER_INSERT) {
+                let mut ps = Vec::with_capacity(chunk.len() * schema::USAGE_NCOLS);
+                for r in chunk {
+                    rows::usage_params(r, &mut ps);
+                }
+                exec(c, &schema::insert_usage_sql(chunk.len()), &ps)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError> {
+        let (sql, ps) = rows::usage_query(filter);
+        self.with(move |c| query(c, &sql, &ps, rows::usage)).await
+    }
+
+    async fn usage_summary(&self, filter: &UsageFilter) -> Result<UsageSummary, StoreError> {
+        let (sql, ps) = rows::usage_summary_query(filter);
+        self.with(move |c| {
+            let mut v = query(c, &sql, &ps, rows::usage_summary)?;
+            Ok(v.pop().unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let i = exclude_instance.to_string();
+        self.with(move |c| {
+            query(c, schema::SPEND_SINCE, &[since_ms.into(), i.into()], |r| {
+                Ok((r.text(0)?.unwrap_or_default(), r.real(1)?.unwrap_or(0.0)))
+            })
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        None
+    }
+}

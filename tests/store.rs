@@ -1,0 +1,278 @@
+//! The store contract, run unchanged against both backends: SQLite (a file in a temporary
+//! directory) and PostgreSQL (a throwaway cluster, see `common::pg`).
+
+mod common;
+
+use std::sync::Arc;
+
+use joule::auth::KeyHash;
+use joule::store::{
+    BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,
+};
+use joule::usage::UsageRecord;
+
+fn changes() -> ProjectChanges {
+    ProjectChanges::default()
+}
+
+fn record(id: usize, project: Option<&str>, key: &str, model: &str, status: u16, ts: i64, instance: &str) -> UsageRecord {
+    UsageRecord {
+        id: format!("req_{id:06}"),
+        ts_ms: ts,
+        instance: instance.into(),
+        project_id: project.map(str::to_string),
+        key_id: Some(key.into()),
+        key_name: Some("k".into()),
+        model: Some(model.into()),
+        strategy: Some("price".into()),
+        deployment: Some("dep0".into()),
+        data_center: Some("dc0".into()),
+        status,
+        outcome: if status == 200 { "ok".into() } else { "upstream_failed".into() },
+        stream: id.is_multiple_of(2),
+        ttft_ms: Some(12.5),
+        latency_ms: 40.25,
+        tokens_in: Some(10),
+        tokens_out: Some(20),
+        price_input: Some(1.0),
+        price_output: Some(2.0),
+        cost_input: 1e-5,
+        cost_output: 4e-5,
+        cost_fee: 0.0,
+        cost_total: 5e-5,
+    }
+}
+
+/// The whole contract. `reopen` opens the same database again (a second instance).
+async fn suite(store: Store, reopen: impl Fn() -> Store) {
+    // --- projects
+    let seq0 = store.change_seq().await.unwrap();
+    let a = store
+        .create_project(
+            "team-a",
+            ProjectChanges {
+                allowed_models: Some(Some(vec!["m2".into(), "m1".into(), "m1".into()])),
+                default_strategy: Some(Some("price@latency".into())),
+                rpm: Some(Some(60)),
+                budget_usd: Some(Some(12.5)),
+                budget_period: Some(BudgetPeriod::Day),
+                ..changes()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.allowed_models.as_deref(), Some(&["m1".to_string(), "m2".to_string()][..]), "sorted, deduplicated");
+    let canonical = joule::routing::tags::StrategySet::parse_list("latency@price").unwrap().to_string().replace('+', "@");
+    assert_eq!(a.default_strategy.as_deref(), Some(canonical.as_str()), "stored canonically");
+    assert!(store.change_seq().await.unwrap() > seq0, "a change bumps the sequence");
+    assert_eq!(store.project("team-a").await.unwrap(), a);
+    let b = store.create_project("team-b", changes()).await.unwrap();
+    assert_eq!(b.allowed_models, None);
+    assert_eq!(b.budget_period, BudgetPeriod::Month);
+
+    assert!(matches!(store.create_project("team-a", changes()).await, Err(StoreError::Duplicate(_))));
+    assert!(matches!(store.project("nope").await, Err(StoreError::NotFound(_))));
+
+    // Bad input: SQL-looking strings, long names, bad numbers — refused, nothing written.
+    let sql = "x'); DROP TABLE projects; --";
+    let long = "a".repeat(65);
+    for name in [sql, long.as_str(), "", " team"] {
+        assert!(matches!(store.create_project(name, changes()).await, Err(StoreError::Invalid(_))), "{name}");
+    }
+    for bad in [
+        ProjectChanges { allowed_models: Some(Some(vec![sql.into()])), ..changes() },
+        ProjectChanges { default_strategy: Some(Some(sql.into())), ..changes() },
+        ProjectChanges { default_strategy: Some(Some("cheapest".into())), ..changes() },
+        ProjectChanges { rpm: Some(Some(0)), ..changes() },
+        ProjectChanges { budget_usd: Some(Some(f64::NAN)), ..changes() },
+        ProjectChanges { budget_usd: Some(Some(-1.0)), ..changes() },
+        ProjectChanges { name: Some(sql.into()), ..changes() },
+    ] {
+        assert!(matches!(store.create_project("fine", bad.clone()).await, Err(StoreError::Invalid(_))), "{bad:?}");
+        assert!(matches!(store.update_project("team-a", bad.clone()).await, Err(StoreError::Invalid(_))), "{bad:?}");
+    }
+    assert_eq!(store.projects().await.unwrap().len(), 2, "nothing partially written");
+    assert_eq!(store.project("team-a").await.unwrap(), a, "unchanged");
+
+    // Update: rename, clear, and a rename onto an existing name that changes nothing.
+    let a2 = store
+        .update_project("team-a", ProjectChanges { name: Some("team-a2".into()), rpm: Some(None), tpm: Some(Some(1000)), ..changes() })
+        .await
+        .unwrap();
+    assert_eq!((a2.id.as_str(), a2.name.as_str(), a2.rpm, a2.tpm), (a.id.as_str(), "team-a2", None, Some(1000)));
+    assert_eq!(a2.created_at, a.created_at);
+    assert!(matches!(
+        store.update_project("team-a2", ProjectChanges { name: Some("team-b".into()), tpm: Some(Some(5)), ..changes() }).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(store.project("team-a2").await.unwrap().tpm, Some(1000), "failed update left nothing behind");
+    assert!(matches!(store.update_project("ghost", changes()).await, Err(StoreError::NotFound(_))));
+    let a = store.update_project("team-a2", ProjectChanges { name: Some("team-a".into()), ..changes() }).await.unwrap();
+
+    // --- keys
+    let (k1, secret) = store
+        .create_key(NewKey { name: "dev-key".into(), project: Some("team-a".into()), rpm: Some(10), tpm: None })
+        .await
+        .unwrap();
+    assert!(secret.expose().starts_with(KEY_PREFIX) && secret.expose().len() >= KEY_PREFIX.len() + 32);
+    assert!(secret.expose().starts_with(&k1.prefix) && k1.prefix.len() < secret.expose().len());
+    assert_eq!(k1.hash, KeyHash::of(secret.expose()).to_hex(), "only the hash is kept");
+    assert_eq!((k1.project.as_deref(), k1.project_id.as_deref()), (Some("team-a"), Some(a.id.as_str())));
+    let (k2, _) = store.create_key(NewKey { name: "n8n-workflow".into(), ..NewKey::default() }).await.unwrap();
+    assert_eq!(k2.project, None);
+
+    assert!(matches!(store.create_key(NewKey { name: "dev-key".into(), ..NewKey::default() }).await, Err(StoreError::Duplicate(_))));
+    assert!(matches!(
+        store.create_key(NewKey { name: "orphan".into(), project: Some("ghost".into()), ..NewKey::default() }).await,
+        Err(StoreError::NotFound(_))
+    ));
+    for bad in [sql, long.as_str()] {
+        assert!(matches!(store.create_key(NewKey { name: bad.into(), ..NewKey::default() }).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            store.create_key(NewKey { name: "x".into(), project: Some(bad.into()), ..NewKey::default() }).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(store.revoke_key(bad).await.is_err());
+    }
+    assert_eq!(store.keys(None).await.unwrap().len(), 2, "refused keys were not written");
+    let of_a = store.keys(Some("team-a")).await.unwrap();
+    assert_eq!(of_a.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [k1.id.as_str()]);
+    assert!(matches!(store.keys(Some("ghost")).await, Err(StoreError::NotFound(_))));
+
+    // A project with active keys cannot be deleted.
+    assert!(matches!(store.delete_project("team-a").await, Err(StoreError::Conflict(_))));
+
+    // The directory (what gateways build their snapshot from) sees only active keys.
+    let dir = store.directory().await.unwrap();
+    assert_eq!((dir.projects.len(), dir.keys.len()), (2, 2));
+    let revoked = store.revoke_key("dev-key").await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(matches!(store.revoke_key("dev-key").await, Err(StoreError::NotFound(_))), "already revoked");
+    let dir2 = store.directory().await.unwrap();
+    assert!(dir2.seq > dir.seq);
+    assert_eq!(dir2.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [k2.id.as_str()]);
+    // The name of a revoked key can be used again; the revoked key stays listed.
+    let (k3, _) = store.create_key(NewKey { name: "dev-key".into(), project: Some("team-a".into()), ..NewKey::default() }).await.unwrap();
+    assert_eq!(store.keys(Some("team-a")).await.unwrap().len(), 2);
+    store.revoke_key(&k3.id).await.unwrap();
+    store.delete_project("team-a").await.unwrap();
+    assert!(matches!(store.project("team-a").await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.delete_project("team-a").await, Err(StoreError::NotFound(_))));
+    let a = store.create_project("team-a", changes()).await.unwrap();
+
+    // --- usage records
+    let t0 = 1_700_000_000_000_i64;
+    let mut recs = Vec::new();
+    for i in 0..250 {
+        let (project, key) = if i % 5 == 0 { (Some(b.id.as_str()), "key_b") } else { (Some(a.id.as_str()), "key_a") };
+        let model = if i % 2 == 0 { "m1" } else { "m2" };
+        let status = if i % 10 == 9 { 502 } else { 200 };
+        let instance = if i < 100 { "gw_me" } else { "gw_other" };
+        recs.push(record(i, project, key, model, status, t0 + i as i64 * 10, instance));
+    }
+    recs.push(record(999, None, "config:ops", "m1", 200, t0 + 5, "gw_me"));
+    store.insert_usage(Arc::new(recs.clone())).await.unwrap();
+    // Replaying (spill file after a timeout whose insert did commit) never duplicates.
+    store.insert_usage(Arc::new(recs[..120].to_vec())).await.unwrap();
+
+    let all = UsageFilter { limit: 10_000, ..UsageFilter::default() };
+    let page = store.usage(all.clone()).await.unwrap();
+    assert_eq!(page.records.len(), 251);
+    assert!(page.next_cursor.is_none());
+    let back = page.records.iter().find(|r| r.id == "req_000007").unwrap();
+    assert_eq!(back, &recs[7], "every field round-trips");
+    assert!(page.records.windows(2).all(|w| (w[0].ts_ms, &w[0].id) >= (w[1].ts_ms, &w[1].id)), "newest first");
+
+    let by = |f: UsageFilter| {
+        let s = store.clone();
+        async move { s.usage(UsageFilter { limit: 10_000, ..f }).await.unwrap().records }
+    };
+    let of_b = by(UsageFilter { project_id: Some(b.id.clone()), ..all.clone() }).await;
+    assert_eq!(of_b.len(), 50);
+    assert!(of_b.iter().all(|r| r.project_id.as_deref() == Some(b.id.as_str())), "isolation: only that project's records");
+    assert_eq!(by(UsageFilter { key_id: Some("key_a".into()), model: Some("m1".into()), ..all.clone() }).await.len(), 100);
+    assert_eq!(by(UsageFilter { status: Some(502), ..all.clone() }).await.len(), 25);
+    let window = by(UsageFilter { since_ms: Some(t0 + 100), until_ms: Some(t0 + 200), ..all.clone() }).await;
+    assert_eq!(window.len(), 10);
+    assert!(matches!(store.usage(UsageFilter { model: Some("' OR '1'='1".into()), ..all.clone() }).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.usage(UsageFilter { limit: 0, ..all.clone() }).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        store.usage(UsageFilter { since_ms: Some(5), until_ms: Some(1), ..all.clone() }).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Pagination: pages of 40 cover every record exactly once, also across equal timestamps.
+    store.insert_usage(Arc::new(vec![record(1000, None, "k", "m1", 200, t0, "gw_me"), record(1001, None, "k", "m1", 200, t0, "gw_me")])).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store.usage(UsageFilter { limit: 40, after: cursor.clone(), ..UsageFilter::default() }).await.unwrap();
+        seen.extend(p.records.iter().map(|r| r.id.clone()));
+        match p.next_cursor {
+            Some(c) => cursor = Some(Cursor::decode(&c).unwrap()),
+            None => break,
+        }
+    }
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!((total, seen.len()), (253, 253));
+
+    let sum = store.usage_summary(UsageFilter { project_id: Some(a.id.clone()), ..all.clone() }).await.unwrap();
+    assert_eq!((sum.requests, sum.tokens_in, sum.tokens_out), (200, 2000, 4000));
+    assert!((sum.cost_usd - 200.0 * 5e-5).abs() < 1e-9, "{sum:?}");
+
+    // Budgets read other instances' spend only.
+    let spend = store.spend_since(t0, "gw_me").await.unwrap();
+    let spend_a = spend.iter().find(|(p, _)| *p == a.id).map(|(_, s)| *s).unwrap();
+    assert!((spend_a - 120.0 * 5e-5).abs() < 1e-9, "{spend:?}");
+    assert!(store.spend_since(t0 + 1_000_000, "gw_me").await.unwrap().is_empty());
+
+    // Last-used times only move forward.
+    store.touch_keys(vec![(k2.id.clone(), 50), (k2.id.clone(), 40)]).await.unwrap();
+    store.touch_keys(vec![(k2.id.clone(), 30)]).await.unwrap();
+    let k2b = store.keys(None).await.unwrap().into_iter().find(|k| k.id == k2.id).unwrap();
+    assert_eq!(k2b.last_used_at, Some(50));
+
+    // A second instance on the same database: migrations are not re-run, data is shared.
+    let other = reopen();
+    assert_eq!(other.projects().await.unwrap().len(), 2);
+    assert_eq!(other.change_seq().await.unwrap(), store.change_seq().await.unwrap());
+}
+
+/// Opens `loc` from a thread outside any runtime (opening blocks until migrated).
+fn reopen(loc: &StoreLocation) -> Store {
+    let loc = loc.clone();
+    std::thread::spawn(move || Store::open(&loc).unwrap()).join().unwrap()
+}
+
+#[test]
+fn sqlite_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = StoreLocation::Sqlite(dir.path().join("sub/joule.db"));
+    let store = Store::open(&loc).unwrap();
+    assert_eq!(store.kind(), "sqlite");
+    let l2 = loc.clone();
+    store.wait(suite(store.clone(), move || reopen(&l2)));
+}
+
+#[test]
+fn postgres_store_contract() {
+    let pg = common::pg::PgCluster::start();
+    let loc = StoreLocation::Postgres(joule::secret::Secret::new(pg.url()));
+    // Several instances starting at once migrate exactly once.
+    let opened: Vec<Store> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| Store::open(&loc).unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let store = opened[0].clone();
+    assert_eq!(store.kind(), "postgres");
+    let l2 = loc.clone();
+    store.wait(suite(store.clone(), move || reopen(&l2)));
+}
+
+#[test]
+fn postgres_connection_string_errors_hide_the_password() {
+    let e = Store::open(&StoreLocation::Postgres(joule::secret::Secret::new("postgres://u:hunter2@[bad".into()))).unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
