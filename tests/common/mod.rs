@@ -18,9 +18,19 @@ pub use joule::mock::{Failure, MockConfig, MockServer, SseFraming, TestCa};
 pub const KEY: &str = "sk-test-client-key-0123456789";
 pub const PROVIDER_SECRET: &str = "sk-provider-secret-abcdef";
 
-/// A free loopback port (bound then released; the gateway binds it right after).
+/// A free loopback port (bound then released; the gateway binds it right after). Never the
+/// same port twice in one test process: tests run in parallel, and the kernel may hand a just
+/// released port to the next `bind(0)`, which would put two gateways on one port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running gateway process.
