@@ -424,8 +424,16 @@ async fn keys_propagate_between_instances_within_two_seconds() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     eprintln!("key refused on B after {:?}", revoked.elapsed());
-    // Both instances' records are in the shared store.
-    let (_, v) = admin(&b, &c, "GET", "/usage?project=shared", None).await;
+    // B's records reach the shared store once its writer flushes a batch (every 200 ms).
+    let flushed = Instant::now();
+    let v = loop {
+        let (_, v) = admin(&b, &c, "GET", "/usage?project=shared", None).await;
+        if v["records"].as_array().is_some_and(|r| !r.is_empty()) {
+            break v;
+        }
+        assert!(flushed.elapsed() < Duration::from_secs(10), "no usage record written: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let instances: std::collections::HashSet<&str> =
         v["records"].as_array().unwrap().iter().filter_map(|r| r["instance"].as_str()).collect();
     assert_eq!(instances.len(), 1, "only B served requests: {v}");
