@@ -1,0 +1,36 @@
+//! The strategy world plus an imported clock: outside the contract, so the host must refuse
+//! to load it.
+
+wit_bindgen::generate!({
+    inline: r#"
+    package joule:testing;
+
+    world clock {
+        record info { name: string, version: string, tag: string }
+        record candidate {
+            price-input: f64, price-output: f64, energy-price: option<f64>, ttft-ms: f64,
+            latency-ms: f64, tokens-per-s: f64, in-flight: u32, health: f64, data-center: option<u32>,
+        }
+        record decision-input { now-ms: u64, seed: u64, candidates: list<candidate> }
+        import now: func() -> u64;
+        export describe: func() -> info;
+        export score: func(input: decision-input) -> result<list<option<f64>>, string>;
+    }
+    "#,
+    world: "joule:testing/clock",
+});
+
+struct Clock;
+
+impl Guest for Clock {
+    fn describe() -> Info {
+        Info { name: "Reads the clock".into(), version: "0.0.1".into(), tag: "clock".into() }
+    }
+
+    fn score(input: DecisionInput) -> Result<Vec<Option<f64>>, String> {
+        let t = now();
+        Ok(input.candidates.iter().map(|_| Some((t % 7) as f64)).collect())
+    }
+}
+
+export!(Clock);
