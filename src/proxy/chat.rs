@@ -2,7 +2,7 @@
 //! deployments, forward with failover, and relay the answer — event by event for streams,
 //! with a terminal SSE error event if the upstream fails mid-stream.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -13,11 +13,12 @@ use crate::api::error::{stream_error_event, ApiError};
 use crate::api::sse::{self, SseItem, SseParser};
 use crate::auth::Principal;
 use crate::catalog::Model;
-use crate::routing::{self, tags, RouteDecision};
+use crate::routing::wasm::explain::{explain_json, DecisionInput, DecisionOutput, LoggedDecision};
+use crate::routing::{self, tags, wasm, RouteDecision};
 use crate::upstream::{self, Answer};
 
 /// Reads the whole request body, refusing it once it exceeds `limit`.
-async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -> Result<Vec<u8>, ApiError> {
     let limit = world.limits.max_body_bytes;
     if head.content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
@@ -39,15 +40,30 @@ async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -
     }
 }
 
-fn decide<'w>(world: &'w World, req: &ChatRequest) -> Result<(&'w Model, RouteDecision), ApiError> {
-    let (base, strategies) = tags::parse_model(&req.model)
-        .map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") })?;
+fn decide<'w>(gw: &Gateway, world: &'w World, req: &ChatRequest) -> Result<(&'w Model, RouteDecision), ApiError> {
+    let invalid = |e: tags::TagError| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") };
+    let (base, strategies) = tags::parse_model(&req.model).map_err(invalid)?;
     let model = world
         .catalog
         .model(base)
         .ok_or_else(|| ApiError::ModelNotFound { model: base.chars().take(200).collect() })?;
-    let strategies = strategies.unwrap_or_else(|| world.default_strategy.clone());
-    let decision = routing::rank_native(routing::candidates(&world.catalog, model), &strategies);
+    // One plugin set for the whole decision: a swap meanwhile does not affect it.
+    let set = gw.strategies.current();
+    let strategies = match strategies {
+        Some(s) => {
+            set.check(&s).map_err(invalid)?;
+            s
+        }
+        None => world.default_strategy.clone(),
+    };
+    let cands = routing::candidates(&world.catalog, model);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let seed: u64 = rand::random();
+    let logged = gw.decision_log.as_ref().map(|log| (log, DecisionInput::capture(model, &strategies, &cands, now_ms, seed, &set)));
+    let decision = wasm::rank(&set, &strategies, cands, now_ms, seed, Some(&gw.metrics.strategy));
+    if let Some((log, input)) = logged {
+        log.record(LoggedDecision { input, output: DecisionOutput::capture(&decision, Some(model)) });
+    }
     Ok((model, decision))
 }
 
@@ -77,7 +93,7 @@ pub async fn handle(
         Err(e) => return send_error(io, rec, &e).await,
     };
     rec.stream = req.stream;
-    let (model, decision) = match decide(world, &req) {
+    let (model, decision) = match decide(gw, world, &req) {
         Ok(x) => x,
         Err(e) => return send_error(io, rec, &e).await,
     };
@@ -107,7 +123,12 @@ pub async fn handle(
         Err(e) => return send_error(io, rec, &e).await,
     };
     drop(body);
-    relay(world, model, &decision, &req, answer, io, rec).await
+    rec.deployment = model.deployments.get(answer.deployment).map(|d| d.id.clone());
+    let mut headers = joule_headers(world, model, &decision, &answer, rec);
+    if head.explain {
+        headers.push(("x-joule-explain", explain_json(&decision, model)));
+    }
+    relay(world, headers, &req, answer, io, rec).await
 }
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
@@ -121,7 +142,7 @@ fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer:
         h.push(("x-joule-price-input", format!("{:.6}", q.price.input)));
         h.push(("x-joule-price-output", format!("{:.6}", q.price.output)));
     }
-    h.push(("x-joule-strategy", format!("{} (native)", decision.strategies)));
+    h.push(("x-joule-strategy", decision.strategy_header()));
     h
 }
 
@@ -132,16 +153,13 @@ fn usage_of(v: &serde_json::Value) -> Option<(u64, u64)> {
 
 async fn relay(
     world: &World,
-    model: &Model,
-    decision: &RouteDecision,
+    mut headers: Vec<(&'static str, String)>,
     req: &ChatRequest,
     answer: Answer,
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
     let sent_at = Instant::now();
-    rec.deployment = model.deployments.get(answer.deployment).map(|d| d.id.clone());
-    let mut headers = joule_headers(world, model, decision, &answer, rec);
     let status = answer.response.status().as_u16();
     let content_type = answer
         .response

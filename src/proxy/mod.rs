@@ -22,6 +22,8 @@ use crate::catalog::Catalog;
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
 use crate::routing::tags::StrategySet;
+use crate::routing::wasm::explain::DecisionLog;
+use crate::routing::wasm::PluginRegistry;
 use crate::upstream::client::{ClientError, Clients};
 
 /// Everything a request reads, swapped whole on reload.
@@ -53,13 +55,17 @@ impl World {
 pub struct Gateway {
     pub world: ArcSwap<World>,
     pub metrics: Metrics,
+    /// The strategy plugins (their own `ArcSwap`ped set, independent of config reloads).
+    pub strategies: Arc<PluginRegistry>,
+    /// Where route decisions are logged, if configured.
+    pub decision_log: Option<DecisionLog>,
     in_flight: AtomicUsize,
 }
 
 impl Gateway {
-    /// Wraps a world.
-    pub fn new(world: World, metrics: Metrics) -> Arc<Self> {
-        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, in_flight: AtomicUsize::new(0) })
+    /// Wraps a world and the strategy plugins.
+    pub fn new(world: World, metrics: Metrics, strategies: Arc<PluginRegistry>, decision_log: Option<DecisionLog>) -> Arc<Self> {
+        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, strategies, decision_log, in_flight: AtomicUsize::new(0) })
     }
 
     /// Requests being served now (graceful shutdown waits for 0).
@@ -93,6 +99,8 @@ pub struct RequestHead {
     pub path: String,
     pub authorization: Option<Vec<u8>>,
     pub content_length: Option<u64>,
+    /// `x-joule-explain: 1`: answer with the route decision in `x-joule-explain`.
+    pub explain: bool,
 }
 
 /// A response status line and headers.

@@ -19,6 +19,8 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, World};
+use crate::routing::wasm::explain::DecisionLog;
+use crate::routing::wasm::{watch, Host, PluginRegistry};
 use adapter::{JouleProxy, Role};
 
 /// Why the server could not start.
@@ -32,6 +34,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Plugins(String),
 }
 
 /// Binds and releases every configured address, so that a port in use or a foreign address
@@ -70,7 +74,19 @@ impl BackgroundService for Drain {
 /// # Errors
 /// See [`StartError`].
 pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
-    Ok(Gateway::new(World::new(settings)?, Metrics::new()?))
+    let metrics = Metrics::new()?;
+    let host = Host::new(settings.plugins.host.clone()).map_err(|e| StartError::Plugins(e.to_string()))?;
+    let strategies = PluginRegistry::new(host, settings.plugins.dir.clone(), Some(metrics.strategy.clone()));
+    // Rejected files are logged by the scan; the gateway starts anyway (native fallback).
+    strategies.scan();
+    let log = match &settings.plugins.decision_log {
+        Some(path) => Some(
+            DecisionLog::open(path, Some(metrics.strategy.clone()))
+                .map_err(|e| StartError::Plugins(format!("decision log {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    Ok(Gateway::new(World::new(settings)?, metrics, strategies, log))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime.
@@ -80,6 +96,13 @@ pub fn gateway(settings: &Settings) -> Result<Arc<Gateway>, StartError> {
 pub fn run(settings: Settings) -> Result<(), StartError> {
     check_bind(&settings)?;
     let gw = gateway(&settings)?;
+    // Lives until the process exits (run_forever does not return).
+    let _plugin_watch = match (&settings.plugins.dir, settings.plugins.watch) {
+        (Some(_), true) => Some(watch(&gw.strategies, crate::routing::wasm::watch::DEFAULT_DEBOUNCE).map_err(|e| StartError::Plugins(e.to_string()))?),
+        _ => None,
+    };
+    let tags = gw.strategies.current().available().join(", ");
+    tracing::info!(dir = ?settings.plugins.dir, strategies = %tags, "strategy plugins ready");
     let conf = ServerConf {
         threads: settings.server.threads,
         // Our drain service exits as soon as nothing is in flight; pingora's own sleep is the
@@ -133,7 +156,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         }
     }
     if let Some(a) = settings.server.admin_listen {
-        tracing::info!("admin listening on http://{a} (/metrics, /healthz)");
+        tracing::info!("admin listening on http://{a} (/metrics, /healthz, /admin/plugins)");
     }
     server.run_forever();
 }

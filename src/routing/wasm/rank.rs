@@ -1,0 +1,89 @@
+//! A route decision through the Wasm strategies: every requested tag's plugin scores the
+//! candidates, the scores are combined by [`crate::routing::combine`] (the same rule as the
+//! native ranking), and any fault, disabled plugin or missing operator plugin makes the whole
+//! decision fall back to the native ranking, which reports why.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use super::bindings;
+use super::host::CallOutcome;
+use super::registry::PluginSet;
+use crate::metrics::StrategyMetrics;
+use crate::routing::tags::{Strategy, StrategySet};
+use crate::routing::{decide, native_runs, native_score, Candidate, Engine, Fallback, RouteDecision, StrategyRun};
+
+thread_local! {
+    /// The plugin-set generation this thread last ranked with, to drop warm instances of
+    /// replaced plugins once per swap rather than on every call.
+    static SEEN_GENERATION: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Ranks `cands` for `strategies` with the plugins of `set` (built-in tags without a plugin
+/// run natively). Never fails: on any plugin problem the result is the native ranking with
+/// [`RouteDecision::fallback`] set, and the fallback is counted in `metrics`.
+///
+/// `now_ms` and `seed` are passed to every strategy; with the same inputs and plugin versions
+/// the decision is the same (see [`super::explain`] for replay).
+pub fn rank(
+    set: &PluginSet,
+    strategies: &StrategySet,
+    cands: Vec<Candidate>,
+    now_ms: u64,
+    seed: u64,
+    metrics: Option<&StrategyMetrics>,
+) -> RouteDecision {
+    if SEEN_GENERATION.with(|g| g.replace(set.generation)) != set.generation {
+        super::host::retain_warm(|uid| set.contains_uid(uid));
+    }
+    let mut input: Option<bindings::DecisionInput> = None;
+    let mut runs = Vec::with_capacity(strategies.tags().len());
+    let mut fallback = None;
+    if !cands.is_empty() {
+        for tag in strategies.tags() {
+            let run = match set.get(tag) {
+                Some(p) if p.disabled() => Err(Fallback::Disabled { tag: tag.clone() }),
+                Some(p) => {
+                    let input = input.get_or_insert_with(|| bindings::decision_input(&cands, now_ms, seed));
+                    match set.host.call(p, input) {
+                        CallOutcome::Scored(scores) => Ok(StrategyRun {
+                            tag: tag.clone(),
+                            engine: Engine::Wasm { version: p.info.version.clone(), sha256: p.sha256.clone() },
+                            scores,
+                        }),
+                        CallOutcome::Fault(f) => Err(Fallback::Fault { tag: tag.clone(), kind: f.kind }),
+                    }
+                }
+                None => match Strategy::from_tag(tag) {
+                    Some(s) => Ok(StrategyRun {
+                        tag: tag.clone(),
+                        engine: Engine::Native,
+                        scores: cands.iter().map(|c| Some(native_score(s, c))).collect(),
+                    }),
+                    None => Err(Fallback::Missing { tag: tag.clone() }),
+                },
+            };
+            match run {
+                Ok(r) => runs.push(r),
+                Err(f) => {
+                    fallback = Some(f);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(f) = fallback {
+        if let Some(m) = metrics {
+            m.fallbacks.with_label_values(&[&**f.tag(), f.label()]).inc();
+        }
+        let runs = native_runs(&cands, strategies);
+        return decide(&cands, strategies, runs, Some(f));
+    }
+    decide(&cands, strategies, runs, None)
+}
+
+/// The versions a decision would use now, per tag (`None`: native), for logs and headers
+/// before ranking.
+pub fn versions(set: &PluginSet, strategies: &StrategySet) -> Vec<(Arc<str>, Option<Arc<str>>)> {
+    strategies.tags().iter().map(|t| (t.clone(), set.get(t).map(|p| p.info.version.clone()))).collect()
+}
