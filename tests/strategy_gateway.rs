@@ -4,6 +4,7 @@
 //! the admin plugins API (list, upload, rejection, rollback), a faulting plugin answered by
 //! the native fallback, hot swap under steady traffic, and replay of the decision log.
 
+#[allow(unused_imports)]
 mod common;
 mod guests;
 

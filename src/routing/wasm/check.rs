@@ -68,7 +68,8 @@ impl CheckReport {
     }
 }
 
-fn cand(i: usize, price: f64, ttft: f64, tps: f64, in_flight: u32, health: f64, energy: Option<f64>, dc: Option<u32>) -> Candidate {
+/// A candidate: `load` is (requests in flight, health), `site` the energy price and data center.
+fn cand(i: usize, price: f64, ttft: f64, tps: f64, load: (u32, f64), site: Option<(f64, u32)>) -> Candidate {
     let p = TokenPrice { input: price, output: price * 3.0 };
     Candidate {
         deployment: i,
@@ -76,10 +77,10 @@ fn cand(i: usize, price: f64, ttft: f64, tps: f64, in_flight: u32, health: f64, 
         ttft_ms: ttft,
         tokens_per_s: tps,
         latency_ms: ttft * 8.0,
-        in_flight,
-        health,
-        energy_price: energy,
-        data_center: dc,
+        in_flight: load.0,
+        health: load.1,
+        energy_price: site.map(|s| s.0),
+        data_center: site.map(|s| s.1),
     }
 }
 
@@ -96,19 +97,17 @@ fn cases() -> Vec<(String, DecisionInput)> {
                     0.1 + (f * 0.37) % 2.0,
                     80.0 + (f * 53.0) % 400.0,
                     20.0 + (f * 31.0) % 180.0,
-                    (i as u32 * 7) % 11,
-                    1.0 - (f * 0.13) % 0.5,
-                    hosted.then_some(15.0 + (f * 23.0) % 120.0),
-                    hosted.then_some((i % 5) as u32),
+                    ((i as u32 * 7) % 11, 1.0 - (f * 0.13) % 0.5),
+                    hosted.then_some((15.0 + (f * 23.0) % 120.0, (i % 5) as u32)),
                 )
             })
             .collect()
     };
     let edge = vec![
-        cand(0, 0.0, 0.0, 0.0, 0, 0.0, Some(-40.0), Some(0)),
-        cand(1, 0.0, 1.0, 1e6, 10_000, 1.0, None, None),
-        cand(2, 1e4, 1e6, 0.001, 0, 0.5, Some(9_999.0), Some(1)),
-        cand(3, 1.0, 100.0, 100.0, 1, 1.0, Some(0.0), Some(u32::MAX)),
+        cand(0, 0.0, 0.0, 0.0, (0, 0.0), Some((-40.0, 0))),
+        cand(1, 0.0, 1.0, 1e6, (10_000, 1.0), None),
+        cand(2, 1e4, 1e6, 0.001, (0, 0.5), Some((9_999.0, 1))),
+        cand(3, 1.0, 100.0, 100.0, (1, 1.0), Some((0.0, u32::MAX))),
     ];
     let mut out = Vec::new();
     for (i, n) in [1usize, 4, 16, 64].into_iter().enumerate() {

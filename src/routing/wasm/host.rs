@@ -35,13 +35,14 @@ const MAX_WARM_PER_THREAD: usize = 32;
 
 /// Whether calls reuse an instance or instantiate afresh.
 ///
-/// Measured with `cargo bench --bench strategy` (`instance_mode` group, one `price` call on 16
-/// candidates, release, this machine): warm per-thread instance **~1.2 µs** per call, fresh
-/// instance per call **~5.5 µs** (store creation, instantiation from the pool and the guest's
-/// data-segment initialisation dominate). The 3 µs budget for one strategy on 16 candidates
-/// rules out fresh instances, so [`InstanceMode::WarmPerThread`] is the default. Its cost:
-/// a guest can keep state between calls on one thread (which `joule plugin check` detects
-/// as non-determinism), so a faulted instance is always discarded, never reused.
+/// Measured with `cargo bench --bench strategy` (`instance_mode` group: a whole decision with
+/// one `price` plugin on 16 candidates, release build, on the 2-core development machine while
+/// other builds ran): warm per-thread instance **6.9 µs**, fresh instance per call **40.2 µs**
+/// (store creation, instantiation from the pool, the guest's memory and data-segment
+/// initialisation, and tearing it all down again on every call). A fresh instance would cost
+/// more than the whole decision budget, so [`InstanceMode::WarmPerThread`] is the default. Its
+/// cost: a guest could keep state between calls on one thread — `joule plugin check` reports
+/// that as non-determinism — and a faulted instance is always discarded, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceMode {
     /// One live instance per plugin per thread, reused across calls; dropped after a fault.

@@ -4,7 +4,6 @@
 //! decision fall back to the native ranking, which reports why.
 
 use std::cell::Cell;
-use std::sync::Arc;
 
 use super::bindings;
 use super::host::CallOutcome;
@@ -80,10 +79,4 @@ pub fn rank(
         return decide(&cands, strategies, runs, Some(f));
     }
     decide(&cands, strategies, runs, None)
-}
-
-/// The versions a decision would use now, per tag (`None`: native), for logs and headers
-/// before ranking.
-pub fn versions(set: &PluginSet, strategies: &StrategySet) -> Vec<(Arc<str>, Option<Arc<str>>)> {
-    strategies.tags().iter().map(|t| (t.clone(), set.get(t).map(|p| p.info.version.clone()))).collect()
 }
