@@ -45,7 +45,65 @@ pub mod bindings {
     });
 }
 
-pub use bindings::{Candidate, DecisionInput as Input, Info};
+pub use bindings::Info;
+
+/// No data center (third-party routes) in the contract's `data-center` column.
+const NO_DATA_CENTER: u32 = u32::MAX;
+
+/// One deployment of the requested model with its numbers at decision time (see
+/// `wit/strategy.wit` for every field's meaning and unit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// $/Mtok for input tokens (for free models: what the deployment costs the gateway).
+    pub price_input: f64,
+    /// $/Mtok for output tokens.
+    pub price_output: f64,
+    /// $/MWh at the data center; `None` for third-party routes or when unknown.
+    pub energy_price: Option<f64>,
+    /// Expected time to first token, ms.
+    pub ttft_ms: f64,
+    /// Expected end-to-end latency, ms.
+    pub latency_ms: f64,
+    /// Expected decode rate, tokens/s.
+    pub tokens_per_s: f64,
+    /// Requests in flight to the deployment now.
+    pub in_flight: u32,
+    /// Probability an attempt succeeds, 0..=1.
+    pub health: f64,
+    /// The data center's index in the gateway's catalog; `None` for third-party routes.
+    pub data_center: Option<u32>,
+}
+
+/// A decision's input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    /// Decision time, Unix ms.
+    pub now_ms: u64,
+    /// Per-decision random seed.
+    pub seed: u64,
+    /// The candidates, in catalog order; never empty.
+    pub candidates: Vec<Candidate>,
+}
+
+#[doc(hidden)]
+pub fn __input(i: bindings::DecisionInput) -> Input {
+    let c = &i.candidates;
+    let at = |v: &[f64], k: usize| v.get(k).copied().unwrap_or(f64::NAN);
+    let candidates = (0..c.price_input.len())
+        .map(|k| Candidate {
+            price_input: at(&c.price_input, k),
+            price_output: at(&c.price_output, k),
+            energy_price: Some(at(&c.energy_price, k)).filter(|x| !x.is_nan()),
+            ttft_ms: at(&c.ttft_ms, k),
+            latency_ms: at(&c.latency_ms, k),
+            tokens_per_s: at(&c.tokens_per_s, k),
+            in_flight: c.in_flight.get(k).copied().unwrap_or(0),
+            health: at(&c.health, k),
+            data_center: c.data_center.get(k).copied().filter(|d| *d != NO_DATA_CENTER),
+        })
+        .collect();
+    Input { now_ms: i.now_ms, seed: i.seed, candidates }
+}
 
 /// A routing strategy: describe it with the three constants and score candidates.
 ///
@@ -111,8 +169,8 @@ macro_rules! export_strategy {
                 $crate::__describe::<$strategy>()
             }
 
-            fn score(input: $crate::Input) -> ::core::result::Result<$crate::__Vec<Option<f64>>, $crate::__String> {
-                <$strategy as $crate::Strategy>::score(&input)
+            fn score(input: $crate::bindings::DecisionInput) -> ::core::result::Result<$crate::__Vec<Option<f64>>, $crate::__String> {
+                <$strategy as $crate::Strategy>::score(&$crate::__input(input))
             }
         }
 

@@ -35,14 +35,15 @@ const MAX_WARM_PER_THREAD: usize = 32;
 
 /// Whether calls reuse an instance or instantiate afresh.
 ///
-/// Measured with `cargo bench --bench strategy` (`instance_mode` group: a whole decision with
-/// one `price` plugin on 16 candidates, release build, on the 2-core development machine while
-/// other builds ran): warm per-thread instance **6.9 µs**, fresh instance per call **40.2 µs**
-/// (store creation, instantiation from the pool, the guest's memory and data-segment
-/// initialisation, and tearing it all down again on every call). A fresh instance would cost
-/// more than the whole decision budget, so [`InstanceMode::WarmPerThread`] is the default. Its
-/// cost: a guest could keep state between calls on one thread — `joule plugin check` reports
-/// that as non-determinism — and a faulted instance is always discarded, never reused.
+/// Measured with `cargo bench --bench strategy` (a whole decision with one `price` plugin on
+/// 16 candidates, release build, 2-core development machine): warm per-thread instance
+/// **5.3 µs** (`decision/wasm_one/16`), fresh instance per call **42.7 µs**
+/// (`instance_mode/fresh_per_call/16`: store creation, instantiation from the pool, the
+/// guest's memory and data-segment initialisation, and tearing it all down on every call).
+/// A fresh instance costs several times the whole decision budget, so
+/// [`InstanceMode::WarmPerThread`] is the default. Its cost: a guest could keep state between
+/// calls on one thread — `joule plugin check` reports that as non-determinism — and a faulted
+/// instance is always discarded, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceMode {
     /// One live instance per plugin per thread, reused across calls; dropped after a fault.
@@ -322,7 +323,7 @@ impl Host {
     /// Calls `score`; the flag says whether the instance may be used again (no trap).
     fn invoke(&self, instance: &bindings::Strategy, store: &mut Store<GuestState>, input: &DecisionInput) -> (CallOutcome, bool) {
         self.arm(store);
-        let n = input.candidates.len();
+        let n = bindings::len(input);
         match instance.call_score(&mut *store, input) {
             Ok(Ok(scores)) => (check_scores(scores, n), true),
             Ok(Err(reason)) => {

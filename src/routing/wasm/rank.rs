@@ -3,7 +3,7 @@
 //! native ranking), and any fault, disabled plugin or missing operator plugin makes the whole
 //! decision fall back to the native ranking, which reports why.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use super::bindings;
 use super::host::CallOutcome;
@@ -13,6 +13,8 @@ use crate::routing::tags::{Strategy, StrategySet};
 use crate::routing::{decide, native_runs, native_score, Candidate, Engine, Fallback, RouteDecision, StrategyRun};
 
 thread_local! {
+    /// The guest-facing input's column buffers, reused by every decision on this thread.
+    static INPUT: RefCell<bindings::DecisionInput> = RefCell::new(bindings::empty_input());
     /// The plugin-set generation this thread last ranked with, to drop warm instances of
     /// replaced plugins once per swap rather than on every call.
     static SEEN_GENERATION: Cell<u64> = const { Cell::new(0) };
@@ -35,7 +37,19 @@ pub fn rank(
     if SEEN_GENERATION.with(|g| g.replace(set.generation)) != set.generation {
         super::host::retain_warm(|uid| set.contains_uid(uid));
     }
-    let mut input: Option<bindings::DecisionInput> = None;
+    INPUT.with(|input| rank_with(set, strategies, cands, now_ms, seed, metrics, &mut input.borrow_mut()))
+}
+
+fn rank_with(
+    set: &PluginSet,
+    strategies: &StrategySet,
+    cands: Vec<Candidate>,
+    now_ms: u64,
+    seed: u64,
+    metrics: Option<&StrategyMetrics>,
+    buffers: &mut bindings::DecisionInput,
+) -> RouteDecision {
+    let mut filled = false;
     let mut runs = Vec::with_capacity(strategies.tags().len());
     let mut fallback = None;
     if !cands.is_empty() {
@@ -43,8 +57,11 @@ pub fn rank(
             let run = match set.get(tag) {
                 Some(p) if p.disabled() => Err(Fallback::Disabled { tag: tag.clone() }),
                 Some(p) => {
-                    let input = input.get_or_insert_with(|| bindings::decision_input(&cands, now_ms, seed));
-                    match set.host.call(p, input) {
+                    if !filled {
+                        bindings::fill(buffers, &cands, now_ms, seed);
+                        filled = true;
+                    }
+                    match set.host.call(p, buffers) {
                         CallOutcome::Scored(scores) => Ok(StrategyRun {
                             tag: tag.clone(),
                             engine: Engine::Wasm { version: p.info.version.clone(), sha256: p.sha256.clone() },

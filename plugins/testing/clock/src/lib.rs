@@ -7,11 +7,12 @@ wit_bindgen::generate!({
 
     world clock {
         record info { name: string, version: string, tag: string }
-        record candidate {
-            price-input: f64, price-output: f64, energy-price: option<f64>, ttft-ms: f64,
-            latency-ms: f64, tokens-per-s: f64, in-flight: u32, health: f64, data-center: option<u32>,
+        record candidates {
+            price-input: list<f64>, price-output: list<f64>, energy-price: list<f64>, ttft-ms: list<f64>,
+            latency-ms: list<f64>, tokens-per-s: list<f64>, in-flight: list<u32>, health: list<f64>,
+            data-center: list<u32>,
         }
-        record decision-input { now-ms: u64, seed: u64, candidates: list<candidate> }
+        record decision-input { now-ms: u64, seed: u64, candidates: candidates }
         import now: func() -> u64;
         export describe: func() -> info;
         export score: func(input: decision-input) -> result<list<option<f64>>, string>;
@@ -29,7 +30,7 @@ impl Guest for Clock {
 
     fn score(input: DecisionInput) -> Result<Vec<Option<f64>>, String> {
         let t = now();
-        Ok(input.candidates.iter().map(|_| Some((t % 7) as f64)).collect())
+        Ok(input.candidates.price_input.iter().map(|_| Some((t % 7) as f64)).collect())
     }
 }
 
