@@ -19,6 +19,14 @@
 //! the same token, and, when `[energy.push]` is configured, `POST /admin/energy/prices` (energy
 //! price push with its own optional token, see `crate::pricing::feed::push`).
 //!
+//! Strategy plugins, behind the same token:
+//!
+//! - `GET /admin/plugins`: loaded plugins (tag, name, version, sha256, loaded-at, calls,
+//!   faults by kind, disabled), files refused with the reason, and the available tags;
+//! - `POST /admin/plugins` with a component as the body: validate, store in the plugins
+//!   directory, swap in (400 with the reason if refused; the old version stays);
+//! - `POST /admin/plugins/{tag}/rollback`: put the previous version back.
+//!
 //! Bind the admin listener to loopback or a private interface. Handlers are pingora-free,
 //! like the public API's, over [`Downstream`].
 
@@ -36,6 +44,7 @@ use crate::store::{self, BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, St
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
+use crate::routing::wasm::RegistryError;
 
 /// Serves one admin request.
 ///
@@ -63,6 +72,13 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
                 send_error(io, rec, &e).await
             }
         },
+        (p, _) if p == "/admin/plugins" || p.starts_with("/admin/plugins/") => match authorize(gw, head) {
+            Ok(()) => plugins(gw, head, io, rec).await,
+            Err(e) => {
+                io.close_after();
+                send_error(io, rec, &e).await
+            }
+        },
         (crate::pricing::feed::push::PATH, &http::Method::POST) => crate::pricing::feed::push::handle(gw, head, io, rec).await,
         (p, _) if p == "/admin" || p.starts_with("/admin/") => {
             let result = match authorize(gw, head) {
@@ -85,6 +101,45 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
                     send_error(io, rec, &e).await
                 }
             }
+        }
+        _ => {
+            io.close_after();
+            send_error(io, rec, &ApiError::NotFound { path: head.path.chars().take(200).collect() }).await
+        }
+    }
+}
+
+/// The strategy plugins API (the caller has checked the admin token).
+async fn plugins(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, rec: &mut Record) -> Result<(), DownstreamError> {
+    match (head.path.as_str(), &head.method) {
+        ("/admin/plugins", &http::Method::GET) => {
+            let r = &gw.strategies;
+            let body = serde_json::json!({
+                "plugins": r.list(),
+                "rejected": r.rejected(),
+                "available": r.current().available(),
+            });
+            send_json(io, rec, body.to_string().into_bytes()).await
+        }
+        ("/admin/plugins", &http::Method::POST) => {
+            let world = gw.world.load();
+            let bytes = match crate::proxy::chat::read_body(io, head, &world).await {
+                Ok(b) => b,
+                Err(e) => {
+                    io.close_after();
+                    return send_error(io, rec, &e).await;
+                }
+            };
+            // Compiling takes milliseconds of CPU: keep it off the async workers.
+            let registry = gw.strategies.clone();
+            let result = tokio::task::spawn_blocking(move || registry.upload(&bytes)).await;
+            plugin_result(io, rec, result).await
+        }
+        (path, &http::Method::POST) if path.starts_with("/admin/plugins/") && path.ends_with("/rollback") => {
+            let tag = path["/admin/plugins/".len()..path.len() - "/rollback".len()].to_string();
+            let registry = gw.strategies.clone();
+            let result = tokio::task::spawn_blocking(move || registry.rollback(&tag)).await;
+            plugin_result(io, rec, result).await
         }
         _ => {
             io.close_after();
@@ -522,6 +577,24 @@ fn project_changes(body: &mut Map<String, Value>, rename: bool) -> Result<Projec
     };
     c.validate().map_err(store_error)?;
     Ok(c)
+}
+
+async fn plugin_result(
+    io: &mut dyn Downstream,
+    rec: &mut Record,
+    result: Result<Result<crate::routing::wasm::PluginSummary, RegistryError>, tokio::task::JoinError>,
+) -> Result<(), DownstreamError> {
+    let err = match result {
+        Ok(Ok(summary)) => return send_json(io, rec, serde_json::to_vec(&summary).unwrap_or_default()).await,
+        Ok(Err(RegistryError::Io(m))) => {
+            tracing::error!(error = %m, "cannot store a strategy plugin");
+            ApiError::Internal
+        }
+        Ok(Err(e @ RegistryError::NoHistory(_))) => ApiError::InvalidRequest { message: e.to_string(), param: None, code: Some("no_earlier_version") },
+        Ok(Err(e)) => ApiError::InvalidRequest { message: e.to_string(), param: None, code: Some("invalid_plugin") },
+        Err(_) => ApiError::Internal,
+    };
+    send_error(io, rec, &err).await
 }
 
 #[cfg(test)]

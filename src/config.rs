@@ -80,6 +80,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub plugins: RawPlugins,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +111,21 @@ pub struct RawAdmin {
     pub token_env: Option<String>,
     /// Hex SHA-256 of the admin token (`joule hash-key TOKEN`).
     pub token_sha256: Option<String>,
+}
+
+/// `[plugins]`: the Wasm strategy host.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugins {
+    /// Directory of strategy components (`*.wasm`), loaded at start and watched.
+    pub dir: Option<String>,
+    /// Watch `dir` and swap plugins as files change. Default true.
+    pub watch: Option<bool>,
+    pub call_timeout_ms: Option<u64>,
+    pub memory_limit_mib: Option<u64>,
+    pub disable_after: Option<u32>,
+    /// Append every route decision (inputs and result) as JSON lines to this file.
+    pub decision_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,7 +165,6 @@ pub struct RawTelemetry {
     pub enabled: Option<bool>,
     pub alpha: Option<f64>,
     pub prior_weight: Option<f64>,
-    pub in_flight_penalty: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -366,6 +382,22 @@ pub struct Settings {
     pub store: Option<StoreSettings>,
     /// SHA-256 of the admin API token; `None` disables the admin API (but not /metrics).
     pub admin_token: Option<KeyHash>,
+    pub plugins: PluginSettings,
+}
+
+/// Validated `[plugins]`.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Strategy components directory. Default none: built-in strategies run natively and
+    /// operator strategies can only be uploaded through the admin API (kept in memory).
+    pub dir: Option<PathBuf>,
+    /// Watch `dir` for changes. Default true.
+    pub watch: bool,
+    /// Sandbox limits: `call_timeout_ms` (default 10, at most 10000), `memory_limit_mib`
+    /// (default 16, 1 to 4096), `disable_after` consecutive faults (default 5, at least 1).
+    pub host: crate::routing::wasm::HostConfig,
+    /// JSON-lines decision log. Default none.
+    pub decision_log: Option<PathBuf>,
 }
 
 /// Reads and validates a config file.
@@ -631,14 +663,6 @@ fn validate(
             Some(w) => w,
             None => d.prior_weight,
         },
-        in_flight_penalty: match t.in_flight_penalty {
-            Some(x) if !(x.is_finite() && x >= 0.0) => {
-                p.add("telemetry.in_flight_penalty", format!("must be a finite number >= 0, got {x}"));
-                d.in_flight_penalty
-            }
-            Some(x) => x,
-            None => d.in_flight_penalty,
-        },
         failure_threshold: match h.failure_threshold {
             Some(0) => {
                 p.add("health.failure_threshold", "must be at least 1");
@@ -879,6 +903,7 @@ fn validate(
     let energy = validate_energy(&mut p, &raw.energy, &data_centers, base, env);
     let store = store_settings(&mut p, &raw.store, base, env);
     let admin_token = admin_token(&mut p, &raw.admin, env);
+    let plugins = validate_plugins(&mut p, &raw.plugins, base);
 
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
@@ -896,6 +921,7 @@ fn validate(
         energy,
         store,
         admin_token,
+        plugins,
     })
 }
 
@@ -1115,4 +1141,31 @@ fn admin_token(p: &mut Problems, raw: &RawAdmin, env: &dyn Fn(&str) -> Option<St
             None
         }
     }
+}
+
+fn validate_plugins(p: &mut Problems, raw: &RawPlugins, base: &Path) -> PluginSettings {
+    let dir = raw.dir.as_ref().map(|d| resolve(base, d));
+    if let Some(d) = &dir {
+        if !d.is_dir() {
+            p.add("plugins.dir", format!("`{}` is not a directory", d.display()));
+        }
+    }
+    let mut host = crate::routing::wasm::HostConfig::default();
+    match raw.call_timeout_ms {
+        Some(ms @ 1..=10_000) => host.call_timeout = Duration::from_millis(ms),
+        Some(ms) => p.add("plugins.call_timeout_ms", format!("must be 1 to 10000, got {ms}")),
+        None => {}
+    }
+    match raw.memory_limit_mib {
+        Some(mib @ 1..=4096) => host.memory_limit = usize::try_from(mib << 20).unwrap_or(usize::MAX),
+        Some(mib) => p.add("plugins.memory_limit_mib", format!("must be 1 to 4096, got {mib}")),
+        None => {}
+    }
+    match raw.disable_after {
+        Some(0) => p.add("plugins.disable_after", "must be at least 1"),
+        Some(n) => host.disable_after = n,
+        None => {}
+    }
+    let decision_log = raw.decision_log.as_ref().map(|f| resolve(base, f));
+    PluginSettings { dir, watch: raw.watch.unwrap_or(true), host, decision_log }
 }

@@ -49,6 +49,10 @@ enum Command {
         /// Admin API token (default `joule-demo-admin`, allowed on loopback only).
         #[arg(long, env = "JOULE_DEMO_ADMIN_TOKEN")]
         admin_token: Option<String>,
+        /// Strategy plugins directory to load and watch (scripts/demo passes the built-ins,
+        /// target/plugins/built-in). Without it the built-in strategies rank natively.
+        #[arg(long)]
+        plugins: Option<PathBuf>,
     },
     /// Run one simulated OpenAI-compatible GPU backend (for tests and benchmarks).
     Mock {
@@ -99,6 +103,16 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: UsageCmd,
+    },
+    /// Build and check strategy plugins (Wasm components).
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Work with logged route decisions.
+    Strategy {
+        #[command(subcommand)]
+        command: StrategyCommand,
     },
 }
 
@@ -249,6 +263,45 @@ enum EnergyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Build strategy crates (a crate or a workspace directory) into components
+    /// (wasm32-unknown-unknown + componentise); writes OUT/<package>.wasm.
+    Build {
+        /// Crate or workspace directory.
+        dir: PathBuf,
+        /// Output directory.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Packages to build (default: the crate at DIR, or every cdylib of a workspace).
+        #[arg(long = "package", short = 'p')]
+        packages: Vec<String>,
+        /// Require an up-to-date Cargo.lock.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Validate a component against the strategy world and run the conformance checks;
+    /// exit status 0 when every check passes, 1 otherwise.
+    Check {
+        file: PathBuf,
+        /// Fuel budget per call.
+        #[arg(long, default_value_t = joule::routing::wasm::CheckOptions::default().fuel)]
+        fuel: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum StrategyCommand {
+    /// Re-run logged decisions (JSON lines from `[plugins] decision_log`) and compare rankings;
+    /// exit status 0 when every replay ranks the same, 1 otherwise.
+    Replay {
+        file: PathBuf,
+        /// Plugins directory to load (default: none, built-in tags rank natively).
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+    },
+}
+
 fn init_logging(s: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&s.log_level))
@@ -269,19 +322,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&settings);
             joule::server::run(settings)?;
         }
-        Command::Demo { listen, admin_listen, print_config, energy_speed, store_path, database_url, admin_token } => {
+        Command::Demo { listen, admin_listen, print_config, energy_speed, store_path, database_url, admin_token, plugins } => {
             let store = joule::demo::DemoStore { sqlite_path: store_path, database_url, admin_token };
             if print_config {
                 let tmp = joule::demo::DemoStore { sqlite_path: Some("joule-demo.db".into()), ..store };
                 print!("{}{}", joule::demo::config_text(listen, admin_listen, &[]), joule::demo::store_text(admin_listen, &tmp)?);
                 return Ok(());
             }
-            let settings = joule::demo::prepare(listen, admin_listen, &store, energy_speed)?;
+            let mut settings = joule::demo::prepare(listen, admin_listen, &store, energy_speed)?;
+            if let Some(dir) = plugins {
+                anyhow::ensure!(dir.is_dir(), "--plugins {}: not a directory (run scripts/build-plugins)", dir.display());
+                settings.plugins.dir = Some(dir);
+            }
             init_logging(&settings);
             println!("joule demo");
             println!("  base URL:  http://{listen}/v1");
             println!("  API key:   {}", joule::demo::DEMO_KEY);
-            println!("  metrics:   http://{admin_listen}/metrics");
+            println!("  metrics:   http://{admin_listen}/metrics   plugins: http://{admin_listen}/admin/plugins");
             match &settings.store.as_ref().map(|s| &s.location) {
                 Some(joule::store::StoreLocation::Sqlite(p)) => println!("  store:     {}", p.display()),
                 Some(joule::store::StoreLocation::Postgres(_)) => println!("  store:     PostgreSQL"),
@@ -339,6 +396,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, store) = open_store(config)?;
             usage(&store, command)?;
         }
+        Command::Plugin { command } => plugin_command(command)?,
+        Command::Strategy { command: StrategyCommand::Replay { file, plugins } } => replay(&file, plugins)?,
     }
     Ok(())
 }
@@ -447,6 +506,68 @@ fn usage(store: &Store, cmd: UsageCmd) -> anyhow::Result<()> {
         }
         UsageCmd::Summary { filter } => print_json(&store.wait(store.usage_summary(usage_filter(store, filter, 1, None)?))?),
     }
+}
+
+fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+    use joule::routing::wasm::{check, toolchain, CheckOptions};
+    match command {
+        PluginCommand::Build { dir, out, packages, locked } => {
+            let req = toolchain::BuildRequest { manifest_dir: dir, packages, out_dir: out, locked, quiet: false };
+            for b in toolchain::build(&req)? {
+                println!("{}: {}", b.package, b.path.display());
+            }
+        }
+        PluginCommand::Check { file, fuel } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let report = check(&bytes, &CheckOptions { fuel, ..CheckOptions::default() });
+            println!("{}", file.display());
+            print!("{}", report.render());
+            if !report.passed() {
+                anyhow::bail!("{} failed the plugin checks", file.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn replay(file: &std::path::Path, plugins: Option<PathBuf>) -> anyhow::Result<()> {
+    use joule::routing::wasm::{explain, Host, HostConfig, PluginRegistry};
+    let host = Host::new(HostConfig::default())?;
+    let registry = PluginRegistry::new(host, plugins, None);
+    for (name, outcome) in registry.scan().files {
+        if let joule::routing::wasm::FileOutcome::Rejected { message } = outcome {
+            eprintln!("warning: {name} not loaded: {message}");
+        }
+    }
+    let reader = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let results = explain::replay(reader, &registry.current())?;
+    let ranking = |o: &explain::DecisionOutput| {
+        o.ranked.iter().map(|r| format!("{} ({:.4})", r.id, r.score)).collect::<Vec<_>>().join(", ")
+    };
+    let mut differ = 0;
+    for (i, r) in results.iter().enumerate() {
+        let input = &r.logged.input;
+        println!("decision {}: {}@{} now_ms={} seed={}", i + 1, input.model, input.tags.join("@"), input.now_ms, input.seed);
+        println!("  logged:   {}", ranking(&r.logged.output));
+        println!("  replayed: {}", ranking(&r.replayed));
+        if let Some(f) = &r.replayed.fallback {
+            println!("  fallback: {f}");
+        }
+        for (tag, logged, now) in &r.version_mismatches {
+            println!("  note: {tag} was {logged} when logged, {now} now");
+        }
+        if r.same_ranking() {
+            println!("  same ranking");
+        } else {
+            differ += 1;
+            println!("  DIFFERENT ranking");
+        }
+    }
+    if differ > 0 {
+        anyhow::bail!("{differ} of {} decision(s) ranked differently on replay", results.len());
+    }
+    println!("{} decision(s) replayed, all rankings identical", results.len());
+    Ok(())
 }
 
 fn main() -> ExitCode {

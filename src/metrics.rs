@@ -57,6 +57,55 @@ pub struct Metrics {
     /// Requests refused by a limit, by scope (`key`, `project`) and kind (`requests`,
     /// `tokens`, `budget`).
     pub limit_rejections: IntCounterVec,
+    /// Strategy plugins.
+    pub strategy: StrategyMetrics,
+}
+
+/// Strategy plugin metrics. The `strategy` label is a loaded plugin's tag (operator-deployed,
+/// bounded like catalog ids); `kind` and `reason` are closed sets.
+#[derive(Clone)]
+pub struct StrategyMetrics {
+    /// Duration of one plugin call, by strategy.
+    pub call_duration: HistogramVec,
+    /// Plugin call faults by strategy and kind (trap, timeout, memory, fuel, wrong_count,
+    /// non_finite, guest_error, instantiate).
+    pub faults: IntCounterVec,
+    /// Decisions answered by the native ranking instead, by strategy and reason (fault,
+    /// disabled, missing).
+    pub fallbacks: IntCounterVec,
+    /// 1 per loaded plugin, labelled with its version and the first 12 hex digits of its SHA-256.
+    pub loaded: IntGaugeVec,
+    /// Component loads by result (ok, rejected).
+    pub loads: IntCounterVec,
+    /// Decisions not written to the decision log because its writer was behind.
+    pub decision_log_dropped: IntCounter,
+}
+
+/// Plugin calls take microseconds; the top buckets catch timeouts (default 10 ms).
+const CALL_BUCKETS: &[f64] = &[1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2];
+
+impl StrategyMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let call_duration = HistogramVec::new(
+            HistogramOpts::new("joule_strategy_call_duration_seconds", "Strategy plugin call duration").buckets(CALL_BUCKETS.to_vec()),
+            &["strategy"],
+        )?;
+        let faults = IntCounterVec::new(Opts::new("joule_strategy_faults_total", "Strategy plugin faults by kind"), &["strategy", "kind"])?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new("joule_strategy_fallbacks_total", "Decisions ranked natively because a plugin could not be used"),
+            &["strategy", "reason"],
+        )?;
+        let loaded = IntGaugeVec::new(Opts::new("joule_strategy_loaded", "Loaded strategy plugins by version"), &["strategy", "version", "sha256"])?;
+        let loads = IntCounterVec::new(Opts::new("joule_strategy_loads_total", "Strategy component loads by result"), &["result"])?;
+        let decision_log_dropped = IntCounter::new("joule_decision_log_dropped_total", "Decisions dropped by a lagging decision log")?;
+        registry.register(Box::new(call_duration.clone()))?;
+        registry.register(Box::new(faults.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        registry.register(Box::new(loaded.clone()))?;
+        registry.register(Box::new(loads.clone()))?;
+        registry.register(Box::new(decision_log_dropped.clone()))?;
+        Ok(StrategyMetrics { call_duration, faults, fallbacks, loaded, loads, decision_log_dropped })
+    }
 }
 
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -152,6 +201,7 @@ impl Metrics {
         registry.register(Box::new(usage_spilled.clone()))?;
         registry.register(Box::new(usage_dropped.clone()))?;
         registry.register(Box::new(limit_rejections.clone()))?;
+        let strategy = StrategyMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -174,6 +224,7 @@ impl Metrics {
             usage_spilled,
             usage_dropped,
             limit_rejections,
+            strategy,
         })
     }
 

@@ -30,10 +30,6 @@ pub struct TelemetrySettings {
     pub alpha: f64,
     /// How many samples the configured prior is worth. Default 2.
     pub prior_weight: f64,
-    /// Expected TTFT grows, and expected token rate shrinks, by this fraction per request
-    /// already in flight at a deployment. Default 0.25. Besides modelling queueing, this
-    /// spreads concurrent traffic, which is what gets every deployment measured.
-    pub in_flight_penalty: f64,
     /// Consecutive failures that open the breaker. Default 3.
     pub failure_threshold: u32,
     /// First open period. Default 1 s.
@@ -48,7 +44,6 @@ impl Default for TelemetrySettings {
             enabled: true,
             alpha: 0.2,
             prior_weight: 2.0,
-            in_flight_penalty: 0.25,
             failure_threshold: 3,
             open_base: Duration::from_secs(1),
             open_max: Duration::from_secs(60),

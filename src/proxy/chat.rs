@@ -2,7 +2,7 @@
 //! deployments, forward with failover, and relay the answer — event by event for streams,
 //! with a terminal SSE error event if the upstream fails mid-stream.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,11 +17,12 @@ use crate::limits::{self, Refusal};
 use crate::pricing::cost::{insert_cost, Cost};
 use crate::pricing::PriceBook;
 use crate::routing::tags::StrategySet;
-use crate::routing::{self, tags, RouteDecision};
+use crate::routing::wasm::explain::{explain_json, DecisionInput, DecisionOutput, LoggedDecision};
+use crate::routing::{self, tags, wasm, RouteDecision};
 use crate::upstream::{self, Answer, AnswerBody};
 
 /// Reads the whole request body, refusing it once it exceeds `limit`.
-async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -> Result<Vec<u8>, ApiError> {
     let limit = world.limits.max_body_bytes;
     if head.content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
@@ -44,20 +45,36 @@ async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -
 }
 
 fn decide<'w>(
+    gw: &Gateway,
     world: &'w World,
     book: &PriceBook,
     default: &StrategySet,
     req: &ChatRequest,
 ) -> Result<(usize, &'w Model, RouteDecision), ApiError> {
-    let (base, strategies) = tags::parse_model(&req.model)
-        .map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") })?;
+    let invalid = |e: tags::TagError| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") };
+    let (base, strategies) = tags::parse_model(&req.model).map_err(invalid)?;
     let (index, model) = world
         .catalog
         .model_indexed(base)
         .ok_or_else(|| ApiError::ModelNotFound { model: base.chars().take(200).collect() })?;
-    let strategies = strategies.unwrap_or_else(|| default.clone());
+    // One plugin set for the whole decision: a swap meanwhile does not affect it.
+    let set = gw.strategies.current();
+    let strategies = match strategies {
+        Some(s) => {
+            set.check(&s).map_err(invalid)?;
+            s
+        }
+        None => default.clone(),
+    };
     let cands = routing::candidates(&world.catalog, book, model, index, &world.telemetry);
-    Ok((index, model, routing::rank_native(cands, &strategies)))
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let seed: u64 = rand::random();
+    let logged = gw.decision_log.as_ref().map(|log| (log, DecisionInput::capture(model, &strategies, &cands, now_ms, seed, &set)));
+    let decision = wasm::rank(&set, &strategies, cands, now_ms, seed, Some(&gw.metrics.strategy));
+    if let Some((log, input)) = logged {
+        log.record(LoggedDecision { input, output: DecisionOutput::capture(&decision, Some(model)) });
+    }
+    Ok((index, model, decision))
 }
 
 /// Serves a chat completion for an authenticated principal.
@@ -89,7 +106,7 @@ pub async fn handle(
     rec.stream = req.stream;
     // One load of the price book: the price charged is the one the decision saw.
     let book = gw.pricing.book();
-    let (model_index, model, decision) = match decide(world, &book, principal.default_strategy(&world.default_strategy), &req) {
+    let (model_index, model, decision) = match decide(gw, world, &book, principal.default_strategy(&world.default_strategy), &req) {
         Ok(x) => x,
         Err(e) => return send_error(io, rec, &e).await,
     };
@@ -123,7 +140,8 @@ pub async fn handle(
     let settings = &world.telemetry.settings;
     let stats = answer.stats.clone();
     let sent_at = answer.sent_at;
-    let outcome = relay(world, model, &decision, &req, answer, io, rec).await;
+    let explain = head.explain.then(|| explain_json(&decision, model));
+    let outcome = relay(world, model, &decision, &req, explain, answer, io, rec).await;
     if let Some(st) = stats {
         match (&outcome, rec.error) {
             (Ok(()), None) => {
@@ -181,7 +199,7 @@ fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer:
         h.push(("x-joule-price-input", format!("{:.6}", q.price.input)));
         h.push(("x-joule-price-output", format!("{:.6}", q.price.output)));
     }
-    h.push(("x-joule-strategy", format!("{} (native)", decision.strategies)));
+    h.push(("x-joule-strategy", decision.strategy_header()));
     h
 }
 
@@ -255,11 +273,13 @@ async fn forward_items(
     Ok(Flow::Continue)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     world: &World,
     model: &Model,
     decision: &RouteDecision,
     req: &ChatRequest,
+    explain: Option<String>,
     answer: Answer,
     io: &mut dyn Downstream,
     rec: &mut Record,
@@ -271,6 +291,9 @@ async fn relay(
         rec.quote = Some(quote);
     }
     let mut headers = joule_headers(world, model, decision, &answer, rec);
+    if let Some(x) = explain {
+        headers.push(("x-joule-explain", x));
+    }
     let status = answer.status;
     rec.status = status;
     if let Some(first) = answer.first_token_at {

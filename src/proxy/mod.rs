@@ -28,6 +28,8 @@ use crate::pricing::Pricing;
 use crate::projects::Registry;
 use crate::routing::tags::StrategySet;
 use crate::telemetry::Telemetry;
+use crate::routing::wasm::explain::DecisionLog;
+use crate::routing::wasm::PluginRegistry;
 use crate::upstream::client::{ClientError, Clients};
 use crate::usage::UsageSink;
 
@@ -70,26 +72,38 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     /// Where finished requests' usage records go.
     pub usage: UsageSink,
+    /// The strategy plugins (their own `ArcSwap`ped set, independent of config reloads).
+    pub strategies: Arc<PluginRegistry>,
+    /// Where route decisions are logged, if configured.
+    pub decision_log: Option<DecisionLog>,
     in_flight: AtomicUsize,
 }
 
-impl Gateway {
-    /// Wraps a world, its key registry and usage sink, with a pricing engine that no feed
-    /// updates (base prices, priced sites at the stale fallback).
-    pub fn new(world: World, metrics: Metrics, registry: Arc<Registry>, usage: UsageSink) -> Arc<Self> {
-        let pricing = Pricing::unfed(&world.catalog);
-        Self::with_pricing(world, metrics, pricing, registry, usage)
-    }
+/// Everything a [`Gateway`] is made of.
+pub struct GatewayParts {
+    pub world: World,
+    pub metrics: Metrics,
+    pub pricing: Arc<Pricing>,
+    pub registry: Arc<Registry>,
+    pub usage: UsageSink,
+    pub strategies: Arc<PluginRegistry>,
+    pub decision_log: Option<DecisionLog>,
+}
 
-    /// Wraps a world, its pricing engine, key registry and usage sink.
-    pub fn with_pricing(
-        world: World,
-        metrics: Metrics,
-        pricing: Arc<Pricing>,
-        registry: Arc<Registry>,
-        usage: UsageSink,
-    ) -> Arc<Self> {
-        Arc::new(Gateway { world: ArcSwap::from_pointee(world), metrics, pricing, registry, usage, in_flight: AtomicUsize::new(0) })
+impl Gateway {
+    /// Assembles the gateway state.
+    pub fn from_parts(parts: GatewayParts) -> Arc<Self> {
+        let GatewayParts { world, metrics, pricing, registry, usage, strategies, decision_log } = parts;
+        Arc::new(Gateway {
+            world: ArcSwap::from_pointee(world),
+            metrics,
+            pricing,
+            registry,
+            usage,
+            strategies,
+            decision_log,
+            in_flight: AtomicUsize::new(0),
+        })
     }
 
     /// Requests being served now (graceful shutdown waits for 0).
@@ -125,6 +139,8 @@ pub struct RequestHead {
     pub query: Option<String>,
     pub authorization: Option<Vec<u8>>,
     pub content_length: Option<u64>,
+    /// `x-joule-explain: 1`: answer with the route decision in `x-joule-explain`.
+    pub explain: bool,
 }
 
 /// A response status line and headers.

@@ -85,6 +85,7 @@ fn request_head(session: &Session) -> RequestHead {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok()),
+        explain: req.headers.get("x-joule-explain").is_some_and(|v| v.as_bytes() == b"1"),
     }
 }
 

@@ -22,9 +22,11 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::pricing::feed::Feeds;
 use crate::projects::Registry;
-use crate::proxy::{Gateway, World};
+use crate::proxy::{Gateway, GatewayParts, World};
 use crate::store::{Store, StoreError};
 use crate::usage::{new_instance_id, UsageSink};
+use crate::routing::wasm::explain::DecisionLog;
+use crate::routing::wasm::{watch, Host, PluginRegistry};
 use adapter::{JouleProxy, Role};
 
 /// Why the server could not start.
@@ -42,6 +44,8 @@ pub enum StartError {
     Energy(#[from] crate::pricing::feed::StartError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Plugins(String),
 }
 
 /// Longest the shutdown waits for the usage queue to be written or spilled.
@@ -134,6 +138,17 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
     let metrics = Metrics::new()?;
     let (pricing, feeds) = crate::pricing::feed::build(&settings.energy, &settings.catalog, Some(metrics.clone()))?;
     let world = World::new(settings, None)?;
+    let host = Host::new(settings.plugins.host.clone()).map_err(|e| StartError::Plugins(e.to_string()))?;
+    let strategies = PluginRegistry::new(host, settings.plugins.dir.clone(), Some(metrics.strategy.clone()));
+    // Rejected files are logged by the scan; the gateway starts anyway (native fallback).
+    strategies.scan();
+    let decision_log = match &settings.plugins.decision_log {
+        Some(path) => Some(
+            DecisionLog::open(path, Some(metrics.strategy.clone()))
+                .map_err(|e| StartError::Plugins(format!("decision log {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let instance: Arc<str> = Arc::from(new_instance_id());
     let (registry, usage) = match &settings.store {
         None => (Registry::new(settings.keys.clone(), None), UsageSink::disabled(metrics.clone())),
@@ -148,7 +163,8 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
             (registry, UsageSink::start(store, s.usage.clone(), metrics.clone(), instance))
         }
     };
-    Ok((Gateway::with_pricing(world, metrics, pricing, registry, usage), feeds))
+    let parts = GatewayParts { world, metrics, pricing, registry, usage, strategies, decision_log };
+    Ok((Gateway::from_parts(parts), feeds))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime.
@@ -158,6 +174,13 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
 pub fn run(settings: Settings) -> Result<(), StartError> {
     check_bind(&settings)?;
     let (gw, feeds) = gateway(&settings)?;
+    // Lives until the process exits (run_forever does not return).
+    let _plugin_watch = match (&settings.plugins.dir, settings.plugins.watch) {
+        (Some(_), true) => Some(watch(&gw.strategies, crate::routing::wasm::watch::DEFAULT_DEBOUNCE).map_err(|e| StartError::Plugins(e.to_string()))?),
+        _ => None,
+    };
+    let tags = gw.strategies.current().available().join(", ");
+    tracing::info!(dir = ?settings.plugins.dir, strategies = %tags, "strategy plugins ready");
     let conf = ServerConf {
         threads: settings.server.threads,
         // Our drain service exits as soon as nothing is in flight; pingora's own sleep is the
