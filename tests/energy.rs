@@ -422,10 +422,7 @@ async fn file_replay_moves_prices_in_trace_time() {
 
 #[test]
 fn energy_config_errors_name_their_paths() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let out = check_config(
         r#"
 [server]
 listen = ["127.0.0.1:1"]
@@ -455,9 +452,7 @@ base_price_output = 0.1
 floor_price_output = -1
 gpu = { node_kw = 0, decode_tokens_per_s = 10 }
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule")).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [

@@ -386,10 +386,7 @@ async fn graceful_shutdown_finishes_streams() {
 
 #[test]
 fn bad_config_lists_every_problem() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let out = check_config(
         r#"
 [server]
 listen = ["not-an-address"]
@@ -410,9 +407,7 @@ url = "ftp://x"
 name = "k"
 sha256 = "zz"
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule")).arg("check-config").arg("--config").arg(&path).output().unwrap();
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -429,6 +424,8 @@ sha256 = "zz"
         assert!(err.contains(needle), "missing {needle} in:\n{err}");
     }
     assert!(!err.contains("panicked"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bogus.toml");
     std::fs::write(&path, "[server]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule")).arg("serve").arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -277,3 +277,11 @@ pub async fn metrics_containing(gw: &Gateway, needle: &str) -> String {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Runs `joule check-config` on `toml` (written to a temporary file) and returns its output.
+pub fn check_config(toml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, toml).expect("write config");
+    Command::new(env!("CARGO_BIN_EXE_joule")).arg("check-config").arg("--config").arg(&path).output().expect("run joule")
+}
