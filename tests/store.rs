@@ -1,11 +1,13 @@
 //! The store contract, run unchanged against both backends: SQLite (a file in a temporary
-//! directory) and PostgreSQL (a throwaway cluster, see `common::pg`).
+//! directory) and PostgreSQL (a throwaway cluster, see `common::pg`): projects, keys, usage
+//! records and the price history.
 
 mod common;
 
 use std::sync::Arc;
 
 use joule::auth::KeyHash;
+use joule::pricing::history::{Frame, FramePoint};
 use joule::store::{
     BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,
 };
@@ -242,6 +244,82 @@ async fn suite(store: Store, reopen: impl Fn() -> Store) {
     assert_eq!(other.change_seq().await.unwrap(), store.change_seq().await.unwrap());
 }
 
+fn point(deployment: &str, input: f64, usd_per_mwh: Option<f64>, stale: bool) -> FramePoint {
+    FramePoint { deployment: deployment.into(), input, output: input * 2.0, usd_per_mwh, stale }
+}
+
+/// A frame at `t` with three deployments: two hosted (one stale, one at a negative energy
+/// price), one provider route (no energy price), and a deployment id that looks like SQL.
+fn price_frame(t: i64, v: f64) -> Arc<Frame> {
+    Arc::new(Frame {
+        t,
+        points: vec![
+            point("dep-a", v, Some(v * 100.0), false),
+            point("dep-b", v + 0.5, Some(-12.5), true),
+            point("x'); DROP TABLE price_history; --", 1.05, None, false),
+        ],
+    })
+}
+
+/// Points in the order loads return them: by deployment id.
+fn sorted(f: &Frame) -> Frame {
+    let mut f = f.clone();
+    f.points.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+    f
+}
+
+/// The price history part of the contract. `reopen` opens the same database again.
+async fn history_suite(store: Store, reopen: impl Fn() -> Store) {
+    let t0 = 1_700_000_000_i64;
+    assert!(store.price_frames_since(0).await.unwrap().is_empty());
+    // 300 frames of 3 deployments: several multi-row inserts in one append.
+    let frames: Vec<Arc<Frame>> = (0..300).map(|k| price_frame(t0 + 300 * k, k as f64)).collect();
+    store.append_price_frames(frames.clone()).await.unwrap();
+    let back = store.price_frames_since(0).await.unwrap();
+    assert_eq!(back.len(), 300);
+    assert_eq!(back[7], sorted(&frames[7]), "every field round-trips, points ordered by deployment");
+    assert!(back.windows(2).all(|w| w[0].t < w[1].t), "oldest first");
+    let since = store.price_frames_since(t0 + 300 * 290).await.unwrap();
+    assert_eq!((since.len(), since[0].t), (10, t0 + 300 * 290), "the bound is inclusive");
+
+    // A second instance on the same database appends the same frames (and a newer state for
+    // one of them): loads see each time once, with the state written last.
+    let other = reopen();
+    let mut changed = (*price_frame(t0 + 300 * 5, 99.0)).clone();
+    changed.points.truncate(1);
+    other.append_price_frames(vec![frames[4].clone(), Arc::new(changed), frames[6].clone()]).await.unwrap();
+    let back = store.price_frames_since(0).await.unwrap();
+    assert_eq!(back.len(), 300, "no duplicate frames");
+    assert_eq!(back[5].points.len(), 3);
+    assert_eq!(back[5].points[0], point("dep-a", 99.0, Some(9900.0), false), "replaced by the later write");
+    assert_eq!(back[5].points[1], sorted(&frames[5]).points[1], "other deployments of that frame kept");
+    // Two frames at the same second in one append: the later one is the state in force.
+    let late = t0 + 300 * 400;
+    store.append_price_frames(vec![price_frame(late, 1.0), price_frame(late, 2.0)]).await.unwrap();
+    let last = store.price_frames_since(late).await.unwrap();
+    assert_eq!(last, vec![sorted(&price_frame(late, 2.0))]);
+
+    // Bad input is refused and nothing of the batch is written.
+    let bad_price = Arc::new(Frame { t: late + 300, points: vec![point("dep-a", f64::NAN, None, false)] });
+    let bad_mwh = Arc::new(Frame { t: late + 300, points: vec![point("dep-a", 1.0, Some(f64::INFINITY), false)] });
+    let bad_id = Arc::new(Frame { t: late + 300, points: vec![point("", 1.0, None, false)] });
+    let bad_t = price_frame(-1, 1.0);
+    for bad in [bad_price, bad_mwh, bad_id, bad_t] {
+        let r = store.append_price_frames(vec![price_frame(late + 600, 1.0), bad]).await;
+        assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+    }
+    assert_eq!(store.price_frames_since(late + 1).await.unwrap(), vec![], "nothing partially written");
+    store.append_price_frames(Vec::new()).await.unwrap();
+
+    // Retention: frames older than the cutoff go, the rest stays.
+    let deleted = store.delete_price_frames_before(t0 + 300 * 100).await.unwrap();
+    assert_eq!(deleted, 100 * 3);
+    let kept = other.price_frames_since(0).await.unwrap();
+    assert_eq!((kept.len(), kept[0].t), (201, t0 + 300 * 100));
+    assert_eq!(store.delete_price_frames_before(t0 + 300 * 100).await.unwrap(), 0);
+    assert_eq!(store.delete_price_frames_before(i64::MAX).await.unwrap(), 201 * 3);
+}
+
 /// Opens `loc` from a thread outside any runtime (opening blocks until migrated).
 fn reopen(loc: &StoreLocation) -> Store {
     let loc = loc.clone();
@@ -256,6 +334,8 @@ fn sqlite_store_contract() {
     assert_eq!(store.kind(), "sqlite");
     let l2 = loc.clone();
     store.wait(suite(store.clone(), move || reopen(&l2)));
+    let l3 = loc.clone();
+    store.wait(history_suite(store.clone(), move || reopen(&l3)));
 }
 
 #[test]
@@ -271,6 +351,8 @@ fn postgres_store_contract() {
     assert_eq!(store.kind(), "postgres");
     let l2 = loc.clone();
     store.wait(suite(store.clone(), move || reopen(&l2)));
+    let l3 = loc.clone();
+    store.wait(history_suite(store.clone(), move || reopen(&l3)));
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Durable state behind one interface: projects, API keys (hashed) and usage records, in
-//! SQLite (embedded default) or PostgreSQL (several gateway instances sharing state).
+//! Durable state behind one interface: projects, API keys (hashed), usage records and the
+//! price history, in SQLite (embedded default) or PostgreSQL (several gateway instances
+//! sharing state).
 //!
 //! [`Store`] owns a dedicated tokio runtime on its own thread (`joule-store`): every
 //! operation runs there — SQLite calls on that runtime's blocking pool, PostgreSQL over pooled
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::pricing::history::Frame;
 use crate::routing::tags::StrategySet;
 use crate::secret::Secret;
 use crate::usage::UsageRecord;
@@ -377,6 +379,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError>;
     async fn usage_summary(&self, filter: &UsageFilter) -> Result<UsageSummary, StoreError>;
     async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, StoreError>;
+    /// Inserts price history rows ([`rows::price_rows`]) in one transaction.
+    async fn insert_prices(&self, rows: Vec<[rows::Param; schema::PRICE_NCOLS]>) -> Result<(), StoreError>;
+    async fn prices_since(&self, since_ms: i64) -> Result<Vec<Frame>, StoreError>;
+    async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// A stream of change notifications from other instances, if the backend has one.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>>;
 }
@@ -713,6 +719,67 @@ impl Store {
         let i = exclude_instance.to_string();
         self.spawn(async move { b.spend_since(since_ms, &i).await }).await
     }
+}
+
+impl Store {
+    /// Appends price history frames in one transaction. A frame at a time (Unix second) and
+    /// deployment already stored replaces it — several instances sharing the database append
+    /// the same frames, and of two frames at one second the later is the state in force.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a non-finite price, an empty deployment id or a time out of
+    /// range (nothing is written); the database.
+    pub async fn append_price_frames(&self, frames: Vec<Arc<Frame>>) -> Result<(), StoreError> {
+        for f in &frames {
+            check_frame(f)?;
+        }
+        let rows = rows::price_rows(&frames);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let b = self.backend.clone();
+        self.spawn(async move { b.insert_prices(rows).await }).await
+    }
+
+    /// Price history frames at or after `since` (Unix seconds, as [`Frame::t`]), oldest
+    /// first, each with its points ordered by deployment id.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn price_frames_since(&self, since: i64) -> Result<Vec<Frame>, StoreError> {
+        let b = self.backend.clone();
+        let since_ms = since.saturating_mul(1000);
+        self.spawn(async move { b.prices_since(since_ms).await }).await
+    }
+
+    /// Deletes price history frames older than `before` (Unix seconds): the retention rule.
+    /// Returns the number of rows (frame × deployment) deleted.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn delete_price_frames_before(&self, before: i64) -> Result<u64, StoreError> {
+        let b = self.backend.clone();
+        let before_ms = before.saturating_mul(1000);
+        self.spawn(async move { b.delete_prices_before(before_ms).await }).await
+    }
+}
+
+/// Latest accepted time of a price history frame (Unix seconds; year 9999).
+const MAX_FRAME_T: i64 = 253_402_300_799;
+
+fn check_frame(f: &Frame) -> Result<(), StoreError> {
+    if !(0..=MAX_FRAME_T).contains(&f.t) {
+        return Err(StoreError::Invalid(format!("price frame time {} is out of range", f.t)));
+    }
+    for p in &f.points {
+        if p.deployment.is_empty() || p.deployment.len() > MAX_ID {
+            return Err(StoreError::Invalid(format!("price frame {}: deployment id must be 1-{MAX_ID} characters", f.t)));
+        }
+        if !(p.input.is_finite() && p.output.is_finite() && p.usd_per_mwh.is_none_or(f64::is_finite)) {
+            return Err(StoreError::Invalid(format!("price frame {}: non-finite price for `{}`", f.t, clip(&p.deployment))));
+        }
+    }
+    Ok(())
 }
 
 fn check_filter(f: &UsageFilter) -> Result<(), StoreError> {

@@ -14,6 +14,7 @@ use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
 use super::rows::{self, Param, RowLike};
 use super::schema;
 use super::{ApiKey, Backend, Directory, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
 /// Idle connections kept for reuse.
@@ -377,6 +378,34 @@ impl Backend for PgStore {
             Ok((r.text(0)?.unwrap_or_default(), r.real(1)?.unwrap_or(0.0)))
         })
         .await;
+        self.put(c);
+        r
+    }
+
+    async fn insert_prices(&self, rows: Vec<[Param; schema::PRICE_NCOLS]>) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let r = async {
+            let tx = c.transaction().await.map_err(err)?;
+            for chunk in rows.chunks(schema::PRICE_ROWS_PER_INSERT) {
+                exec(&tx, &schema::insert_prices_sql(chunk.len()), chunk.as_flattened()).await?;
+            }
+            tx.commit().await.map_err(err)
+        }
+        .await;
+        self.put(c);
+        r
+    }
+
+    async fn prices_since(&self, since_ms: i64) -> Result<Vec<Frame>, StoreError> {
+        let c = self.conn().await?;
+        let r = query(&c, schema::PRICES_SINCE, &[since_ms.into()], rows::price_point).await;
+        self.put(c);
+        Ok(rows::frames(r?))
+    }
+
+    async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        let r = exec(&c, schema::DELETE_PRICES_BEFORE, &[before_ms.into()]).await;
         self.put(c);
         r
     }

@@ -1,8 +1,12 @@
 //! What both backends share about rows: bound parameter values, reading a row into
-//! [`Project`], [`ApiKey`] and [`UsageRecord`], and building the usage query from a filter.
+//! [`Project`], [`ApiKey`], [`UsageRecord`] and price history [`Frame`]s, and building the
+//! usage query from a filter.
+
+use std::sync::Arc;
 
 use super::schema;
 use super::{ApiKey, BudgetPeriod, Project, StoreError, UsageFilter};
+use crate::pricing::history::{Frame, FramePoint};
 use crate::usage::UsageRecord;
 
 /// A bound parameter value.
@@ -218,6 +222,63 @@ pub fn usage(r: &dyn RowLike) -> Result<UsageRecord, StoreError> {
         cost_fee: r.real(21)?.unwrap_or(0.0),
         cost_total: r.real(22)?.unwrap_or(0.0),
     })
+}
+
+/// The price history rows of `frames` in [`schema::PRICE_COLS`] order, one per frame and
+/// deployment. Of several frames at the same second only the last one's row is kept: one
+/// statement may not touch a row twice, and the later frame is the state in force.
+pub fn price_rows(frames: &[Arc<Frame>]) -> Vec<[Param; schema::PRICE_NCOLS]> {
+    let mut last: std::collections::HashMap<(i64, &str), usize> = std::collections::HashMap::new();
+    let mut rows = Vec::new();
+    for f in frames {
+        for p in &f.points {
+            let row = [
+                f.t.saturating_mul(1000).into(),
+                (&*p.deployment).into(),
+                p.input.into(),
+                p.output.into(),
+                p.usd_per_mwh.into(),
+                i64::from(p.stale).into(),
+            ];
+            match last.entry((f.t, &*p.deployment)) {
+                std::collections::hash_map::Entry::Occupied(e) => rows[*e.get()] = row,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(rows.len());
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Frames from rows of [`schema::PRICES_SINCE`] (ordered by time): consecutive rows of the
+/// same time make one frame.
+pub fn frames(r: Vec<(i64, FramePoint)>) -> Vec<Frame> {
+    let mut out: Vec<Frame> = Vec::new();
+    for (t, p) in r {
+        match out.last_mut() {
+            Some(f) if f.t == t => f.points.push(p),
+            _ => out.push(Frame { t, points: vec![p] }),
+        }
+    }
+    out
+}
+
+/// A row of [`schema::PRICES_SINCE`]: the frame time (Unix seconds) and the point.
+pub fn price_point(r: &dyn RowLike) -> Result<(i64, FramePoint), StoreError> {
+    let t = req_int(r, 0)?.div_euclid(1000);
+    let real = |i| r.real(i)?.ok_or_else(|| missing(i));
+    Ok((
+        t,
+        FramePoint {
+            deployment: req_text(r, 1)?.into(),
+            input: real(2)?,
+            output: real(3)?,
+            usd_per_mwh: r.real(4)?,
+            stale: req_int(r, 5)? != 0,
+        },
+    ))
 }
 
 /// A row of [`usage_summary_query`].

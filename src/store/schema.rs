@@ -5,6 +5,11 @@
 //!
 //! Times are unix milliseconds. Usage records carry the id of the gateway instance that wrote
 //! them, so budgets can add other instances' spend to their own exact local count.
+//!
+//! Price history is one row per frame and deployment, keyed by `(ts_ms, deployment)`: several
+//! gateway instances sharing a database all append the frames they compute, and a frame
+//! written again at the same time replaces the earlier one (the later frame is the state in
+//! force), so loads never see duplicates.
 
 /// Migrations, applied in order; `joule_meta.schema_version` counts the applied ones.
 /// Append only: never edit a released migration.
@@ -63,6 +68,16 @@ CREATE TABLE usage_records (
 CREATE INDEX usage_ts ON usage_records (ts_ms, id);
 CREATE INDEX usage_project_ts ON usage_records (project_id, ts_ms);
 CREATE INDEX usage_key_ts ON usage_records (key_id, ts_ms);
+", r"
+CREATE TABLE price_history (
+    ts_ms       BIGINT NOT NULL,
+    deployment  TEXT NOT NULL,
+    price_input  DOUBLE PRECISION NOT NULL,
+    price_output DOUBLE PRECISION NOT NULL,
+    usd_per_mwh DOUBLE PRECISION,
+    stale       BIGINT NOT NULL,
+    PRIMARY KEY (ts_ms, deployment)
+);
 "];
 
 /// The bookkeeping table, created before migrations run.
@@ -93,23 +108,49 @@ pub const USAGE_ROWS_PER_INSERT: usize = 200;
 
 pub const SPEND_SINCE: &str = "SELECT project_id, SUM(cost_total) FROM usage_records WHERE ts_ms >= $1 AND instance <> $2 AND project_id IS NOT NULL GROUP BY project_id";
 
+pub const PRICE_COLS: &str = "ts_ms, deployment, price_input, price_output, usd_per_mwh, stale";
+/// Columns in [`PRICE_COLS`].
+pub const PRICE_NCOLS: usize = 6;
+/// Rows per multi-row price history `INSERT`.
+pub const PRICE_ROWS_PER_INSERT: usize = 500;
+pub const PRICES_SINCE: &str =
+    "SELECT ts_ms, deployment, price_input, price_output, usd_per_mwh, stale FROM price_history WHERE ts_ms >= $1 ORDER BY ts_ms, deployment";
+pub const DELETE_PRICES_BEFORE: &str = "DELETE FROM price_history WHERE ts_ms < $1";
+
 /// `INSERT … VALUES (…), (…) ON CONFLICT (id) DO NOTHING` for `rows` usage records.
 pub fn insert_usage_sql(rows: usize) -> String {
-    let mut s = format!("INSERT INTO usage_records ({USAGE_COLS}) VALUES ");
+    multi_row_insert("usage_records", USAGE_COLS, USAGE_NCOLS, rows, "ON CONFLICT (id) DO NOTHING")
+}
+
+/// `INSERT … VALUES (…), (…)` for `rows` price history rows; a row already stored for the same
+/// time and deployment is replaced.
+pub fn insert_prices_sql(rows: usize) -> String {
+    multi_row_insert(
+        "price_history",
+        PRICE_COLS,
+        PRICE_NCOLS,
+        rows,
+        "ON CONFLICT (ts_ms, deployment) DO UPDATE SET price_input = excluded.price_input, price_output = excluded.price_output, usd_per_mwh = excluded.usd_per_mwh, stale = excluded.stale",
+    )
+}
+
+fn multi_row_insert(table: &str, cols: &str, ncols: usize, rows: usize, tail: &str) -> String {
+    let mut s = format!("INSERT INTO {table} ({cols}) VALUES ");
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
         }
         s.push('(');
-        for c in 0..USAGE_NCOLS {
+        for c in 0..ncols {
             if c > 0 {
                 s.push_str(", ");
             }
-            s.push_str(&format!("${}", r * USAGE_NCOLS + c + 1));
+            s.push_str(&format!("${}", r * ncols + c + 1));
         }
         s.push(')');
     }
-    s.push_str(" ON CONFLICT (id) DO NOTHING");
+    s.push(' ');
+    s.push_str(tail);
     s
 }
 
@@ -137,5 +178,8 @@ mod tests {
         let s = insert_usage_sql(2);
         assert!(s.contains("$23), ($24,") && s.ends_with("$46) ON CONFLICT (id) DO NOTHING"), "{s}");
         assert_eq!(USAGE_COLS.split(',').count(), USAGE_NCOLS);
+        assert_eq!(PRICE_COLS.split(',').count(), PRICE_NCOLS);
+        let s = insert_prices_sql(2);
+        assert!(s.contains("$6), ($7,") && s.contains("$12) ON CONFLICT (ts_ms, deployment) DO UPDATE"), "{s}");
     }
 }

@@ -11,6 +11,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use super::rows::{self, Param, RowLike};
 use super::schema::{self, sqlite_sql as q};
 use super::{ApiKey, Backend, Directory, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
 /// An SQLite database file.
@@ -320,6 +321,24 @@ impl Backend for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn insert_prices(&self, rows: Vec<[Param; schema::PRICE_NCOLS]>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            for chunk in rows.chunks(schema::PRICE_ROWS_PER_INSERT) {
+                exec(c, &schema::insert_prices_sql(chunk.len()), chunk.as_flattened())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prices_since(&self, since_ms: i64) -> Result<Vec<Frame>, StoreError> {
+        self.with(move |c| Ok(rows::frames(query(c, schema::PRICES_SINCE, &[since_ms.into()], rows::price_point)?))).await
+    }
+
+    async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |c| exec(c, schema::DELETE_PRICES_BEFORE, &[before_ms.into()]).map(|n| n as u64)).await
     }
 
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
