@@ -267,24 +267,42 @@ async fn bad_pushes_are_rejected_counted_and_keep_the_table() {
     assert!(!gw.logs().contains("push-secret"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn price_history_windows_and_restart() {
-    let a = mock(MockConfig::default()).await;
-    let data = tempfile::tempdir().unwrap();
-    let energy = format!("data_dir = \"{}\"\n[energy.push]", data.path().display());
-    let cat = catalog(&a.base_url(), &a.base_url(), &a.base_url(), &energy);
-    let mut gw = Gateway::start(&cat).await;
-    let c = client();
+/// Pushes an hour-long backlog (twelve 5-minute intervals, west rising from 0 to 110 $/MWh,
+/// Chicago at 50) and returns the 4h history it produced.
+async fn push_backlog(gw: &Gateway, c: &reqwest::Client) -> Value {
     let start = now() - now() % 300;
-    // A backlog of an hour lands in history where it belongs.
     let mut backlog = Vec::new();
     for k in 0..12 {
         let s = start - 3300 + 300 * k;
         backlog.extend(rows(s, 10.0 * k as f64, 50.0).as_array().unwrap().clone());
     }
-    assert_eq!(push(&gw, &c, &Value::Array(backlog)).await["accepted"], 24);
+    assert_eq!(push(gw, c, &Value::Array(backlog)).await["accepted"], 24);
+    get_json(c, format!("{}/models/{MODEL}/prices?window=4h", gw.base())).await
+}
 
-    let h = get_json(&c, format!("{}/models/{MODEL}/prices?window=4h", gw.base())).await;
+/// Stops `gw` (SIGTERM flushes queued history), starts the same config again and checks the
+/// 4h window still holds the earlier points.
+async fn restart_keeps_history(mut gw: Gateway, cat: &str, before: &Value) -> Gateway {
+    let points = before["data_centers"][0]["points"].as_array().unwrap();
+    assert!(gw.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", gw.logs());
+    let gw2 = Gateway::start(cat).await;
+    let after = get_json(&client(), format!("{}/models/{MODEL}/prices?window=4h", gw2.base())).await;
+    assert_eq!(after["data_centers"][0]["points"].as_array().unwrap()[..12], points[..12], "{after}");
+    assert_eq!(after["best"].as_array().unwrap()[..12], before["best"].as_array().unwrap()[..12], "{after}");
+    gw2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_history_windows_and_restart() {
+    let a = mock(MockConfig::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let energy = format!("data_dir = \"{}\"\n[energy.push]", data.path().display());
+    // No database: history goes to the file in data_dir.
+    let cat = catalog(&a.base_url(), &a.base_url(), &a.base_url(), &energy) + "\n[store]\nbackend = \"none\"\n";
+    let gw = Gateway::start(&cat).await;
+    let c = client();
+    // A backlog of an hour lands in history where it belongs.
+    let h = push_backlog(&gw, &c).await;
     assert_eq!(h["window"], "4h");
     assert_eq!(h["step_seconds"], 300);
     let west = &h["data_centers"][0];
@@ -313,10 +331,44 @@ async fn price_history_windows_and_restart() {
     expect_error(r, 401, Some("invalid_api_key")).await;
 
     // Restart on the same data directory: the history is still there.
-    assert!(gw.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()));
-    let gw2 = Gateway::start(&cat).await;
-    let h2 = get_json(&c, format!("{}/models/{MODEL}/prices?window=4h", gw2.base())).await;
-    assert_eq!(h2["data_centers"][0]["points"].as_array().unwrap()[..12], points[..12], "{h2}");
+    restart_keeps_history(gw, &cat, &h).await;
+    assert!(data.path().join("price-history.jsonl").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_history_persists_in_the_store() {
+    let a = mock(MockConfig::default()).await;
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("joule.db");
+    // A data_dir as well: the store wins.
+    let energy = format!("data_dir = \"{}\"\n[energy.push]", db.path().join("history").display());
+    let cat = catalog(&a.base_url(), &a.base_url(), &a.base_url(), &energy)
+        + &format!("\n[store]\nbackend = \"sqlite\"\npath = \"{}\"\n", path.display());
+    let gw = Gateway::start(&cat).await;
+    let c = client();
+    let h = push_backlog(&gw, &c).await;
+    assert!(h["data_centers"][0]["points"].as_array().unwrap().len() >= 12, "{h}");
+    assert!(gw.logs().contains("energy.data_dir is ignored"), "{}", gw.logs());
+
+    // A new process on the same database serves the earlier points.
+    let mut gw2 = restart_keeps_history(gw, &cat, &h).await;
+    assert!(!db.path().join("history/price-history.jsonl").exists(), "history went to the store, not the file");
+
+    // The frames are in the database: one per interval start of the backlog, both sites.
+    assert!(gw2.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    // (Opening blocks until migrated: from a thread outside the test's runtime.)
+    let frames = std::thread::spawn(move || {
+        let store = joule::store::Store::open(&joule::store::StoreLocation::Sqlite(path)).unwrap();
+        store.wait(store.price_frames_since(0)).unwrap()
+    })
+    .join()
+    .unwrap();
+    let west: Vec<Option<f64>> = frames
+        .iter()
+        .map(|f| f.points.iter().find(|p| &*p.deployment == "e-west").and_then(|p| p.usd_per_mwh))
+        .collect();
+    let backlog: Vec<Option<f64>> = (0..12).map(|k| Some(10.0 * f64::from(k))).collect();
+    assert!(west.windows(12).any(|w| w == backlog), "{west:?}");
 }
 
 /// A tiny HTTP server for the poller: answers every request with what `mode` says.

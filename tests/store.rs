@@ -1,13 +1,13 @@
 //! The store contract, run unchanged against both backends: SQLite (a file in a temporary
 //! directory) and PostgreSQL (a throwaway cluster, see `common::pg`): projects, keys, usage
-//! records and the price history.
+//! records, and the price history (directly and as the gateway's history store).
 
 mod common;
 
 use std::sync::Arc;
 
 use joule::auth::KeyHash;
-use joule::pricing::history::{Frame, FramePoint};
+use joule::pricing::history::{Frame, FramePoint, History};
 use joule::store::{
     BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,
 };
@@ -320,6 +320,29 @@ async fn history_suite(store: Store, reopen: impl Fn() -> Store) {
     assert_eq!(store.delete_price_frames_before(i64::MAX).await.unwrap(), 201 * 3);
 }
 
+/// The gateway's price history through the store ([`joule::pricing::history::HistoryStore`]
+/// for `Store`): frames recorded by one process are there for the next, expired ones are
+/// deleted at start. Runs outside any runtime, as the history writer thread does.
+fn history_through_the_store(store: &Store) {
+    let t0 = 1_700_000_000_i64;
+    {
+        let h = History::with_store(Box::new(store.clone()), 7, t0).unwrap();
+        for k in 0..10 {
+            h.record((*price_frame(t0 + 300 * k, k as f64)).clone());
+        }
+        h.flush();
+    }
+    let h = History::with_store(Box::new(store.clone()), 7, t0 + 3000).unwrap();
+    let frames = h.frames();
+    assert_eq!(frames.len(), 10);
+    assert_eq!(*frames[3], sorted(&price_frame(t0 + 900, 3.0)));
+    drop(h);
+    // Eight days later the start drops everything expired, in memory and in the database.
+    let h = History::with_store(Box::new(store.clone()), 7, t0 + 8 * 86_400).unwrap();
+    assert!(h.frames().is_empty());
+    assert!(store.wait(store.price_frames_since(0)).unwrap().is_empty());
+}
+
 /// Opens `loc` from a thread outside any runtime (opening blocks until migrated).
 fn reopen(loc: &StoreLocation) -> Store {
     let loc = loc.clone();
@@ -336,6 +359,7 @@ fn sqlite_store_contract() {
     store.wait(suite(store.clone(), move || reopen(&l2)));
     let l3 = loc.clone();
     store.wait(history_suite(store.clone(), move || reopen(&l3)));
+    history_through_the_store(&store);
 }
 
 #[test]
@@ -353,6 +377,7 @@ fn postgres_store_contract() {
     store.wait(suite(store.clone(), move || reopen(&l2)));
     let l3 = loc.clone();
     store.wait(history_suite(store.clone(), move || reopen(&l3)));
+    history_through_the_store(&store);
 }
 
 #[test]

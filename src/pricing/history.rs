@@ -4,9 +4,12 @@
 //!
 //! Frames live in memory behind `ArcSwap` (readers never lock) and go through a
 //! [`HistoryStore`] for durability. The store is written on its own thread, off every request
-//! path. [`FileStore`] appends one JSON line per frame to `price-history.jsonl` in the data
+//! path; frames queued together are appended together, and frames the store refused are
+//! retried with the next append. Two stores exist: the gateway's database
+//! ([`crate::store::Store`], table `price_history`; several instances sharing PostgreSQL all
+//! append to it, and compaction is a retention delete), and, for gateways without a database,
+//! [`FileStore`], which appends one JSON line per frame to `price-history.jsonl` in the data
 //! directory, reloads it at start and rewrites it (temp file + rename) to drop expired frames.
-//! The gateway's database store implements the same trait once it exists.
 //!
 //! Frame times are clock times of the price book: the interval start of the prices that made
 //! the book (so a replayed or pushed backlog lands where it belongs), or the time a price
@@ -45,6 +48,8 @@ pub struct Frame {
 pub enum HistoryError {
     #[error("price history {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("price history in the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Durable storage of frames. Called on the history writer thread only.
@@ -59,11 +64,13 @@ pub trait HistoryStore: Send {
     /// # Errors
     /// Storage failures.
     fn append(&mut self, frames: &[Arc<Frame>]) -> Result<(), HistoryError>;
-    /// Replaces the stored frames by `keep` (everything still retained).
+    /// Drops stored frames older than `cutoff` (the retention rule). `keep` holds this
+    /// process's frames at or after `cutoff`: a store that compacts by rewriting writes them
+    /// back; a store shared with other instances just deletes.
     ///
     /// # Errors
     /// Storage failures.
-    fn compact(&mut self, keep: &[Arc<Frame>]) -> Result<(), HistoryError>;
+    fn compact(&mut self, cutoff: i64, keep: &[Arc<Frame>]) -> Result<(), HistoryError>;
 }
 
 /// One line of the history file.
@@ -159,7 +166,7 @@ impl HistoryStore for FileStore {
         file.write_all(&buf).and_then(|_| file.flush()).map_err(|source| HistoryError::Io { path, source })
     }
 
-    fn compact(&mut self, keep: &[Arc<Frame>]) -> Result<(), HistoryError> {
+    fn compact(&mut self, _cutoff: i64, keep: &[Arc<Frame>]) -> Result<(), HistoryError> {
         let tmp = self.path.with_extension("jsonl.tmp");
         let mut buf = Vec::new();
         for f in keep {
@@ -181,6 +188,88 @@ impl HistoryStore for FileStore {
 enum Msg {
     Append(Arc<Frame>),
     Flush(mpsc::SyncSender<()>),
+}
+
+/// Most frames one append carries.
+const BATCH: usize = 1000;
+/// Most frames kept for a retry while the store refuses appends; older ones are dropped.
+const MAX_PENDING: usize = 20_000;
+
+/// The history writer thread's state.
+struct Writer {
+    store: Box<dyn HistoryStore>,
+    retention: i64,
+    /// This process's retained frames, for stores that compact by rewriting.
+    mirror: std::collections::VecDeque<Arc<Frame>>,
+    /// Frames not yet accepted by the store, oldest first.
+    pending: Vec<Arc<Frame>>,
+    /// Frames appended since the last compaction.
+    appended: usize,
+}
+
+impl Writer {
+    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut acks = Vec::new();
+            let mut next = Some(first);
+            // Whatever is already queued goes into the same append.
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append(f) => self.add(f),
+                    Msg::Flush(ack) => acks.push(ack),
+                }
+                if self.pending.len() < BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.write();
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    fn add(&mut self, f: Arc<Frame>) {
+        let cutoff = f.t - self.retention;
+        while self.mirror.front().is_some_and(|x| x.t < cutoff) {
+            self.mirror.pop_front();
+        }
+        self.mirror.push_back(f.clone());
+        self.pending.push(f);
+    }
+
+    fn write(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append(&self.pending) {
+            if matches!(e, HistoryError::Store(crate::store::StoreError::Invalid(_))) {
+                // Retrying cannot help: the frames themselves were refused.
+                tracing::error!(error = %e, frames = self.pending.len(), "price history: frames refused by the store; dropped");
+                self.pending.clear();
+                return;
+            }
+            tracing::warn!(error = %e, frames = self.pending.len(), "price history: append failed; retrying with the next frame");
+            if self.pending.len() > MAX_PENDING {
+                let drop = self.pending.len() - MAX_PENDING;
+                tracing::error!(frames = drop, "price history: store unavailable for too long; oldest unwritten frames dropped");
+                self.pending.drain(..drop);
+            }
+            return;
+        }
+        self.appended += self.pending.len();
+        self.pending.clear();
+        // Compact once about as many frames were appended as are retained (a file then holds
+        // about twice what is retained).
+        if self.appended > self.mirror.len().max(1000) {
+            let cutoff = self.mirror.back().map_or(i64::MIN, |f| f.t - self.retention);
+            let keep: Vec<Arc<Frame>> = self.mirror.iter().cloned().collect();
+            match self.store.compact(cutoff, &keep) {
+                Ok(()) => self.appended = 0,
+                Err(e) => tracing::warn!(error = %e, "price history: compaction failed"),
+            }
+        }
+    }
 }
 
 /// In-memory history with optional durable store.
@@ -210,41 +299,13 @@ impl History {
     pub fn with_store(mut store: Box<dyn HistoryStore>, retention_days: u32, now: i64) -> Result<Self, HistoryError> {
         let retention = retention(retention_days);
         let loaded: Vec<Arc<Frame>> = store.load(now - retention)?.into_iter().map(Arc::new).collect();
-        store.compact(&loaded)?;
+        store.compact(now - retention, &loaded)?;
         tracing::info!(frames = loaded.len(), "price history loaded");
         let (tx, rx) = mpsc::channel::<Msg>();
-        let mut mirror: std::collections::VecDeque<Arc<Frame>> = loaded.iter().cloned().collect();
+        let mirror = loaded.iter().cloned().collect();
         std::thread::Builder::new()
             .name("joule-price-history".into())
-            .spawn(move || {
-                let mut appended = 0usize;
-                while let Ok(msg) = rx.recv() {
-                    match msg {
-                        Msg::Append(f) => {
-                            let cutoff = f.t - retention;
-                            while mirror.front().is_some_and(|x| x.t < cutoff) {
-                                mirror.pop_front();
-                            }
-                            mirror.push_back(f.clone());
-                            if let Err(e) = store.append(&[f]) {
-                                tracing::warn!(error = %e, "price history: append failed");
-                            }
-                            appended += 1;
-                            // Rewrite once the file holds about twice what is retained.
-                            if appended > mirror.len().max(1000) {
-                                let keep: Vec<Arc<Frame>> = mirror.iter().cloned().collect();
-                                match store.compact(&keep) {
-                                    Ok(()) => appended = 0,
-                                    Err(e) => tracing::warn!(error = %e, "price history: compaction failed"),
-                                }
-                            }
-                        }
-                        Msg::Flush(ack) => {
-                            let _ = ack.send(());
-                        }
-                    }
-                }
-            })
+            .spawn(move || Writer { store, retention, mirror, pending: Vec::new(), appended: 0 }.run(&rx))
             .map_err(|source| HistoryError::Io { path: PathBuf::from("<history thread>"), source })?;
         Ok(History { frames: ArcSwap::from_pointee(loaded), retention, writer: Some(tx) })
     }
@@ -504,6 +565,62 @@ mod tests {
         // Frames never go back in time.
         h.record(frame(T0, 4.0, 4.0));
         assert_eq!(h.frames().last().unwrap().t, T0 + 7 * 86_400 + 3_601);
+    }
+
+    /// A store that refuses appends while `down` is set and records what it was given.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        down: Arc<std::sync::atomic::AtomicBool>,
+        stored: Arc<std::sync::Mutex<Vec<i64>>>,
+        compactions: Arc<std::sync::Mutex<Vec<(i64, usize)>>>,
+    }
+
+    impl HistoryStore for Flaky {
+        fn load(&mut self, _since: i64) -> Result<Vec<Frame>, HistoryError> {
+            Ok(Vec::new())
+        }
+        fn append(&mut self, frames: &[Arc<Frame>]) -> Result<(), HistoryError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::store::StoreError::Unavailable("down".into()).into());
+            }
+            self.stored.lock().unwrap().extend(frames.iter().map(|f| f.t));
+            Ok(())
+        }
+        fn compact(&mut self, cutoff: i64, keep: &[Arc<Frame>]) -> Result<(), HistoryError> {
+            self.compactions.lock().unwrap().push((cutoff, keep.len()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn refused_frames_are_retried_and_compaction_gets_the_cutoff() {
+        let store = Flaky::default();
+        let h = History::with_store(Box::new(store.clone()), 7, T0).unwrap();
+        assert_eq!(*store.compactions.lock().unwrap(), vec![(T0 - 7 * 86_400 - 3_600, 0)], "compacted at start");
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for k in 0..3 {
+            h.record(frame(T0 + k * 300, 1.0, 1.0));
+        }
+        h.flush();
+        assert!(store.stored.lock().unwrap().is_empty());
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        h.record(frame(T0 + 900, 1.0, 1.0));
+        h.flush();
+        assert_eq!(*store.stored.lock().unwrap(), vec![T0, T0 + 300, T0 + 600, T0 + 900], "in order, none lost");
+
+        // Hourly frames: once more were appended than are retained, the store is compacted to
+        // the retention cutoff of the newest frame, with what this process still holds.
+        for k in 1..=1200 {
+            h.record(frame(T0 + 900 + k * 3600, 1.0, 1.0));
+        }
+        h.flush();
+        let newest = T0 + 900 + 1200 * 3600;
+        let c = store.compactions.lock().unwrap().clone();
+        assert_eq!(c.len(), 2, "{c:?}");
+        let (cutoff, kept) = c[1];
+        assert!(cutoff <= newest - 7 * 86_400 && cutoff > T0, "{c:?}");
+        assert!((7 * 24..=7 * 24 + 2).contains(&kept), "{c:?}");
+        assert_eq!(store.stored.lock().unwrap().len(), 1204);
     }
 
     #[test]

@@ -129,14 +129,17 @@ impl BackgroundService for Energy {
 }
 
 /// Builds the gateway state and its energy feeds (not yet running) from settings: opens (and
-/// migrates) the store, loads keys and projects, and starts the usage writer and the snapshot
-/// and budget tasks. Call outside any tokio runtime.
+/// migrates) the store, loads the price history from it, loads keys and projects, and starts
+/// the usage writer and the snapshot and budget tasks. Call outside any tokio runtime.
 ///
 /// # Errors
 /// See [`StartError`].
 pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError> {
     let metrics = Metrics::new()?;
-    let (pricing, feeds) = crate::pricing::feed::build(&settings.energy, &settings.catalog, Some(metrics.clone()))?;
+    let store = settings.store.as_ref().map(|s| Store::open(&s.location)).transpose()?;
+    // With a store, price history persists there (see `pricing::history`).
+    let durable = store.clone().map(|s| Box::new(s) as Box<dyn crate::pricing::history::HistoryStore>);
+    let (pricing, feeds) = crate::pricing::feed::build(&settings.energy, &settings.catalog, Some(metrics.clone()), durable)?;
     let world = World::new(settings, None)?;
     let host = Host::new(settings.plugins.host.clone()).map_err(|e| StartError::Plugins(e.to_string()))?;
     let strategies = PluginRegistry::new(host, settings.plugins.dir.clone(), Some(metrics.strategy.clone()));
@@ -150,10 +153,8 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
         None => None,
     };
     let instance: Arc<str> = Arc::from(new_instance_id());
-    let (registry, usage) = match &settings.store {
-        None => (Registry::new(settings.keys.clone(), None), UsageSink::disabled(metrics.clone())),
-        Some(s) => {
-            let store = Store::open(&s.location)?;
+    let (registry, usage) = match (&settings.store, store) {
+        (Some(s), Some(store)) => {
             let registry = Registry::new(settings.keys.clone(), Some(store.clone()));
             store.wait(registry.refresh())?;
             // Budgets start from the spend already recorded, before the first request.
@@ -162,6 +163,7 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
             tracing::info!(backend = store.kind(), instance = %instance, "store open");
             (registry, UsageSink::start(store, s.usage.clone(), metrics.clone(), instance))
         }
+        _ => (Registry::new(settings.keys.clone(), None), UsageSink::disabled(metrics.clone())),
     };
     let parts = GatewayParts { world, metrics, pricing, registry, usage, strategies, decision_log };
     Ok((Gateway::from_parts(parts), feeds))

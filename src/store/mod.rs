@@ -16,6 +16,7 @@
 //! Every write is one transaction: a refused request (duplicate name, unknown project, …)
 //! leaves nothing behind. All values reach SQL as bound parameters, never as SQL text.
 
+mod history;
 pub mod postgres;
 mod rows;
 pub mod schema;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::clock::{parse_rfc3339, Clock, SystemClock};
 use super::energy::{EnergyPrice, EnergyRow, ParsedRow, RejectKind, Rejected};
-use super::history::{History, HistoryError};
+use super::history::{History, HistoryError, HistoryStore};
 use super::{EnergySettings, PollSettings, Pricing};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
@@ -47,12 +47,18 @@ pub struct Feeds {
 }
 
 /// Builds the pricing engine and its feeds from settings. With a replay, the engine runs on
-/// the replay's clock (trace time); otherwise on the system clock. History is file-backed
-/// when `data_dir` is set.
+/// the replay's clock (trace time); otherwise on the system clock. History persists through
+/// `durable` (the gateway's database) when given — `data_dir` is then ignored, with a warning —
+/// else in `data_dir` when set, else in memory only.
 ///
 /// # Errors
 /// See [`StartError`].
-pub fn build(settings: &EnergySettings, catalog: &Catalog, metrics: Option<Metrics>) -> Result<(Arc<Pricing>, Feeds), StartError> {
+pub fn build(
+    settings: &EnergySettings,
+    catalog: &Catalog,
+    metrics: Option<Metrics>,
+    durable: Option<Box<dyn HistoryStore>>,
+) -> Result<(Arc<Pricing>, Feeds), StartError> {
     let nodes = catalog.data_centers.iter().filter_map(|dc| dc.price_node.clone()).collect();
     let replay = settings.replay.as_ref().map(|r| replay::Replay::new(r, &nodes)).transpose()?;
     let (clock, refresh): (Arc<dyn Clock>, Duration) = match (&replay, &settings.replay) {
@@ -64,9 +70,15 @@ pub fn build(settings: &EnergySettings, catalog: &Catalog, metrics: Option<Metri
         _ => (Arc::new(SystemClock), settings.refresh),
     };
     let days = settings.history.retention_days;
-    let history = match &settings.history.data_dir {
-        Some(dir) => History::open(dir, days, clock.now())?,
-        None => History::in_memory(days),
+    let history = match (durable, &settings.history.data_dir) {
+        (Some(store), dir) => {
+            if let Some(dir) = dir {
+                tracing::warn!(data_dir = %dir.display(), "energy.data_dir is ignored: price history is kept in the store");
+            }
+            History::with_store(store, days, clock.now())?
+        }
+        (None, Some(dir)) => History::open(dir, days, clock.now())?,
+        (None, None) => History::in_memory(days),
     };
     let client = if settings.polls.is_empty() { None } else { Some(poll::client().map_err(|e| StartError::Client(e.to_string()))?) };
     let pricing = Pricing::new(catalog, settings, clock, history, metrics);
