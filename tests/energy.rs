@@ -359,7 +359,7 @@ async fn price_history_persists_in_the_store() {
     // (Opening blocks until migrated: from a thread outside the test's runtime.)
     let frames = std::thread::spawn(move || {
         let store = joule::store::Store::open(&joule::store::StoreLocation::Sqlite(path)).unwrap();
-        store.wait(store.price_frames_since(0)).unwrap()
+        store.wait(store.price_frames(0, i64::MAX)).unwrap()
     })
     .join()
     .unwrap();

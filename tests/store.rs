@@ -271,16 +271,18 @@ fn sorted(f: &Frame) -> Frame {
 /// The price history part of the contract. `reopen` opens the same database again.
 async fn history_suite(store: Store, reopen: impl Fn() -> Store) {
     let t0 = 1_700_000_000_i64;
-    assert!(store.price_frames_since(0).await.unwrap().is_empty());
+    assert!(store.price_frames(0, i64::MAX).await.unwrap().is_empty());
     // 300 frames of 3 deployments: several multi-row inserts in one append.
     let frames: Vec<Arc<Frame>> = (0..300).map(|k| price_frame(t0 + 300 * k, k as f64)).collect();
     store.append_price_frames(frames.clone()).await.unwrap();
-    let back = store.price_frames_since(0).await.unwrap();
+    let back = store.price_frames(0, i64::MAX).await.unwrap();
     assert_eq!(back.len(), 300);
     assert_eq!(back[7], sorted(&frames[7]), "every field round-trips, points ordered by deployment");
     assert!(back.windows(2).all(|w| w[0].t < w[1].t), "oldest first");
-    let since = store.price_frames_since(t0 + 300 * 290).await.unwrap();
-    assert_eq!((since.len(), since[0].t), (10, t0 + 300 * 290), "the bound is inclusive");
+    let since = store.price_frames(t0 + 300 * 290, i64::MAX).await.unwrap();
+    assert_eq!((since.len(), since[0].t), (10, t0 + 300 * 290), "the lower bound is inclusive");
+    let between = store.price_frames(t0 + 300, t0 + 300 * 3).await.unwrap();
+    assert_eq!(between.iter().map(|f| f.t).collect::<Vec<_>>(), [t0 + 300, t0 + 600, t0 + 900], "so is the upper");
 
     // A second instance on the same database appends the same frames (and a newer state for
     // one of them): loads see each time once, with the state written last.
@@ -288,7 +290,7 @@ async fn history_suite(store: Store, reopen: impl Fn() -> Store) {
     let mut changed = (*price_frame(t0 + 300 * 5, 99.0)).clone();
     changed.points.truncate(1);
     other.append_price_frames(vec![frames[4].clone(), Arc::new(changed), frames[6].clone()]).await.unwrap();
-    let back = store.price_frames_since(0).await.unwrap();
+    let back = store.price_frames(0, i64::MAX).await.unwrap();
     assert_eq!(back.len(), 300, "no duplicate frames");
     assert_eq!(back[5].points.len(), 3);
     assert_eq!(back[5].points[0], point("dep-a", 99.0, Some(9900.0), false), "replaced by the later write");
@@ -296,7 +298,7 @@ async fn history_suite(store: Store, reopen: impl Fn() -> Store) {
     // Two frames at the same second in one append: the later one is the state in force.
     let late = t0 + 300 * 400;
     store.append_price_frames(vec![price_frame(late, 1.0), price_frame(late, 2.0)]).await.unwrap();
-    let last = store.price_frames_since(late).await.unwrap();
+    let last = store.price_frames(late, i64::MAX).await.unwrap();
     assert_eq!(last, vec![sorted(&price_frame(late, 2.0))]);
 
     // Bad input is refused and nothing of the batch is written.
@@ -308,13 +310,13 @@ async fn history_suite(store: Store, reopen: impl Fn() -> Store) {
         let r = store.append_price_frames(vec![price_frame(late + 600, 1.0), bad]).await;
         assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     }
-    assert_eq!(store.price_frames_since(late + 1).await.unwrap(), vec![], "nothing partially written");
+    assert_eq!(store.price_frames(late + 1, i64::MAX).await.unwrap(), vec![], "nothing partially written");
     store.append_price_frames(Vec::new()).await.unwrap();
 
     // Retention: frames older than the cutoff go, the rest stays.
     let deleted = store.delete_price_frames_before(t0 + 300 * 100).await.unwrap();
     assert_eq!(deleted, 100 * 3);
-    let kept = other.price_frames_since(0).await.unwrap();
+    let kept = other.price_frames(0, i64::MAX).await.unwrap();
     assert_eq!((kept.len(), kept[0].t), (201, t0 + 300 * 100));
     assert_eq!(store.delete_price_frames_before(t0 + 300 * 100).await.unwrap(), 0);
     assert_eq!(store.delete_price_frames_before(i64::MAX).await.unwrap(), 201 * 3);
@@ -337,10 +339,14 @@ fn history_through_the_store(store: &Store) {
     assert_eq!(frames.len(), 10);
     assert_eq!(*frames[3], sorted(&price_frame(t0 + 900, 3.0)));
     drop(h);
+    // A clock before the last frames (a replay started again): later frames are not loaded.
+    let h = History::with_store(Box::new(store.clone()), 7, t0 + 1000).unwrap();
+    assert_eq!(h.frames().iter().map(|f| f.t).collect::<Vec<_>>(), [t0, t0 + 300, t0 + 600, t0 + 900]);
+    drop(h);
     // Eight days later the start drops everything expired, in memory and in the database.
     let h = History::with_store(Box::new(store.clone()), 7, t0 + 8 * 86_400).unwrap();
     assert!(h.frames().is_empty());
-    assert!(store.wait(store.price_frames_since(0)).unwrap().is_empty());
+    assert!(store.wait(store.price_frames(0, i64::MAX)).unwrap().is_empty());
 }
 
 /// Opens `loc` from a thread outside any runtime (opening blocks until migrated).

@@ -54,11 +54,11 @@ pub enum HistoryError {
 
 /// Durable storage of frames. Called on the history writer thread only.
 pub trait HistoryStore: Send {
-    /// Frames at or after `since`, oldest first.
+    /// Frames from `since` to `until` (both included), oldest first.
     ///
     /// # Errors
     /// Storage failures; unreadable records are skipped (and logged), not errors.
-    fn load(&mut self, since: i64) -> Result<Vec<Frame>, HistoryError>;
+    fn load(&mut self, since: i64, until: i64) -> Result<Vec<Frame>, HistoryError>;
     /// Appends frames.
     ///
     /// # Errors
@@ -126,7 +126,7 @@ impl FileStore {
 }
 
 impl HistoryStore for FileStore {
-    fn load(&mut self, since: i64) -> Result<Vec<Frame>, HistoryError> {
+    fn load(&mut self, since: i64, until: i64) -> Result<Vec<Frame>, HistoryError> {
         let f = match std::fs::File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -137,7 +137,7 @@ impl HistoryStore for FileStore {
         for line in std::io::BufReader::new(f).lines() {
             let line = line.map_err(|e| self.io(e))?;
             match serde_json::from_str::<Line>(&line) {
-                Ok(l) if l.t >= since => frames.push(Frame::from(l)),
+                Ok(l) if (since..=until).contains(&l.t) => frames.push(Frame::from(l)),
                 Ok(_) => {}
                 // A torn last line after a crash is expected; anything else is reported.
                 Err(_) => bad += 1,
@@ -292,13 +292,15 @@ impl History {
     }
 
     /// History backed by `store`: loads what is retained at `now`, compacts the store to it,
-    /// and writes later frames on a background thread.
+    /// and writes later frames on a background thread. Frames after `now` are not loaded: they
+    /// belong to another timeline (a replay started again at an earlier trace time on a kept
+    /// store), and since frames never go back in time they would pin every new frame to theirs.
     ///
     /// # Errors
     /// The store cannot be read or compacted.
     pub fn with_store(mut store: Box<dyn HistoryStore>, retention_days: u32, now: i64) -> Result<Self, HistoryError> {
         let retention = retention(retention_days);
-        let loaded: Vec<Arc<Frame>> = store.load(now - retention)?.into_iter().map(Arc::new).collect();
+        let loaded: Vec<Arc<Frame>> = store.load(now - retention, now)?.into_iter().map(Arc::new).collect();
         store.compact(now - retention, &loaded)?;
         tracing::info!(frames = loaded.len(), "price history loaded");
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -576,7 +578,7 @@ mod tests {
     }
 
     impl HistoryStore for Flaky {
-        fn load(&mut self, _since: i64) -> Result<Vec<Frame>, HistoryError> {
+        fn load(&mut self, _since: i64, _until: i64) -> Result<Vec<Frame>, HistoryError> {
             Ok(Vec::new())
         }
         fn append(&mut self, frames: &[Arc<Frame>]) -> Result<(), HistoryError> {
@@ -642,6 +644,10 @@ mod tests {
         let frames = h.frames();
         assert_eq!(frames.len(), 10);
         assert_eq!(*frames[3], frame(T0 + 900, 3.0, 1.0));
+        drop(h);
+        // Frames after the clock's now are not loaded (a replay started again).
+        let h = History::open(dir.path(), 7, T0 + 1000).unwrap();
+        assert_eq!(h.frames().len(), 4);
         // Eight days later, reopening drops everything expired from memory and from the file.
         drop(h);
         let h = History::open(dir.path(), 7, T0 + 8 * 86_400).unwrap();

@@ -14,8 +14,8 @@ use crate::pricing::history::{Frame, HistoryError, HistoryStore};
 /// Blocks the calling thread: call it from the history writer thread or at start-up, never
 /// from inside an async runtime.
 impl HistoryStore for Store {
-    fn load(&mut self, since: i64) -> Result<Vec<Frame>, HistoryError> {
-        Ok(self.wait(self.price_frames_since(since))?)
+    fn load(&mut self, since: i64, until: i64) -> Result<Vec<Frame>, HistoryError> {
+        Ok(self.wait(self.price_frames(since, until))?)
     }
 
     fn append(&mut self, frames: &[Arc<Frame>]) -> Result<(), HistoryError> {

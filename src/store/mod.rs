@@ -382,7 +382,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, StoreError>;
     /// Inserts price history rows ([`rows::price_rows`]) in one transaction.
     async fn insert_prices(&self, rows: Vec<[rows::Param; schema::PRICE_NCOLS]>) -> Result<(), StoreError>;
-    async fn prices_since(&self, since_ms: i64) -> Result<Vec<Frame>, StoreError>;
+    async fn prices_between(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Frame>, StoreError>;
     async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// A stream of change notifications from other instances, if the backend has one.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>>;
@@ -742,15 +742,15 @@ impl Store {
         self.spawn(async move { b.insert_prices(rows).await }).await
     }
 
-    /// Price history frames at or after `since` (Unix seconds, as [`Frame::t`]), oldest
-    /// first, each with its points ordered by deployment id.
+    /// Price history frames from `since` to `until` (both included; Unix seconds, as
+    /// [`Frame::t`]), oldest first, each with its points ordered by deployment id.
     ///
     /// # Errors
     /// The database.
-    pub async fn price_frames_since(&self, since: i64) -> Result<Vec<Frame>, StoreError> {
+    pub async fn price_frames(&self, since: i64, until: i64) -> Result<Vec<Frame>, StoreError> {
         let b = self.backend.clone();
-        let since_ms = since.saturating_mul(1000);
-        self.spawn(async move { b.prices_since(since_ms).await }).await
+        let (since_ms, until_ms) = (since.saturating_mul(1000), until.saturating_mul(1000));
+        self.spawn(async move { b.prices_between(since_ms, until_ms).await }).await
     }
 
     /// Deletes price history frames older than `before` (Unix seconds): the retention rule.

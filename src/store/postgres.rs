@@ -396,9 +396,9 @@ impl Backend for PgStore {
         r
     }
 
-    async fn prices_since(&self, since_ms: i64) -> Result<Vec<Frame>, StoreError> {
+    async fn prices_between(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Frame>, StoreError> {
         let c = self.conn().await?;
-        let r = query(&c, schema::PRICES_SINCE, &[since_ms.into()], rows::price_point).await;
+        let r = query(&c, schema::PRICES_BETWEEN, &[since_ms.into(), until_ms.into()], rows::price_point).await;
         self.put(c);
         Ok(rows::frames(r?))
     }

@@ -252,7 +252,7 @@ pub fn price_rows(frames: &[Arc<Frame>]) -> Vec<[Param; schema::PRICE_NCOLS]> {
     rows
 }
 
-/// Frames from rows of [`schema::PRICES_SINCE`] (ordered by time): consecutive rows of the
+/// Frames from rows of [`schema::PRICES_BETWEEN`] (ordered by time): consecutive rows of the
 /// same time make one frame.
 pub fn frames(r: Vec<(i64, FramePoint)>) -> Vec<Frame> {
     let mut out: Vec<Frame> = Vec::new();
@@ -265,7 +265,7 @@ pub fn frames(r: Vec<(i64, FramePoint)>) -> Vec<Frame> {
     out
 }
 
-/// A row of [`schema::PRICES_SINCE`]: the frame time (Unix seconds) and the point.
+/// A row of [`schema::PRICES_BETWEEN`]: the frame time (Unix seconds) and the point.
 pub fn price_point(r: &dyn RowLike) -> Result<(i64, FramePoint), StoreError> {
     let t = req_int(r, 0)?.div_euclid(1000);
     let real = |i| r.real(i)?.ok_or_else(|| missing(i));

@@ -113,8 +113,7 @@ pub const PRICE_COLS: &str = "ts_ms, deployment, price_input, price_output, usd_
 pub const PRICE_NCOLS: usize = 6;
 /// Rows per multi-row price history `INSERT`.
 pub const PRICE_ROWS_PER_INSERT: usize = 500;
-pub const PRICES_SINCE: &str =
-    "SELECT ts_ms, deployment, price_input, price_output, usd_per_mwh, stale FROM price_history WHERE ts_ms >= $1 ORDER BY ts_ms, deployment";
+pub const PRICES_BETWEEN: &str = "SELECT ts_ms, deployment, price_input, price_output, usd_per_mwh, stale FROM price_history WHERE ts_ms >= $1 AND ts_ms <= $2 ORDER BY ts_ms, deployment";
 pub const DELETE_PRICES_BEFORE: &str = "DELETE FROM price_history WHERE ts_ms < $1";
 
 /// `INSERT … VALUES (…), (…) ON CONFLICT (id) DO NOTHING` for `rows` usage records.

@@ -333,8 +333,9 @@ impl Backend for SqliteStore {
         .await
     }
 
-    async fn prices_since(&self, since_ms: i64) -> Result<Vec<Frame>, StoreError> {
-        self.with(move |c| Ok(rows::frames(query(c, schema::PRICES_SINCE, &[since_ms.into()], rows::price_point)?))).await
+    async fn prices_between(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Frame>, StoreError> {
+        let ps = [since_ms.into(), until_ms.into()];
+        self.with(move |c| Ok(rows::frames(query(c, schema::PRICES_BETWEEN, &ps, rows::price_point)?))).await
     }
 
     async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError> {
