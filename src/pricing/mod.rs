@@ -70,7 +70,8 @@ impl Default for EnergySettings {
 /// Price history retention and persistence.
 #[derive(Debug, Clone)]
 pub struct HistorySettings {
-    /// Directory for the durable history file; none keeps history in memory only.
+    /// Directory for the durable history file, used when the gateway has no store (a store
+    /// wins); none and no store keeps history in memory only.
     pub data_dir: Option<PathBuf>,
     /// Days kept (≥ 7). Default 7.
     pub retention_days: u32,
