@@ -249,28 +249,47 @@ impl RouteDecision {
 /// Scores are expected finite; a strategy whose scores span no finite range contributes 0.
 pub fn combine(n: usize, scores: &[&[Option<f64>]]) -> (Vec<(usize, f64)>, Vec<usize>) {
     let survives = |i: usize| scores.iter().all(|s| matches!(s.get(i), Some(Some(_))));
-    let (alive, excluded): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| survives(i));
-    let mut combined = vec![0.0f64; alive.len()];
+    let mut ranked: Vec<(usize, f64)> = Vec::with_capacity(n);
+    let mut excluded = Vec::new();
+    for i in 0..n {
+        if survives(i) {
+            ranked.push((i, 0.0));
+        } else {
+            excluded.push(i);
+        }
+    }
     for s in scores {
         let raw = |i: usize| s[i].unwrap_or(0.0);
-        let (lo, hi) = alive.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &i| (lo.min(raw(i)), hi.max(raw(i))));
+        let (lo, hi) = ranked.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(i, _)| (lo.min(raw(i)), hi.max(raw(i))));
         let span = hi - lo;
         if span > 0.0 && span.is_finite() {
-            for (acc, &i) in combined.iter_mut().zip(&alive) {
-                *acc += (raw(i) - lo) / span;
+            for (i, acc) in &mut ranked {
+                *acc += (raw(*i) - lo) / span;
             }
         }
     }
     let k = scores.len().max(1) as f64;
-    let mut ranked: Vec<(usize, f64)> = alive.into_iter().zip(combined).map(|(i, s)| (i, s / k)).collect();
-    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    for (_, acc) in &mut ranked {
+        *acc /= k;
+    }
+    ranked.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
     (ranked, excluded)
 }
 
 /// Builds a decision from strategy runs over `cands` with [`combine`].
 pub fn decide(cands: &[Candidate], strategies: &StrategySet, runs: Vec<StrategyRun>, fallback: Option<Fallback>) -> RouteDecision {
-    let views: Vec<&[Option<f64>]> = runs.iter().map(|r| r.scores.as_slice()).collect();
-    let (ranked, excluded) = combine(cands.len(), &views);
+    // Decisions rarely combine more than a handful of strategies: keep the views on the stack.
+    const INLINE: usize = 8;
+    let (ranked, excluded) = if runs.len() <= INLINE {
+        let mut views: [&[Option<f64>]; INLINE] = [&[]; INLINE];
+        for (v, r) in views.iter_mut().zip(&runs) {
+            *v = &r.scores;
+        }
+        combine(cands.len(), &views[..runs.len()])
+    } else {
+        let views: Vec<&[Option<f64>]> = runs.iter().map(|r| r.scores.as_slice()).collect();
+        combine(cands.len(), &views)
+    };
     RouteDecision {
         ranked: ranked.into_iter().map(|(i, s)| (cands[i], s)).collect(),
         excluded: excluded.into_iter().map(|i| cands[i]).collect(),

@@ -47,9 +47,6 @@ pub mod bindings {
 
 pub use bindings::Info;
 
-/// No data center (third-party routes) in the contract's `data-center` column.
-const NO_DATA_CENTER: u32 = u32::MAX;
-
 /// One deployment of the requested model with its numbers at decision time (see
 /// `wit/strategy.wit` for every field's meaning and unit).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,35 +71,65 @@ pub struct Candidate {
     pub data_center: Option<u32>,
 }
 
-/// A decision's input.
+/// Numbers per candidate this SDK reads (the contract's fields 0..=8).
+const FIELDS: usize = 9;
+
+/// A decision's input: the time, a seed and the candidates.
+///
+/// Candidates are read on demand from the numbers the gateway sent ([`Input::candidates`],
+/// [`Input::candidate`]), so a strategy pays for no copy it does not use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Input {
     /// Decision time, Unix ms.
     pub now_ms: u64,
     /// Per-decision random seed.
     pub seed: u64,
-    /// The candidates, in catalog order; never empty.
-    pub candidates: Vec<Candidate>,
+    count: usize,
+    stride: usize,
+    numbers: Vec<f64>,
+}
+
+impl Input {
+    /// Number of candidates; never zero.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always `false`: the gateway never asks about zero candidates.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Candidate `k` (catalog order). Fields the gateway did not send read as NaN / `None`.
+    pub fn candidate(&self, k: usize) -> Candidate {
+        let row = self.numbers.get(k * self.stride..(k * self.stride + self.stride.min(FIELDS))).unwrap_or(&[]);
+        let at = |f: usize| row.get(f).copied().unwrap_or(f64::NAN);
+        let whole = |x: f64| if x.is_finite() && x >= 0.0 && x <= u32::MAX as f64 { Some(x as u32) } else { None };
+        Candidate {
+            price_input: at(0),
+            price_output: at(1),
+            energy_price: Some(at(2)).filter(|x| !x.is_nan()),
+            ttft_ms: at(3),
+            latency_ms: at(4),
+            tokens_per_s: at(5),
+            in_flight: whole(at(6)).unwrap_or(0),
+            health: at(7),
+            data_center: whole(at(8)),
+        }
+    }
+
+    /// The candidates in catalog order.
+    pub fn candidates(&self) -> impl ExactSizeIterator<Item = Candidate> + '_ {
+        (0..self.count).map(|k| self.candidate(k))
+    }
 }
 
 #[doc(hidden)]
 pub fn __input(i: bindings::DecisionInput) -> Input {
-    let c = &i.candidates;
-    let at = |v: &[f64], k: usize| v.get(k).copied().unwrap_or(f64::NAN);
-    let candidates = (0..c.price_input.len())
-        .map(|k| Candidate {
-            price_input: at(&c.price_input, k),
-            price_output: at(&c.price_output, k),
-            energy_price: Some(at(&c.energy_price, k)).filter(|x| !x.is_nan()),
-            ttft_ms: at(&c.ttft_ms, k),
-            latency_ms: at(&c.latency_ms, k),
-            tokens_per_s: at(&c.tokens_per_s, k),
-            in_flight: c.in_flight.get(k).copied().unwrap_or(0),
-            health: at(&c.health, k),
-            data_center: c.data_center.get(k).copied().filter(|d| *d != NO_DATA_CENTER),
-        })
-        .collect();
-    Input { now_ms: i.now_ms, seed: i.seed, candidates }
+    let stride = (i.stride as usize).max(1);
+    // A malformed count (more candidates than numbers) is cut to what the numbers hold.
+    let count = (i.count as usize).min(i.numbers.len() / stride);
+    Input { now_ms: i.now_ms, seed: i.seed, count, stride, numbers: i.numbers }
 }
 
 /// A routing strategy: describe it with the three constants and score candidates.
@@ -127,7 +154,7 @@ pub trait Strategy {
     /// [`Strategy::score_one`] over them. An `Err` makes the gateway fall back to its native
     /// ranking for this request (and counts a fault).
     fn score(input: &Input) -> Result<Vec<Option<f64>>, String> {
-        Ok(input.candidates.iter().map(|c| Self::score_one(input, c)).collect())
+        Ok(input.candidates().map(|c| Self::score_one(input, &c)).collect())
     }
 }
 

@@ -8,51 +8,37 @@ wasmtime::component::bindgen!({
     world: "joule:strategy/strategy@0.1.0",
 });
 
-/// The contract's "no data center" value.
-const NO_DATA_CENTER: u32 = u32::MAX;
+/// Numbers per candidate in the contract's flat `numbers` list (its `stride`).
+pub(crate) const STRIDE: usize = 9;
 
-/// An empty input whose column buffers [`fill`] reuses across decisions.
+/// An empty input whose `numbers` buffer [`fill`] reuses across decisions.
 pub(crate) fn empty_input() -> DecisionInput {
-    DecisionInput {
-        now_ms: 0,
-        seed: 0,
-        candidates: Candidates {
-            price_input: Vec::new(),
-            price_output: Vec::new(),
-            energy_price: Vec::new(),
-            ttft_ms: Vec::new(),
-            latency_ms: Vec::new(),
-            tokens_per_s: Vec::new(),
-            in_flight: Vec::new(),
-            health: Vec::new(),
-            data_center: Vec::new(),
-        },
-    }
+    DecisionInput { now_ms: 0, seed: 0, count: 0, stride: STRIDE as u32, numbers: Vec::new() }
 }
 
-/// Writes the guest-facing view of `cands` (exactly the scalars of the contract, column by
-/// column) into `input`, keeping its buffers.
+/// Writes the guest-facing view of `cands` (exactly the scalars of the contract, candidate
+/// after candidate in the field order of `wit/strategy.wit`) into `input`, keeping its buffer.
 pub(crate) fn fill(input: &mut DecisionInput, cands: &[HostCandidate], now_ms: u64, seed: u64) {
     input.now_ms = now_ms;
     input.seed = seed;
-    let c = &mut input.candidates;
-    let cols: [(&mut Vec<f64>, fn(&HostCandidate) -> f64); 7] = [
-        (&mut c.price_input, |x| x.quote.cost.input),
-        (&mut c.price_output, |x| x.quote.cost.output),
-        (&mut c.energy_price, |x| x.energy_price.unwrap_or(f64::NAN)),
-        (&mut c.ttft_ms, |x| x.ttft_ms),
-        (&mut c.latency_ms, |x| x.latency_ms),
-        (&mut c.tokens_per_s, |x| x.tokens_per_s),
-        (&mut c.health, |x| x.health),
-    ];
-    for (col, get) in cols {
-        col.clear();
-        col.extend(cands.iter().map(get));
+    input.count = u32::try_from(cands.len()).unwrap_or(u32::MAX);
+    input.stride = STRIDE as u32;
+    let numbers = &mut input.numbers;
+    numbers.clear();
+    numbers.reserve(cands.len() * STRIDE);
+    for c in cands {
+        numbers.extend_from_slice(&[
+            c.quote.cost.input,
+            c.quote.cost.output,
+            c.energy_price.unwrap_or(f64::NAN),
+            c.ttft_ms,
+            c.latency_ms,
+            c.tokens_per_s,
+            f64::from(c.in_flight),
+            c.health,
+            c.data_center.map_or(f64::NAN, f64::from),
+        ]);
     }
-    c.in_flight.clear();
-    c.in_flight.extend(cands.iter().map(|x| x.in_flight));
-    c.data_center.clear();
-    c.data_center.extend(cands.iter().map(|x| x.data_center.unwrap_or(NO_DATA_CENTER)));
 }
 
 /// A fresh guest-facing input for `cands`.
@@ -64,5 +50,5 @@ pub(crate) fn decision_input(cands: &[HostCandidate], now_ms: u64, seed: u64) ->
 
 /// Number of candidates in an input.
 pub(crate) fn len(input: &DecisionInput) -> usize {
-    input.candidates.price_input.len()
+    input.count as usize
 }

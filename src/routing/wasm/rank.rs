@@ -13,7 +13,7 @@ use crate::routing::tags::{Strategy, StrategySet};
 use crate::routing::{decide, native_runs, native_score, Candidate, Engine, Fallback, RouteDecision, StrategyRun};
 
 thread_local! {
-    /// The guest-facing input's column buffers, reused by every decision on this thread.
+    /// The guest-facing input buffer, reused by every decision on this thread.
     static INPUT: RefCell<bindings::DecisionInput> = RefCell::new(bindings::empty_input());
     /// The plugin-set generation this thread last ranked with, to drop warm instances of
     /// replaced plugins once per swap rather than on every call.

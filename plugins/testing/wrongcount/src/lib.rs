@@ -9,7 +9,7 @@ impl Strategy for Short {
     const TAG: &'static str = "wrongcount";
 
     fn score(input: &Input) -> Result<Vec<Option<f64>>, String> {
-        Ok(input.candidates.iter().skip(1).map(|c| Some(c.ttft_ms)).collect())
+        Ok(input.candidates().skip(1).map(|c| Some(c.ttft_ms)).collect())
     }
 }
 
