@@ -212,7 +212,7 @@ fn bad_components_are_rejected_at_load_and_the_old_version_stays() {
     };
     let e = err(&guests::bytes("mismatch"));
     assert!(matches!(e, LoadError::World(_)), "{e}");
-    assert!(e.to_string().contains("does not match the world joule:strategy/strategy@0.1.0"), "{e}");
+    assert!(e.to_string().contains("does not match the world joule:strategy/strategy@0.2.0"), "{e}");
     let e = err(&guests::bytes("clock"));
     assert!(matches!(e, LoadError::Imports(_)) && e.to_string().contains("`now`"), "{e}");
     assert_eq!(err(b"\0asm\x01\0\0\0"), LoadError::CoreModule);

@@ -1,7 +1,7 @@
 //! Guest-side helper for joule routing strategies.
 //!
 //! A strategy implements [`Strategy`] and exports itself with [`export_strategy!`]; this crate
-//! owns the `wit-bindgen` glue for the `joule:strategy@0.1.0` world (`wit/strategy.wit`), so a
+//! owns the `wit-bindgen` glue for the `joule:strategy@0.2.0` world (`wit/strategy.wit`), so a
 //! strategy crate never touches generated code:
 //!
 //! ```ignore
@@ -38,7 +38,7 @@ use alloc::vec::Vec;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "joule:strategy/strategy@0.1.0",
+        world: "joule:strategy/strategy@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "joule_strategy_sdk::bindings",

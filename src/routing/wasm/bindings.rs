@@ -1,11 +1,11 @@
-//! The generated host bindings of the `joule:strategy@0.1.0` world (`wit/strategy.wit`). This
+//! The generated host bindings of the `joule:strategy@0.2.0` world (`wit/strategy.wit`). This
 //! is the only module that sees generated code; the rest of the host uses the conversions here.
 
 use crate::routing::Candidate as HostCandidate;
 
 wasmtime::component::bindgen!({
     path: "wit",
-    world: "joule:strategy/strategy@0.1.0",
+    world: "joule:strategy/strategy@0.2.0",
 });
 
 /// Numbers per candidate in the contract's flat `numbers` list (its `stride`).

@@ -147,7 +147,7 @@ pub fn check(bytes: &[u8], opts: &CheckOptions) -> CheckReport {
     report.items.push(CheckItem {
         name: "contract",
         ok: true,
-        detail: "a component of the joule:strategy@0.1.0 world, no imports".into(),
+        detail: "a component of the joule:strategy@0.2.0 world, no imports".into(),
     });
     report.items.push(CheckItem { name: "describe", ok: true, detail: format!("tag `{}`, version `{}`", info.tag, info.version) });
     report.info = Some(info.clone());

@@ -92,9 +92,9 @@ pub enum LoadError {
     CoreModule,
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("the component imports {0}, but the joule:strategy@0.1.0 contract allows no imports (no WASI, clock or randomness: the time and a seed arrive in the input)")]
+    #[error("the component imports {0}, but the joule:strategy@0.2.0 contract allows no imports (no WASI, clock or randomness: the time and a seed arrive in the input)")]
     Imports(String),
-    #[error("the component does not match the world joule:strategy/strategy@0.1.0 (exports `describe: func() -> info` and `score: func(input: decision-input) -> result<list<option<f64>>, string>`): {0}")]
+    #[error("the component does not match the world joule:strategy/strategy@0.2.0 (exports `describe: func() -> info` and `score: func(input: decision-input) -> result<list<option<f64>>, string>`): {0}")]
     World(String),
     #[error("describe() failed: {0}")]
     Describe(String),

@@ -1,5 +1,5 @@
 //! The Wasm strategy host: every routing strategy — the built-ins included — is a WebAssembly
-//! component of the `joule:strategy@0.1.0` world (`wit/strategy.wit`), run by wasmtime in a
+//! component of the `joule:strategy@0.2.0` world (`wit/strategy.wit`), run by wasmtime in a
 //! sandbox and swappable while traffic flows.
 //!
 //! - [`host`]: the engine (built once), load-time validation, the per-call sandbox.
