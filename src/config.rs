@@ -786,7 +786,7 @@ fn validate(
                         }
                     };
                     if d.list_price_input.is_some() || d.list_price_output.is_some() {
-                        p.add(format!("{dpath}"), "list_price_* is for provider routes; hosted deployments use base_price_*");
+                        p.add(dpath.to_string(), "list_price_* is for provider routes; hosted deployments use base_price_*");
                     }
                     let base = TokenPrice {
                         input: p.price(&format!("{dpath}.base_price_input"), d.base_price_input),
@@ -823,7 +823,7 @@ fn validate(
                         p.add(format!("{dpath}.provider"), format!("unknown provider `{pr}`"));
                     }
                     if d.url.is_some() || d.api_key_env.is_some() {
-                        p.add(format!("{dpath}"), "url/api_key_env belong to the provider for provider routes");
+                        p.add(dpath.to_string(), "url/api_key_env belong to the provider for provider routes");
                     }
                     if d.gpu.is_some() || d.floor_price_input.is_some() || d.floor_price_output.is_some() {
                         p.add(dpath.clone(), "gpu and floor_price_* are for hosted deployments");

@@ -118,7 +118,7 @@ async fn active_probes_open_and_close_the_breaker() {
         assert!(Instant::now() < deadline, "probes never opened the breaker");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(d0.requests() > 0, true);
+    assert!(d0.requests() > 0);
     assert_eq!(deployment_of(&gw, &client(), MODEL, false).await, "dep1");
     // ...and close it once dep0 answers again.
     d0.set_config(MockConfig::default());

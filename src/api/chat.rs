@@ -22,9 +22,12 @@ pub struct ChatRequest {
     /// The client asked for the usage chunk (`stream_options.include_usage: true`).
     pub include_usage: bool,
     model_span: Range<usize>,
-    stream_options: Option<(Range<usize>, Option<serde_json::Map<String, serde_json::Value>>)>,
+    stream_options: Option<StreamOptions>,
     object_end: usize,
 }
+
+/// Where `stream_options` sits in the body, and its members when it is an object.
+type StreamOptions = (Range<usize>, Option<serde_json::Map<String, serde_json::Value>>);
 
 struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 

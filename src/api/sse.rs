@@ -50,8 +50,7 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseItem>) -> Result<(), SseError> {
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
-        loop {
-            let Some(rel) = memchr::memchr2(b'\n', b'\r', &self.buf[start..]) else { break };
+        while let Some(rel) = memchr::memchr2(b'\n', b'\r', &self.buf[start..]) {
             let end = start + rel;
             let next = if self.buf[end] == b'\r' {
                 match self.buf.get(end + 1) {

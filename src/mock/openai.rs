@@ -592,6 +592,15 @@ impl ApiError {
     }
 }
 
+/// Sleeps until `at`, returning at once when it is not in the future: tokio rounds timer
+/// deadlines up to its next millisecond tick, which would make an "immediate" mock answer
+/// take ~1 ms and inflate every baseline measured against it.
+async fn wait_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,14 +625,5 @@ mod tests {
         assert_eq!(decode_time(10, -1.0), Duration::ZERO);
         assert_eq!(decode_time(10, 1e-300), MAX_DELAY);
         assert_eq!(decode_time(4, 8.0), Duration::from_millis(500));
-    }
-}
-
-/// Sleeps until `at`, returning at once when it is not in the future: tokio rounds timer
-/// deadlines up to its next millisecond tick, which would make an "immediate" mock answer
-/// take ~1 ms and inflate every baseline measured against it.
-async fn wait_until(at: Instant) {
-    if at > Instant::now() {
-        tokio::time::sleep_until(at).await;
     }
 }

@@ -41,6 +41,8 @@ struct SessionIo<'a> {
     session: &'a mut Session,
 }
 
+// pingora hands its errors over boxed; taking the box keeps `map_err(io_err)` direct.
+#[allow(clippy::boxed_local)]
 fn io_err(e: Box<pingora::Error>) -> DownstreamError {
     DownstreamError(e.etype().as_str().to_string())
 }
