@@ -170,6 +170,18 @@ async fn admin_api_manages_projects_and_keys_with_isolation() {
     assert_eq!(gw.chat(&c, chat_body("other-model", false)).send().await.unwrap().status(), 200);
     assert_eq!(m1.requests() + m2.requests(), 5, "the refused request never went upstream");
 
+    // The model catalog shows a key only what its project may use; another project's model
+    // answers like an unknown one.
+    let get = |key: &str, path: &str| c.get(format!("{}{path}", gw.base().trim_end_matches("/v1"))).bearer_auth(key).send();
+    let ids = |v: Value| v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(get(&alpha_key, "/v1/models").await.unwrap().json().await.unwrap()), vec![MODEL.to_string()]);
+    assert_eq!(ids(get(&beta_key, "/v1/models").await.unwrap().json().await.unwrap()), vec![MODEL.to_string(), "other-model".into()]);
+    assert_eq!(get(&alpha_key, &format!("/v1/models/{MODEL}")).await.unwrap().status(), 200);
+    for path in ["/v1/models/other-model", "/v1/models/other-model/prices"] {
+        expect_error(get(&alpha_key, path).await.unwrap(), 404, Some("model_not_found")).await;
+        assert_eq!(get(&beta_key, path).await.unwrap().status(), 200, "{path}");
+    }
+
     // Usage: isolation by project, filters, pagination, CSV.
     wait_for_records(&gw, &c, "", 6, Duration::from_secs(10)).await;
     let (_, ua) = admin(&gw, &c, "GET", "/usage?project=alpha", None).await;

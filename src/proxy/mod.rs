@@ -276,15 +276,15 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             Err(e) => Err(e),
         },
         ("/v1/models", &Method::GET) => {
-            authenticate(gw, head, rec).map(|_| models::list(&world.catalog, &gw.pricing.book()))
+            authenticate(gw, head, rec).map(|p| models::list(&world.catalog, &gw.pricing.book(), &|m| p.may_use(m)))
         }
         (p, &Method::GET) if p.starts_with("/v1/models/") && p.ends_with("/prices") => authenticate(gw, head, rec)
-            .and_then(|_| {
+            .and_then(|key| {
                 let id = &p["/v1/models/".len()..p.len() - "/prices".len()];
-                models::prices(&world.catalog, &gw.pricing, id, head.query.as_deref())
+                models::prices(&world.catalog, &gw.pricing, id, head.query.as_deref(), &|m| key.may_use(m))
             }),
         (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(gw, head, rec)
-            .and_then(|_| models::one(&world.catalog, &gw.pricing.book(), &p["/v1/models/".len()..])),
+            .and_then(|key| models::one(&world.catalog, &gw.pricing.book(), &p["/v1/models/".len()..], &|m| key.may_use(m))),
         ("/healthz" | "/v1/chat/completions" | "/v1/models", m) => {
             Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })
         }

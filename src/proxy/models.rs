@@ -66,30 +66,33 @@ fn model_json(catalog: &Catalog, book: &PriceBook, m: &Model) -> Value {
     })
 }
 
-/// The model list document.
-pub fn list(catalog: &Catalog, book: &PriceBook) -> Vec<u8> {
-    let data: Vec<Value> = catalog.models.iter().map(|m| model_json(catalog, book, m)).collect();
+/// The model list document: the models `visible` admits (the key's project allow-list).
+pub fn list(catalog: &Catalog, book: &PriceBook, visible: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    let data: Vec<Value> = catalog.models.iter().filter(|m| visible(&m.id)).map(|m| model_json(catalog, book, m)).collect();
     json!({"object": "list", "data": data}).to_string().into_bytes()
 }
 
-fn find<'c>(catalog: &'c Catalog, id: &str) -> Result<&'c Model, ApiError> {
-    catalog.model(id).ok_or_else(|| ApiError::ModelNotFound { model: id.chars().take(200).collect() })
+/// The model `id` if it exists and `visible` admits it; a model the key may not use is
+/// answered exactly like an unknown one, so keys cannot probe other projects' catalogs.
+fn find<'c>(catalog: &'c Catalog, id: &str, visible: &dyn Fn(&str) -> bool) -> Result<&'c Model, ApiError> {
+    catalog.model(id).filter(|m| visible(&m.id)).ok_or_else(|| ApiError::ModelNotFound { model: id.chars().take(200).collect() })
 }
 
 /// One model, by public id (tags are not part of a model id).
 ///
 /// # Errors
-/// 404 `model_not_found`.
-pub fn one(catalog: &Catalog, book: &PriceBook, id: &str) -> Result<Vec<u8>, ApiError> {
-    find(catalog, id).map(|m| model_json(catalog, book, m).to_string().into_bytes())
+/// 404 `model_not_found` (also for a model `visible` refuses).
+pub fn one(catalog: &Catalog, book: &PriceBook, id: &str, visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, ApiError> {
+    find(catalog, id, visible).map(|m| model_json(catalog, book, m).to_string().into_bytes())
 }
 
 /// The price history of a model over a window (default `24h`).
 ///
 /// # Errors
-/// 404 `model_not_found`; 400 for a window other than `4h`, `24h`, `7d`.
-pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
-    let m = find(catalog, id)?;
+/// 404 `model_not_found` (also for a model `visible` refuses); 400 for a window other than
+/// `4h`, `24h`, `7d`.
+pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str>, visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, ApiError> {
+    let m = find(catalog, id, visible)?;
     let requested = query
         .unwrap_or("")
         .split('&')
