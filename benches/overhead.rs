@@ -57,7 +57,7 @@
 
 use std::cell::Cell;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +69,10 @@ use joule::api::sse::{SseItem, SseParser};
 use joule::mock::{MockConfig, MockServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+// Loopback ports and recognising a start that lost them, shared with the integration tests.
+#[path = "../tests/common/ports.rs"]
+mod ports;
 
 /// The client's API key (its hash goes in joule's `[[keys]]`).
 const KEY: &str = "sk-bench-client-key-0123456789";
@@ -908,16 +912,103 @@ enum StoreMode {
 struct Joule {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Config, log and store; kept once joule serves.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// How one start of joule ended.
+enum Started {
+    Serving,
+    /// Another process took one of the ports after they were picked (see `ports`).
+    PortTaken,
+}
+
+/// Two fresh loopback addresses, for the API and the admin listener.
+fn fresh_addrs() -> (SocketAddr, SocketAddr) {
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    (loopback(ports::free_port()), loopback(ports::free_port()))
 }
 
 impl Joule {
+    /// Starts joule, again on fresh ports when the picked ones were taken meanwhile (up to
+    /// `ports::START_ATTEMPTS` times); any other start-up failure is an error at once.
     fn start(upstream: SocketAddr, threads: usize, variant: Variant) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let config = format!(
+        let config_path = dir.path().join("joule.toml");
+        let write_config = |addr: SocketAddr, admin: SocketAddr| {
+            std::fs::write(&config_path, Self::config(addr, admin, upstream, threads, variant))
+                .context("writing joule's config")
+        };
+        let (mut addr, mut admin) = fresh_addrs();
+        write_config(addr, admin)?;
+        if variant.store == StoreMode::Project {
+            // Limits and budget far above what the bench can reach: checked, never refusing.
+            let args = "projects create bench --rpm 4000000000 --tpm 4000000000 \
+                        --budget 1000000000 --config";
+            let out = Command::new(env!("CARGO_BIN_EXE_joule"))
+                .args(args.split_whitespace())
+                .arg(&config_path)
+                .env_remove("RUST_LOG")
+                .output()
+                .context("creating the bench project")?;
+            if !out.status.success() {
+                bail!(
+                    "joule projects create failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let log = dir.path().join("joule.log");
+        let mut lost = Vec::new();
+        for attempt in 0..ports::START_ATTEMPTS {
+            if attempt > 0 {
+                (addr, admin) = fresh_addrs();
+                write_config(addr, admin)?;
+            }
+            let log_file = std::fs::File::create(&log).context("creating joule's log file")?;
+            let binary = env!("CARGO_BIN_EXE_joule");
+            let child = Command::new(binary)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                // The config's log level applies, not the caller's RUST_LOG.
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .with_context(|| format!("starting {binary}"))?;
+            // Killed on drop from here on.
+            let mut joule = Self {
+                child,
+                addr,
+                admin,
+                log: log.clone(),
+                _dir: None,
+            };
+            if let Started::Serving = joule.wait_ready()? {
+                joule._dir = Some(dir);
+                return Ok(joule);
+            }
+            lost.push((addr, admin));
+        }
+        bail!(
+            "joule lost its ports on every attempt ({lost:?}); log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    }
+
+    /// joule's config file for these listeners, upstream and variant.
+    fn config(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        upstream: SocketAddr,
+        threads: usize,
+        variant: Variant,
+    ) -> String {
+        format!(
             r#"[server]
 listen = ["{addr}"]
 admin_listen = "{admin}"
@@ -970,58 +1061,25 @@ sha256 = "{hash}"
                 StoreMode::Default | StoreMode::Project =>
                     "backend = \"sqlite\"\npath = \"joule.db\"",
             },
-        );
-        let config_path = dir.path().join("joule.toml");
-        std::fs::write(&config_path, config).context("writing joule's config")?;
-        if variant.store == StoreMode::Project {
-            // Limits and budget far above what the bench can reach: checked, never refusing.
-            let args = "projects create bench --rpm 4000000000 --tpm 4000000000 \
-                        --budget 1000000000 --config";
-            let out = Command::new(env!("CARGO_BIN_EXE_joule"))
-                .args(args.split_whitespace())
-                .arg(&config_path)
-                .env_remove("RUST_LOG")
-                .output()
-                .context("creating the bench project")?;
-            if !out.status.success() {
-                bail!(
-                    "joule projects create failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        let log = dir.path().join("joule.log");
-        let log_file = std::fs::File::create(&log).context("creating joule's log file")?;
-        let binary = env!("CARGO_BIN_EXE_joule");
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            // The config's log level applies, not the caller's RUST_LOG.
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {binary}"))?;
-        let mut joule = Self {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        joule.wait_ready()?;
-        Ok(joule)
+        )
     }
 
-    /// Waits (bounded) until the API listener accepts connections.
-    fn wait_ready(&mut self) -> Result<()> {
+    /// Waits (bounded) until joule holds both listeners and the API listener accepts
+    /// connections, or says it lost a port to another process.
+    fn wait_ready(&mut self) -> Result<Started> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
+            if ports::port_taken(&self.logs()) {
+                return Ok(Started::PortTaken);
+            }
             self.check_alive()?;
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            let pid = self.child.id();
+            if ports::listens_on(pid, self.addr.port())
+                && ports::listens_on(pid, self.admin.port())
+                && std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
+                    .is_ok()
             {
-                return Ok(());
+                return Ok(Started::Serving);
             }
             if Instant::now() > deadline {
                 bail!(
@@ -1052,12 +1110,6 @@ impl Drop for Joule {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free loopback port (bound, then released for the gateway to bind).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr().context("finding a free port")?.port())
 }
 
 // ---------------------------------------------------------------------------------------------

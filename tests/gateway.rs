@@ -263,7 +263,8 @@ async fn all_deployments_failed() {
     expect_error(gw.chat(&client(), chat_body(MODEL, false)).send().await.unwrap(), 504, Some("upstream_timeout")).await;
     drop(gw);
     // nothing listening → 502
-    let gw = Gateway::start(&hosted_catalog(MODEL, &[format!("http://127.0.0.1:{}/v1", free_port())])).await;
+    let (_reserved, refusing) = refusing_port();
+    let gw = Gateway::start(&hosted_catalog(MODEL, &[format!("http://127.0.0.1:{refusing}/v1")])).await;
     expect_error(gw.chat(&client(), chat_body(MODEL, false)).send().await.unwrap(), 502, Some("upstream_failed")).await;
 }
 
@@ -319,13 +320,13 @@ async fn tls_listener_speaks_http1_and_http2() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), &id.cert_chain_pem).unwrap();
     std::fs::write(dir.path().join("key.pem"), &id.key_pem).unwrap();
-    let tls_port = free_port();
     let server_extra = format!(
-        "[server.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        "[server.tls]\nlisten = [\"127.0.0.1:{{tls_port}}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
         dir.path().join("cert.pem").display(),
         dir.path().join("key.pem").display()
     );
     let gw = Gateway::start_with(&hosted_catalog(MODEL, &[m.base_url()]), &server_extra, &[]).await;
+    let tls_port = gw.tls_port.unwrap();
     let root = reqwest::Certificate::from_pem(ca.ca_cert_pem.as_bytes()).unwrap();
     for (h2, version) in [(false, reqwest::Version::HTTP_11), (true, reqwest::Version::HTTP_2)] {
         let mut b = reqwest::Client::builder().no_proxy().add_root_certificate(root.clone());
@@ -457,28 +458,95 @@ async fn port_in_use_is_a_clear_start_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+    // The harness recognises it, and so retries such a start on fresh ports.
+    assert!(ports::port_taken(&err), "{err}");
+}
+
+#[test]
+fn only_a_port_in_use_counts_as_a_lost_port() {
+    // As pingora logs it when its own bind finds the port taken (it retries for 30 s).
+    let pingora = r#"{"timestamp":"2026-11-26T13:13:35.688595Z","level":"WARN","fields":{"message":"127.0.0.1:48111 is in use, will try again","log.target":"pingora_core::listeners::l4"},"target":"pingora_core::listeners::l4"}"#;
+    assert!(ports::port_taken(pingora));
+    assert!(!ports::port_taken("error: cannot listen on 192.0.2.1:8080: Cannot assign requested address (os error 99)"));
+    assert!(!ports::port_taken("error: server.listen[0]: not an address"));
+}
+
+#[test]
+fn listening_is_told_apart_from_bound_and_from_other_processes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(ports::listens_on(std::process::id(), port));
+    // PID 1 is never this test's process.
+    assert!(!ports::listens_on(1, port));
+    drop(listener);
+    assert!(!ports::listens_on(std::process::id(), port));
+    let (_bound, port) = refusing_port();
+    assert!(!ports::listens_on(std::process::id(), port));
+}
+
+/// `joule serve` on `ports`, with the harness's minimal config in `dir`.
+fn spawn_serve(dir: &std::path::Path, api: u16, admin: u16, extra: &str) -> std::process::Child {
+    let path = dir.join("joule.toml");
+    let config = format!("[server]\nlisten = [\"127.0.0.1:{api}\"]\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\n{extra}\n{}", keys_toml());
+    std::fs::write(&path, config).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_joule")).arg("serve").arg("--config").arg(&path).stderr(log_file(&dir.join("log"))).spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_loses_its_port_is_retried_on_fresh_ports() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let m = mock(MockConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut attempts = 0;
+    let (mut child, ports) = serve(0, &dir.path().join("log"), |p| {
+        attempts += 1;
+        // The first attempt gets a port another process took since it was picked.
+        let api = if attempts == 1 { taken_port } else { p.api };
+        spawn_serve(dir.path(), api, p.admin, &hosted_catalog(MODEL, &[m.base_url()]))
+    })
+    .await;
+    assert_eq!(attempts, 2);
+    assert_ne!(ports.api, taken_port);
+    let v: serde_json::Value = client().get(format!("http://127.0.0.1:{}/v1/models", ports.api)).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["data"][0]["id"], MODEL, "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_otherwise_is_not_retried() {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut attempts = 0;
+    let started = std::panic::AssertUnwindSafe(serve(0, &dir.path().join("log"), |p| {
+        attempts += 1;
+        spawn_serve(dir.path(), p.api, p.admin, "[limits]\nno_such_limit = 1\n")
+    }))
+    .catch_unwind()
+    .await;
+    let message = started.err().and_then(|e| e.downcast::<String>().ok()).expect("the start panics");
+    assert!(message.contains("joule exited early") && message.contains("no_such_limit"), "{message}");
+    assert_eq!(attempts, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_every_model_with_the_demo_key() {
-    let (port, admin) = (free_port(), free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut banner = String::new();
-    for _ in 0..3 {
-        std::io::BufRead::read_line(&mut stdout, &mut banner).unwrap();
-    }
+    let dir = tempfile::tempdir().unwrap();
+    let (banner, log) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let (mut child, ports) = serve(0, &log, |p| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
+            .args(["demo", "--listen", &format!("127.0.0.1:{}", p.api), "--admin-listen", &format!("127.0.0.1:{}", p.admin)])
+            .stdout(log_file(&banner))
+            .stderr(log_file(&log))
+            .spawn()
+            .unwrap()
+    })
+    .await;
+    let (port, admin) = (ports.api, ports.admin);
+    // Printed before the listeners start.
+    let banner = std::fs::read_to_string(&banner).unwrap();
     assert!(banner.contains(&format!("http://127.0.0.1:{port}/v1")) && banner.contains("sk-joule-demo"), "{banner}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !healthy(port).await {
-        assert!(Instant::now() < deadline, "demo not listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let c = client();
     // Energy prices replay while the demo runs, so the cheapest data center may change.
     let llama8b: &[&str] = &["caiso-sp15", "ercot-houston", "pjm-chicago"];

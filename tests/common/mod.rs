@@ -3,10 +3,9 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod ports;
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,30 +13,18 @@ use futures_util::StreamExt;
 use joule::api::sse::{SseItem, SseParser};
 #[allow(unused_imports)]
 pub use joule::mock::{Failure, MockConfig, MockServer, SseFraming, TestCa};
+pub use ports::free_port;
 
 pub const KEY: &str = "sk-test-client-key-0123456789";
 pub const PROVIDER_SECRET: &str = "sk-provider-secret-abcdef";
-
-/// A free loopback port (bound then released; the gateway binds it right after). Never the
-/// same port twice in one test process: tests run in parallel, and the kernel may hand a just
-/// released port to the next `bind(0)`, which would put two gateways on one port.
-pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
-        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.contains(&port) {
-            seen.push(port);
-            return port;
-        }
-    }
-}
 
 /// A running gateway process.
 pub struct Gateway {
     child: Option<Child>,
     pub port: u16,
     pub admin_port: u16,
+    /// The TLS listener's port, when `[server]` lines named `{tls_port}`.
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     log: PathBuf,
 }
@@ -73,45 +60,32 @@ impl Gateway {
         Self::start_with(extra, "", &[]).await
     }
 
-    /// As [`start`], with extra `[server]` lines and environment variables.
+    /// As [`start`], with extra `[server]` lines and environment variables. In `server_extra`,
+    /// `{tls_port}` stands for one more fresh port (see [`Gateway::tls_port`]).
     pub async fn start_with(extra: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let admin_port = free_port();
-        let config = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:{admin_port}\"\nthreads = 1\ngrace_period_s = 10\n{server_extra}\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{}\n{extra}",
-            keys_toml()
-        );
         let path = dir.path().join("joule.toml");
-        std::fs::write(&path, config).expect("write config");
         let log = dir.path().join("joule.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_joule"));
-        cmd.arg("serve").arg("--config").arg(&path).stdout(Stdio::null()).stderr(log_file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn joule");
-        let mut gw = Gateway { child: Some(child), port, admin_port, dir, log };
-        gw.wait_ready().await;
-        gw
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("joule exited early ({status}):\n{}", self.logs());
-            }
-            // An HTTP answer, not just a TCP connect: a connect to a port nobody listens on yet
-            // can succeed as a TCP self-connection.
-            if healthy(self.port).await && healthy(self.admin_port).await {
-                return;
-            }
-            assert!(Instant::now() < deadline, "joule not ready in 30 s:\n{}", self.logs());
-            // Readiness probe interval: the condition checked is the listener accepting.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let tls = server_extra.contains("{tls_port}");
+        let (child, ports) = serve(usize::from(tls), &log, |p| {
+            let server_extra = match p.extra.first() {
+                Some(tls_port) => server_extra.replace("{tls_port}", &tls_port.to_string()),
+                None => server_extra.to_string(),
+            };
+            let config = format!(
+                "[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin_listen = \"127.0.0.1:{}\"\nthreads = 1\ngrace_period_s = 10\n{server_extra}\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{}\n{extra}",
+                p.api,
+                p.admin,
+                keys_toml()
+            );
+            std::fs::write(&path, config).expect("write config");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_joule"));
+            cmd.arg("serve").arg("--config").arg(&path).stdout(Stdio::null()).stderr(log_file(&log));
+            cmd.envs(env.iter().copied());
+            cmd.spawn().expect("spawn joule")
+        })
+        .await;
+        Gateway { child: Some(child), port: ports.api, admin_port: ports.admin, tls_port: ports.extra.first().copied(), dir, log }
     }
 
     pub fn base(&self) -> String {
@@ -123,11 +97,7 @@ impl Gateway {
     }
 
     pub fn logs(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
+        read_log(&self.log)
     }
 
     pub fn pid(&self) -> u32 {
@@ -164,6 +134,116 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
+}
+
+/// Loopback ports of one start attempt: the API and admin listeners, which both answer
+/// `/healthz`, and `extra` more (a TLS listener) that only have to be listening.
+#[derive(Debug)]
+pub struct Ports {
+    pub api: u16,
+    pub admin: u16,
+    pub extra: Vec<u16>,
+}
+
+impl Ports {
+    fn fresh(extra: usize) -> Ports {
+        Ports { api: free_port(), admin: free_port(), extra: (0..extra).map(|_| free_port()).collect() }
+    }
+
+    fn all(&self) -> impl Iterator<Item = u16> + '_ {
+        [self.api, self.admin].into_iter().chain(self.extra.iter().copied())
+    }
+}
+
+/// A (re)created file for a child's output.
+pub fn log_file(path: &Path) -> std::fs::File {
+    std::fs::File::create(path).expect("log file")
+}
+
+/// Starts a joule server process with `spawn` on fresh [`Ports`] and returns it once it
+/// serves: it holds every port's listening socket itself and `/healthz` answers 200 on the
+/// API and admin ports. `spawn` starts the process with its log (stderr) going to `log`,
+/// recreated. When the process lost a port to another process ([`ports::port_taken`]), it is
+/// killed and started again on fresh ports, up to [`ports::START_ATTEMPTS`] times in all.
+///
+/// Retrying rather than avoiding the race: joule cannot be told to bind port 0 and report the
+/// port, because pingora binds the listeners and does not say which port it got (see
+/// [`ports`]). Only a lost port is retried, so every other start-up failure still fails the
+/// test at once, with the log.
+///
+/// # Panics
+/// When the process exits for any other reason, is not serving within 30 s, or loses its
+/// ports on every attempt.
+pub async fn serve(extra_ports: usize, log: &Path, mut spawn: impl FnMut(&Ports) -> Child) -> (Child, Ports) {
+    let mut lost = Vec::new();
+    for _ in 0..ports::START_ATTEMPTS {
+        let ports = Ports::fresh(extra_ports);
+        let mut child = spawn(&ports);
+        let stop = |mut child: Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        match wait_serving(&mut child, &ports, log).await {
+            Attempt::Serving => return (child, ports),
+            Attempt::PortTaken => {
+                stop(child);
+                eprintln!("joule lost one of its ports {ports:?} to another process; starting it again on fresh ports");
+                lost.push(ports);
+            }
+            Attempt::Failed(why) => {
+                stop(child);
+                panic!("{why}");
+            }
+        }
+    }
+    panic!("joule lost its ports on every attempt {lost:?}; last log:\n{}", read_log(log));
+}
+
+/// How one start attempt ended.
+enum Attempt {
+    Serving,
+    /// Another process holds one of the ports.
+    PortTaken,
+    /// Any other failure, with its description and the log.
+    Failed(String),
+}
+
+async fn wait_serving(child: &mut Child, ports: &Ports, log: &Path) -> Attempt {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The exit status before the log, so that an exited process's log is complete.
+        let exited = child.try_wait().expect("child status");
+        let output = read_log(log);
+        if ports::port_taken(&output) {
+            return Attempt::PortTaken;
+        }
+        if let Some(status) = exited {
+            return Attempt::Failed(format!("joule exited early ({status}):\n{output}"));
+        }
+        // An HTTP answer as well: a connect to a port nobody listens on yet can succeed as a
+        // TCP self-connection, and a listening socket is not yet an accept loop.
+        if ports.all().all(|p| ports::listens_on(child.id(), p)) && healthy(ports.api).await && healthy(ports.admin).await {
+            return Attempt::Serving;
+        }
+        if Instant::now() > deadline {
+            return Attempt::Failed(format!("joule not serving on {ports:?} in 30 s:\n{output}"));
+        }
+        // Readiness probe interval: the condition checked is the listeners accepting.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A loopback port that refuses connections for as long as the returned socket lives: the
+/// socket is bound, so no other process can listen there, but is not listening.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let port = socket.local_addr().expect("local address").port();
+    (socket, port)
 }
 
 /// True when `GET /healthz` on the loopback port answers 200.

@@ -2,6 +2,11 @@
 
 Starts real processes on ephemeral loopback ports: two `joule mock` backends and
 `joule serve` in front of them, with a 1 MiB body limit so 413 is cheap to provoke.
+
+The mocks bind port 0 and say which port they got. `joule serve` cannot (pingora binds
+its listeners and does not report the port), so it gets picked ports, which another
+process may take before joule binds them: such a start is recognised and retried on fresh
+ports, as the Rust harness does (tests/common/ports.rs has the reasons and the rules).
 """
 
 import hashlib
@@ -27,6 +32,7 @@ def joule_bin() -> str:
 
 
 _handed_out: set[int] = set()
+START_ATTEMPTS = 5
 
 
 def free_port() -> int:
@@ -54,30 +60,64 @@ def start_mock(*args: str) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[-1]
 
 
-def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
+def port_taken(output: str) -> bool:
+    """joule's output says another process holds one of its ports (see ports.rs)."""
+    return any(
+        ("cannot listen on" in line and "Address already in use" in line)
+        or "is in use, will try again" in line
+        for line in output.splitlines()
+    )
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Process `pid` holds the socket listening on loopback `port` (see ports.rs)."""
+    if not Path("/proc/self/net/tcp").exists():
+        return True  # no /proc: not checked
+    sockets = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    rows = (row.split() for row in table)
+    return any(len(f) > 9 and f[1] in local and f[3] == "0A" and f"socket:[{f[9]}]" in sockets for f in rows)
+
+
+def healthy(port: int) -> bool:
+    # An HTTP answer, not just a TCP connect (which can self-connect on loopback).
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_serving(ports: tuple[int, int], proc: subprocess.Popen, log: Path) -> bool:
+    """True once joule serves on `ports` itself; False when it lost one of them."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"joule exited early:\n{log.read_text()}")
-        # An HTTP answer, not just a TCP connect (which can self-connect on loopback).
-        try:
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.02)  # readiness probe interval; the condition is the accepting listener
-    pytest.fail(f"joule not listening after 30 s:\n{log.read_text()}")
+        exited = proc.poll() is not None  # before reading the log, so that it is complete
+        output = log.read_text()
+        if port_taken(output):
+            return False
+        if exited:
+            pytest.fail(f"joule exited early:\n{output}")
+        if all(listens_on(proc.pid, p) and healthy(p) for p in ports):
+            return True
+        time.sleep(0.02)  # readiness probe interval; the condition is the accepting listeners
+    pytest.fail(f"joule not serving on {ports} after 30 s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def gateway():
-    fast, fast_url = start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8")
-    failing, failing_url = start_mock("--failure", "500")
-    tmp = Path(tempfile.mkdtemp(prefix="joule-py-"))
-    port, admin = free_port(), free_port()
+def gateway_config(port: int, admin: int, fast_url: str, failing_url: str) -> str:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
-    config = f"""
+    return f"""
 [server]
 listen = ["127.0.0.1:{port}"]
 admin_listen = "127.0.0.1:{admin}"
@@ -115,18 +155,34 @@ base_price_output = 0.2
 name = "sdk"
 sha256 = "{digest}"
 """
-    (tmp / "joule.toml").write_text(config)
-    log = tmp / "joule.log"
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(
-            [joule_bin(), "serve", "--config", str(tmp / "joule.toml")],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    fast, fast_url = start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8")
+    failing, failing_url = start_mock("--failure", "500")
+    tmp = Path(tempfile.mkdtemp(prefix="joule-py-"))
+    procs = [fast, failing]
     try:
-        wait_listening(port, proc, log)
+        for _ in range(START_ATTEMPTS):
+            port, admin = free_port(), free_port()
+            (tmp / "joule.toml").write_text(gateway_config(port, admin, fast_url, failing_url))
+            log = tmp / "joule.log"
+            with open(log, "w") as log_file:
+                proc = subprocess.Popen(
+                    [joule_bin(), "serve", "--config", str(tmp / "joule.toml")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                )
+            procs.append(proc)
+            if wait_serving((port, admin), proc, log):
+                break
+            proc.kill()
+            proc.wait()
+        else:
+            pytest.fail(f"joule lost its ports on every attempt:\n{log.read_text()}")
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        for p in (proc, fast, failing):
+        for p in procs:
             p.kill()
             p.wait()
