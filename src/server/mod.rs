@@ -38,8 +38,10 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("TLS listener: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    // `error`, not `source`: the reason is part of this message, so it must not print again
+    // as the next link of the error chain.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: std::net::SocketAddr, error: std::io::Error },
     #[error(transparent)]
     Energy(#[from] crate::pricing::feed::StartError),
     #[error("store: {0}")]
@@ -56,7 +58,7 @@ const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 fn check_bind(settings: &Settings) -> Result<(), StartError> {
     let tls = settings.server.tls.iter().flat_map(|t| t.listen.iter());
     for &addr in settings.server.listen.iter().chain(tls).chain(settings.server.admin_listen.iter()) {
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        std::net::TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
     }
     Ok(())
 }
