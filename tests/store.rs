@@ -355,17 +355,22 @@ fn reopen(loc: &StoreLocation) -> Store {
     std::thread::spawn(move || Store::open(&loc).unwrap()).join().unwrap()
 }
 
+/// The whole contract on one backend: projects, keys and usage, then the price history.
+fn contract(store: &Store, loc: &StoreLocation) {
+    let l = loc.clone();
+    store.wait(suite(store.clone(), move || reopen(&l)));
+    let l = loc.clone();
+    store.wait(history_suite(store.clone(), move || reopen(&l)));
+    history_through_the_store(store);
+}
+
 #[test]
 fn sqlite_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     let loc = StoreLocation::Sqlite(dir.path().join("sub/joule.db"));
     let store = Store::open(&loc).unwrap();
     assert_eq!(store.kind(), "sqlite");
-    let l2 = loc.clone();
-    store.wait(suite(store.clone(), move || reopen(&l2)));
-    let l3 = loc.clone();
-    store.wait(history_suite(store.clone(), move || reopen(&l3)));
-    history_through_the_store(&store);
+    contract(&store, &loc);
 }
 
 #[test]
@@ -379,11 +384,7 @@ fn postgres_store_contract() {
     });
     let store = opened[0].clone();
     assert_eq!(store.kind(), "postgres");
-    let l2 = loc.clone();
-    store.wait(suite(store.clone(), move || reopen(&l2)));
-    let l3 = loc.clone();
-    store.wait(history_suite(store.clone(), move || reopen(&l3)));
-    history_through_the_store(&store);
+    contract(&store, &loc);
 }
 
 #[test]
