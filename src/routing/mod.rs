@@ -278,18 +278,8 @@ pub fn combine(n: usize, scores: &[&[Option<f64>]]) -> (Vec<(usize, f64)>, Vec<u
 
 /// Builds a decision from strategy runs over `cands` with [`combine`].
 pub fn decide(cands: &[Candidate], strategies: &StrategySet, runs: Vec<StrategyRun>, fallback: Option<Fallback>) -> RouteDecision {
-    // Decisions rarely combine more than a handful of strategies: keep the views on the stack.
-    const INLINE: usize = 8;
-    let (ranked, excluded) = if runs.len() <= INLINE {
-        let mut views: [&[Option<f64>]; INLINE] = [&[]; INLINE];
-        for (v, r) in views.iter_mut().zip(&runs) {
-            *v = &r.scores;
-        }
-        combine(cands.len(), &views[..runs.len()])
-    } else {
-        let views: Vec<&[Option<f64>]> = runs.iter().map(|r| r.scores.as_slice()).collect();
-        combine(cands.len(), &views)
-    };
+    let views: Vec<&[Option<f64>]> = runs.iter().map(|r| r.scores.as_slice()).collect();
+    let (ranked, excluded) = combine(cands.len(), &views);
     RouteDecision {
         ranked: ranked.into_iter().map(|(i, s)| (cands[i], s)).collect(),
         excluded: excluded.into_iter().map(|i| cands[i]).collect(),

@@ -37,7 +37,7 @@ const MAX_WARM_PER_THREAD: usize = 32;
 ///
 /// Measured with `cargo bench --bench strategy` (a whole decision with one `price` plugin on
 /// 16 candidates, release build, 2-core development machine): warm per-thread instance
-/// **2.3 µs** (`decision/wasm_one/16`), fresh instance per call **32.5 µs**
+/// **2.2 µs** (`decision/wasm_one/16`), fresh instance per call **32.7 µs**
 /// (`instance_mode/fresh_per_call/16`: store creation, instantiation from the pool, the
 /// guest's memory and data-segment initialisation, and tearing it all down on every call).
 /// A fresh instance costs several times the whole decision budget, so
