@@ -9,9 +9,9 @@ use std::hint::black_box;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
-use joule::auth::KeyHash;
-use joule::limits;
-use joule::projects::Access;
+use joule::secret::KeyHash;
+use joule::access::limits;
+use joule::access::Access;
 use joule::store::{ApiKey, BudgetPeriod, Directory, Project};
 
 const KEYS: usize = 10_000;
@@ -77,14 +77,14 @@ fn bench(c: &mut Criterion) {
             j = (j + 7919) % KEYS;
             let p = access2.load().keys.authenticate(Some(black_box(&headers[j]))).expect("known key");
             assert!(p.may_use("llama-3.1-8b-instruct"));
-            black_box(limits::admit(&p, limits::now_ns(), joule::store::now_ms()).is_ok())
+            black_box(limits::admit(&p, joule::clock::now_ns(), joule::clock::now_ms()).is_ok())
         })
     });
 
     let (access3, _) = snapshot();
     let p = access3.load().keys.authenticate(Some(&headers[0])).expect("known key");
     c.bench_function("limits + budget only", |b| {
-        b.iter(|| black_box(limits::admit(black_box(&p), limits::now_ns(), joule::store::now_ms()).is_ok()))
+        b.iter(|| black_box(limits::admit(black_box(&p), joule::clock::now_ns(), joule::clock::now_ms()).is_ok()))
     });
 }
 

@@ -1044,7 +1044,7 @@ sha256 = "{hash}"
 [store]
 {backend}
 "#,
-            hash = joule::auth::KeyHash::of(KEY).to_hex(),
+            hash = joule::secret::KeyHash::of(KEY).to_hex(),
             telemetry = variant.telemetry,
             probes = if variant.probes {
                 "# probe_interval_ms: default"

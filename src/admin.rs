@@ -30,6 +30,8 @@
 //! Bind the admin listener to loopback or a private interface. Handlers are pingora-free,
 //! like the public API's, over [`Downstream`].
 
+mod energy;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -38,7 +40,8 @@ use crate::catalog::Catalog;
 use crate::telemetry::Telemetry;
 
 use crate::api::error::ApiError;
-use crate::auth::{bearer_token, KeyHash};
+use crate::api::bearer::bearer_token;
+use crate::secret::KeyHash;
 use crate::proxy::{send_error, send_json, Downstream, DownstreamError, Gateway, Record, RequestHead, ResponseHead};
 use crate::store::{self, BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, StoreError, UsageFilter};
 
@@ -54,7 +57,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
     match (head.path.as_str(), &head.method) {
         ("/metrics", &http::Method::GET) => {
             let world = gw.world.load();
-            gw.metrics.export_deployments(&world.catalog, &world.telemetry);
+            world.telemetry.export(&world.catalog, &gw.metrics);
             let body = gw.metrics.render();
             rec.status = 200;
             let headers = vec![("content-type", "text/plain; version=0.0.4".to_string())];
@@ -79,7 +82,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
                 send_error(io, rec, &e).await
             }
         },
-        (crate::pricing::feed::push::PATH, &http::Method::POST) => crate::pricing::feed::push::handle(gw, head, io, rec).await,
+        (energy::PATH, &http::Method::POST) => energy::handle(gw, head, io, rec).await,
         (p, _) if p == "/admin" || p.starts_with("/admin/") => {
             let result = match authorize(gw, head) {
                 Ok(()) => api(gw, head, io).await,
@@ -218,9 +221,8 @@ fn store_error(e: StoreError) -> ApiError {
 async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Result<Reply, ApiError> {
     use http::Method;
     let store = gw
-        .registry
-        .store()
-        .cloned()
+        .store
+        .clone()
         .ok_or_else(|| ApiError::ResourceNotFound { message: "No store is configured ([store] backend = \"none\").".into() })?;
     let path = head.path.trim_end_matches('/');
     let rest = &path["/admin".len()..];
@@ -247,7 +249,7 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
                 .ok_or_else(|| ApiError::invalid("`name` is required.", Some("name")))?;
             let changes = project_changes(&mut body, false)?;
             no_more(&body)?;
-            crate::projects::check_models(&gw.world.load().catalog, &changes).map_err(store_error)?;
+            crate::access::check_models(&gw.world.load().catalog, &changes).map_err(|e| store_error(e.into()))?;
             let v = changed(store.create_project(&name, changes).await.map(|p| json!(p))).await?;
             Ok(Reply::Json(201, v))
         }
@@ -260,7 +262,7 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
                     let mut body = read_object(io, head).await?;
                     let changes = project_changes(&mut body, true)?;
                     no_more(&body)?;
-                    crate::projects::check_models(&gw.world.load().catalog, &changes).map_err(store_error)?;
+                    crate::access::check_models(&gw.world.load().catalog, &changes).map_err(|e| store_error(e.into()))?;
                     Ok(Reply::Json(200, changed(store.update_project(name, changes).await.map(|p| json!(p))).await?))
                 }
                 Method::DELETE => {
@@ -287,7 +289,7 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
             for k in gw.registry.config_keys() {
                 if project.is_none() || k.project.as_deref() == project {
                     keys.push(json!({
-                        "id": format!("{}{}", crate::projects::CONFIG_KEY_PREFIX, k.name),
+                        "id": format!("{}{}", crate::access::CONFIG_KEY_PREFIX, k.name),
                         "name": k.name,
                         "project": k.project,
                         "source": "config",
@@ -316,7 +318,7 @@ async fn api(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream) -> Resul
         (p, &Method::DELETE) if p.starts_with("/keys/") => {
             query.only(&[])?;
             let id = &p["/keys/".len()..];
-            if id.starts_with(crate::projects::CONFIG_KEY_PREFIX) {
+            if id.starts_with(crate::access::CONFIG_KEY_PREFIX) {
                 return Err(ApiError::Conflict { message: "Keys from the config file are read-only; remove them there.".into() });
             }
             Ok(Reply::Json(200, changed(store.revoke_key(id).await.map(|k| json!(k))).await?))
@@ -564,7 +566,7 @@ fn project_changes(body: &mut Map<String, Value>, rename: bool) -> Result<Projec
     };
     let budget_period = match take::<String>(body, "budget_period")? {
         None | Some(None) => None,
-        Some(Some(p)) => Some(BudgetPeriod::parse(&p).map_err(store_error)?),
+        Some(Some(p)) => Some(BudgetPeriod::parse(&p).map_err(|e| store_error(e.into()))?),
     };
     let c = ProjectChanges {
         name,
@@ -575,7 +577,7 @@ fn project_changes(body: &mut Map<String, Value>, rename: bool) -> Result<Projec
         budget_usd: take(body, "budget_usd")?,
         budget_period,
     };
-    c.validate().map_err(store_error)?;
+    c.validate().map_err(|e| store_error(e.into()))?;
     Ok(c)
 }
 

@@ -262,7 +262,7 @@ sha256 = "{key}"
         d2 = u(2),
         d3 = u(3),
         d4 = u(4),
-        key = crate::auth::KeyHash::of(DEMO_KEY).to_hex(),
+        key = crate::secret::KeyHash::of(DEMO_KEY).to_hex(),
     )
 }
 
@@ -289,7 +289,7 @@ pub fn store_text(admin: SocketAddr, store: &DemoStore) -> Result<String, DemoEr
     };
     Ok(format!(
         "\n[store]\n{backend}\n\n[admin]\n# SHA-256 of the admin token\ntoken_sha256 = \"{}\"\n",
-        crate::auth::KeyHash::of(token).to_hex()
+        crate::secret::KeyHash::of(token).to_hex()
     ))
 }
 

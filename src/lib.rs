@@ -1,17 +1,16 @@
 //! joule: an energy-smart, Wasm-extensible, OpenAI-compatible LLM gateway on pingora.
 //! Module map and vocabulary: `DESIGN.md` (shared) and the README.
 
+pub mod access;
 pub mod admin;
 pub mod api;
-pub mod auth;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod pricing;
-pub mod projects;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

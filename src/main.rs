@@ -366,13 +366,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Command::HashKey { key } => println!("{}", joule::auth::KeyHash::of(&key).to_hex()),
+        Command::HashKey { key } => println!("{}", joule::secret::KeyHash::of(&key).to_hex()),
         Command::CheckConfig { config } => {
             joule::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: ok", config.display());
         }
         Command::Energy { command: EnergyCommand::Evaluate { config, prices, model, load, feed_delay, step, json } } => {
-            use joule::pricing::{clock::parse_duration, evaluate};
+            use joule::clock::parse_duration;
+            use joule::routing::evaluate;
             let settings = joule::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let feed_delay = parse_duration(&feed_delay).ok_or_else(|| anyhow::anyhow!("--feed-delay `{feed_delay}` is not a duration like 0, 90s, 5m, 1h"))?;
             let step = parse_duration(&step).ok_or_else(|| anyhow::anyhow!("--step `{step}` is not a duration like 1m"))?;
@@ -437,7 +438,7 @@ fn changes(args: ProjectArgs, clear_strategy: bool) -> anyhow::Result<ProjectCha
 fn projects(settings: &Settings, store: &Store, cmd: ProjectsCmd) -> anyhow::Result<()> {
     let checked = |c: ProjectChanges| -> Result<ProjectChanges, StoreError> {
         c.validate()?;
-        joule::projects::check_models(&settings.catalog, &c)?;
+        joule::access::check_models(&settings.catalog, &c)?;
         Ok(c)
     };
     match cmd {

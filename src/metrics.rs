@@ -7,8 +7,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::catalog::Catalog;
-use crate::telemetry::{BreakerState, Telemetry};
 
 /// The gateway's metrics and their registry.
 #[derive(Clone)]
@@ -226,30 +224,6 @@ impl Metrics {
             limit_rejections,
             strategy,
         })
-    }
-
-    /// Copies every deployment's live numbers into the `joule_deployment` gauges.
-    pub fn export_deployments(&self, catalog: &Catalog, telemetry: &Telemetry) {
-        for (mi, m) in catalog.models.iter().enumerate() {
-            for (di, d) in m.deployments.iter().enumerate() {
-                let Some(s) = telemetry.get(mi, di).map(|st| st.snapshot()) else { continue };
-                let breaker = match s.breaker {
-                    BreakerState::Closed => 0.0,
-                    BreakerState::HalfOpen => 0.5,
-                    BreakerState::Open => 1.0,
-                };
-                for (measure, v) in [
-                    ("ttft_seconds", s.ttft_ms / 1e3),
-                    ("latency_seconds", s.latency_ms / 1e3),
-                    ("tokens_per_second", s.tokens_per_s),
-                    ("error_rate", s.error_rate),
-                    ("in_flight", f64::from(s.in_flight)),
-                    ("breaker_open", breaker),
-                ] {
-                    self.deployment.with_label_values(&[d.id.as_str(), measure]).set(v);
-                }
-            }
-        }
     }
 
     /// Prometheus text exposition.

@@ -1,7 +1,10 @@
 //! `Secret<T>`: a value that never prints. Upstream credentials live in it so that a stray
-//! `{:?}` in a log line, an error or a metric label cannot leak them.
+//! `{:?}` in a log line, an error or a metric label cannot leak them. And [`KeyHash`], the
+//! SHA-256 that API keys and admin tokens are kept and compared as.
 
 use std::fmt;
+
+use sha2::{Digest, Sha256};
 
 /// Wraps a secret. `Debug` and `Display` print `[redacted]`; the value is reachable only
 /// through [`Secret::expose`], which makes every use greppable.
@@ -41,5 +44,28 @@ mod tests {
         let s = Secret::new("sk-live-123".to_string());
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
         assert_eq!(s.expose(), "sk-live-123");
+    }
+}
+
+/// SHA-256 of an API key or token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    /// Hashes a presented key.
+    pub fn of(key: &str) -> Self {
+        KeyHash(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Parses 64 hex characters; `None` otherwise.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out).ok()?;
+        Some(KeyHash(out))
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{Catalog, Deployment};
+use crate::metrics::Metrics;
 
 /// Telemetry and breaker tuning (`[telemetry]` and `[health]` in the config).
 #[derive(Debug, Clone)]
@@ -327,6 +328,32 @@ impl Telemetry {
     /// Stats of deployment `d` of model index `m`.
     pub fn get(&self, m: usize, d: usize) -> Option<&Arc<DeploymentStats>> {
         self.by_model.get(m)?.get(d)
+    }
+}
+
+impl Telemetry {
+    /// Copies every deployment's live numbers into the `joule_deployment` gauges.
+    pub fn export(&self, catalog: &Catalog, metrics: &Metrics) {
+        for (mi, m) in catalog.models.iter().enumerate() {
+            for (di, d) in m.deployments.iter().enumerate() {
+                let Some(s) = self.get(mi, di).map(|st| st.snapshot()) else { continue };
+                let breaker = match s.breaker {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::HalfOpen => 0.5,
+                    BreakerState::Open => 1.0,
+                };
+                for (measure, v) in [
+                    ("ttft_seconds", s.ttft_ms / 1e3),
+                    ("latency_seconds", s.latency_ms / 1e3),
+                    ("tokens_per_second", s.tokens_per_s),
+                    ("error_rate", s.error_rate),
+                    ("in_flight", f64::from(s.in_flight)),
+                    ("breaker_open", breaker),
+                ] {
+                    metrics.deployment.with_label_values(&[d.id.as_str(), measure]).set(v);
+                }
+            }
+        }
     }
 }
 

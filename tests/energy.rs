@@ -91,7 +91,7 @@ fn now() -> i64 {
 }
 
 fn rfc3339(t: i64) -> String {
-    joule::pricing::clock::format_rfc3339(t)
+    joule::clock::format_rfc3339(t)
 }
 
 /// Rows for both sites; hourly intervals, so prices pushed minutes apart all stay fresh for

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
 use common::*;
-use joule::auth::KeyHash;
+use joule::secret::KeyHash;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "test-admin-token-0123";

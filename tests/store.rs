@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use joule::auth::KeyHash;
+use joule::secret::KeyHash;
 use joule::pricing::history::{Frame, FramePoint, History};
 use joule::store::{
     BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,

@@ -30,7 +30,7 @@ async fn start() -> (Gateway, Vec<MockServer>, tempfile::TempDir) {
         hosted_catalog(MODEL, &urls),
         plugins.path().display()
     );
-    let extra = format!("{extra}\n[admin]\ntoken_sha256 = \"{}\"\n", joule::auth::KeyHash::of(ADMIN_TOKEN).to_hex());
+    let extra = format!("{extra}\n[admin]\ntoken_sha256 = \"{}\"\n", joule::secret::KeyHash::of(ADMIN_TOKEN).to_hex());
     (Gateway::start(&extra).await, mocks, plugins)
 }
 

@@ -26,7 +26,7 @@ const ADMIN_TOKEN: &str = "telemetry-admin-token";
 
 /// The `[admin]` section enabling the admin API with [`ADMIN_TOKEN`].
 fn admin_toml() -> String {
-    format!("\n[admin]\ntoken_sha256 = \"{}\"\n", joule::auth::KeyHash::of(ADMIN_TOKEN).to_hex())
+    format!("\n[admin]\ntoken_sha256 = \"{}\"\n", joule::secret::KeyHash::of(ADMIN_TOKEN).to_hex())
 }
 
 async fn admin_deployments(gw: &Gateway) -> serde_json::Value {

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::auth::AuthError;
+use crate::api::bearer::AuthError;
 
 /// Families of client-visible errors.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The OpenAI wire surface: chat request inspection and rewrite, client-visible errors, SSE.
 
+pub mod bearer;
 pub mod chat;
 pub mod error;
 pub mod sse;

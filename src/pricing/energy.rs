@@ -192,7 +192,7 @@ impl EnergyTable {
             if p.interval_start > now + interval_s.max(300) {
                 out.rejected.push(reject(
                     RejectKind::Future,
-                    format!("{}: interval {} lies in the future", row.node, super::clock::format_rfc3339(p.interval_start)),
+                    format!("{}: interval {} lies in the future", row.node, crate::clock::format_rfc3339(p.interval_start)),
                 ));
                 continue;
             }
@@ -206,8 +206,8 @@ impl EnergyTable {
                         format!(
                             "{}: interval {} is older than {} already held",
                             row.node,
-                            super::clock::format_rfc3339(p.interval_start),
-                            super::clock::format_rfc3339(t)
+                            crate::clock::format_rfc3339(p.interval_start),
+                            crate::clock::format_rfc3339(t)
                         ),
                     ));
                     continue;
@@ -218,7 +218,7 @@ impl EnergyTable {
                     } else {
                         out.rejected.push(reject(
                             RejectKind::Duplicate,
-                            format!("{}: a price for interval {} is already held", row.node, super::clock::format_rfc3339(t)),
+                            format!("{}: a price for interval {} is already held", row.node, crate::clock::format_rfc3339(t)),
                         ));
                     }
                     continue;

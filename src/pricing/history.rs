@@ -6,7 +6,7 @@
 //! [`HistoryStore`] for durability. The store is written on its own thread, off every request
 //! path; frames queued together are appended together, and frames the store refused are
 //! retried with the next append. Two stores exist: the gateway's database
-//! ([`crate::store::Store`], table `price_history`; several instances sharing PostgreSQL all
+//! (the store, table `price_history`; several instances sharing PostgreSQL all
 //! append to it, and compaction is a retention delete), and, for gateways without a database,
 //! [`FileStore`], which appends one JSON line per frame to `price-history.jsonl` in the data
 //! directory, reloads it at start and rewrites it (temp file + rename) to drop expired frames.
@@ -48,8 +48,12 @@ pub struct Frame {
 pub enum HistoryError {
     #[error("price history {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The store could not be reached right now: worth retrying.
     #[error("price history in the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Unavailable(String),
+    /// The store refused the frames themselves: retrying cannot help.
+    #[error("price history in the store: {0}")]
+    Refused(String),
 }
 
 /// Durable storage of frames. Called on the history writer thread only.
@@ -243,7 +247,7 @@ impl Writer {
             return;
         }
         if let Err(e) = self.store.append(&self.pending) {
-            if matches!(e, HistoryError::Store(crate::store::StoreError::Invalid(_))) {
+            if matches!(e, HistoryError::Refused(_)) {
                 // Retrying cannot help: the frames themselves were refused.
                 tracing::error!(error = %e, frames = self.pending.len(), "price history: frames refused by the store; dropped");
                 self.pending.clear();
@@ -583,7 +587,7 @@ mod tests {
         }
         fn append(&mut self, frames: &[Arc<Frame>]) -> Result<(), HistoryError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(crate::store::StoreError::Unavailable("down".into()).into());
+                return Err(HistoryError::Unavailable("down".into()));
             }
             self.stored.lock().unwrap().extend(frames.iter().map(|f| f.t));
             Ok(())

@@ -13,10 +13,10 @@
 //! list price plus the routing fee; free models cost the client 0 and are ranked by what they
 //! cost us. The request path reads the book with one `ArcSwap` load and never locks.
 
-pub mod clock;
+
 pub mod cost;
 pub mod energy;
-pub mod evaluate;
+
 pub mod feed;
 pub mod history;
 
@@ -30,7 +30,7 @@ use arc_swap::ArcSwap;
 use crate::catalog::{Catalog, Category, DeploymentKind, GpuProfile, Model, Quote, TokenPrice};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use clock::Clock;
+use crate::clock::{self, Clock};
 use energy::{site_energy, EnergyTable, ParsedRow, RejectKind, Rejected, RowRules, SiteEnergy};
 use history::{Frame, FramePoint, History};
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::clock::ManualClock;
+use crate::clock::ManualClock;
 use super::energy::{EnergyPrice, EnergyRow, ParsedRow};
 use super::*;
 

@@ -11,9 +11,9 @@ use super::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHea
 use crate::api::chat::{self, ChatRequest};
 use crate::api::error::{stream_error_event, ApiError};
 use crate::api::sse::{self, SseItem};
-use crate::auth::Principal;
+use crate::access::Principal;
 use crate::catalog::{Model, Quote};
-use crate::limits::{self, Refusal};
+use crate::access::limits::{self, Refusal};
 use crate::pricing::cost::{insert_cost, Cost};
 use crate::pricing::PriceBook;
 use crate::routing::tags::StrategySet;
@@ -171,7 +171,7 @@ fn check_access(gw: &Gateway, principal: &Principal, model: &Model) -> Result<()
     if !principal.may_use(&model.id) {
         return Err(ApiError::ModelNotAllowed { model: model.id.clone() });
     }
-    limits::admit(principal, limits::now_ns(), crate::store::now_ms()).map_err(|r| {
+    limits::admit(principal, crate::clock::now_ns(), crate::clock::now_ms()).map_err(|r| {
         let (scope, kind) = r.labels();
         gw.metrics.limit_rejections.with_label_values(&[scope, kind]).inc();
         let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);

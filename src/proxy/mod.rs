@@ -12,26 +12,28 @@ pub mod models;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::api::error::ApiError;
-use crate::auth::{KeyHash, Principal};
-use crate::catalog::{Catalog, Quote};
-use crate::config::{Limits, Settings};
+use crate::access::Principal;
+use crate::secret::KeyHash;
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
-use crate::pricing::cost::Cost;
 use crate::pricing::Pricing;
-use crate::projects::Registry;
+use crate::access::Registry;
+use crate::store::Store;
 use crate::routing::tags::StrategySet;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, TelemetrySettings};
 use crate::routing::wasm::explain::DecisionLog;
 use crate::routing::wasm::PluginRegistry;
 use crate::upstream::client::{ClientError, Clients};
+use crate::upstream::ExchangeLimits;
 use crate::usage::UsageSink;
+pub use crate::usage::Record;
 
 /// Everything a request reads, swapped whole on reload.
 pub struct World {
@@ -40,17 +42,31 @@ pub struct World {
     pub telemetry: Arc<Telemetry>,
     pub clients: Clients,
     pub default_strategy: StrategySet,
-    pub limits: Limits,
+    pub limits: ExchangeLimits,
+    /// SHA-256 of the admin API token; `None` disables the admin API.
+    pub admin_token: Option<KeyHash>,
+}
+
+/// What a [`World`] is built from; the config turns its file into this (and a reload builds
+/// a new world from a new one).
+#[derive(Debug, Clone)]
+pub struct WorldSettings {
+    pub catalog: Catalog,
+    pub telemetry: TelemetrySettings,
+    pub limits: ExchangeLimits,
+    /// Strategy for requests without tags whose project names none.
+    pub default_strategy: StrategySet,
     /// SHA-256 of the admin API token; `None` disables the admin API.
     pub admin_token: Option<KeyHash>,
 }
 
 impl World {
-    /// Builds a world from validated settings.
+    /// Builds a world from validated settings, carrying live telemetry over from `previous`
+    /// by deployment id.
     ///
     /// # Errors
     /// Upstream client construction (e.g. an unreadable provider CA).
-    pub fn new(s: &Settings, previous: Option<&World>) -> Result<Self, ClientError> {
+    pub fn new(s: &WorldSettings, previous: Option<&World>) -> Result<Self, ClientError> {
         Ok(World {
             telemetry: Arc::new(Telemetry::new(&s.catalog, s.telemetry.clone(), previous.map(|w| &*w.telemetry))),
             clients: Clients::new(&s.catalog, &s.limits)?,
@@ -70,6 +86,9 @@ pub struct Gateway {
     pub pricing: Arc<Pricing>,
     /// API keys and projects (snapshot + store).
     pub registry: Arc<Registry>,
+    /// The durable store, if one is configured (the admin API manages projects, keys and
+    /// usage through it).
+    pub store: Option<Store>,
     /// Where finished requests' usage records go.
     pub usage: UsageSink,
     /// The strategy plugins (their own `ArcSwap`ped set, independent of config reloads).
@@ -85,6 +104,7 @@ pub struct GatewayParts {
     pub metrics: Metrics,
     pub pricing: Arc<Pricing>,
     pub registry: Arc<Registry>,
+    pub store: Option<Store>,
     pub usage: UsageSink,
     pub strategies: Arc<PluginRegistry>,
     pub decision_log: Option<DecisionLog>,
@@ -93,12 +113,13 @@ pub struct GatewayParts {
 impl Gateway {
     /// Assembles the gateway state.
     pub fn from_parts(parts: GatewayParts) -> Arc<Self> {
-        let GatewayParts { world, metrics, pricing, registry, usage, strategies, decision_log } = parts;
+        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log } = parts;
         Arc::new(Gateway {
             world: ArcSwap::from_pointee(world),
             metrics,
             pricing,
             registry,
+            store,
             usage,
             strategies,
             decision_log,
@@ -168,64 +189,6 @@ pub trait Downstream: Send {
     async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError>;
     /// The connection must not be reused after this response (unread body left behind).
     fn close_after(&mut self);
-}
-
-/// What happened to a request, for the access log and metrics.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub request_id: String,
-    pub started: Instant,
-    pub status: u16,
-    pub key_name: Option<Arc<str>>,
-    pub model: Option<String>,
-    pub deployment: Option<String>,
-    pub strategy: Option<String>,
-    pub error: Option<&'static str>,
-    pub ttft: Option<std::time::Duration>,
-    /// When the first content token was forwarded (streams).
-    pub first_token_at: Option<Instant>,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-    pub stream: bool,
-    /// What the request cost the client (`usage.cost`).
-    pub cost: Option<Cost>,
-    /// The authenticated key (and project), for limits and the usage record.
-    pub principal: Option<Principal>,
-    /// The data center of the deployment that answered (hosted deployments).
-    pub data_center: Option<String>,
-    /// The answering deployment's token prices at decision time.
-    pub quote: Option<Quote>,
-}
-
-impl Record {
-    /// A fresh record with a random request id.
-    pub fn new() -> Self {
-        Record {
-            request_id: format!("req_{}", hex::encode(rand::random::<[u8; 12]>())),
-            started: Instant::now(),
-            status: 0,
-            key_name: None,
-            model: None,
-            deployment: None,
-            strategy: None,
-            error: None,
-            ttft: None,
-            first_token_at: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            stream: false,
-            cost: None,
-            principal: None,
-            data_center: None,
-            quote: None,
-        }
-    }
-}
-
-impl Default for Record {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Writes an OpenAI-shaped error response.

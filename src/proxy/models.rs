@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
 use crate::catalog::{Catalog, DeploymentKind, Model, Quote};
-use crate::pricing::clock::format_rfc3339;
+use crate::clock::format_rfc3339;
 use crate::pricing::history::{self, Window};
 use crate::pricing::{PriceBook, Pricing};
 

@@ -8,6 +8,7 @@
 //! averaged over the strategies, and ranked ascending; ties keep catalog order. Only the *set*
 //! of tags matters, so every order of the same tags gives the same ranking.
 
+pub mod evaluate;
 pub mod tags;
 pub mod wasm;
 

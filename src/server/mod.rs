@@ -8,7 +8,7 @@
 //! store (or, if the store is down, in the spill file) when the process ends.
 
 pub mod adapter;
-pub mod tls;
+
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::pricing::feed::Feeds;
-use crate::projects::Registry;
+use crate::access::Registry;
 use crate::proxy::{Gateway, GatewayParts, World};
 use crate::store::{Store, StoreError};
 use crate::usage::{new_instance_id, UsageSink};
@@ -46,6 +46,8 @@ pub enum StartError {
     Energy(#[from] crate::pricing::feed::StartError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("store: {0}")]
+    Access(#[from] crate::access::SourceError),
     #[error("{0}")]
     Plugins(String),
 }
@@ -93,7 +95,7 @@ impl BackgroundService for Drain {
 
 struct Prober {
     gateway: Arc<Gateway>,
-    health: crate::config::HealthSettings,
+    health: crate::upstream::probe::HealthSettings,
 }
 
 #[async_trait]
@@ -107,7 +109,7 @@ impl BackgroundService for Prober {
                 _ = shutdown.changed() => return,
                 _ = ticker.tick() => {
                     let world = self.gateway.world.load_full();
-                    crate::upstream::probe::probe_all(&world, &self.health).await;
+                    crate::upstream::probe::probe_all(&world.catalog, &world.clients, &world.telemetry, &self.health).await;
                 }
             }
         }
@@ -142,7 +144,7 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
     // With a store, price history persists there (see `pricing::history`).
     let durable = store.clone().map(|s| Box::new(s) as Box<dyn crate::pricing::history::HistoryStore>);
     let (pricing, feeds) = crate::pricing::feed::build(&settings.energy, &settings.catalog, Some(metrics.clone()), durable)?;
-    let world = World::new(settings, None)?;
+    let world = World::new(&settings.world(), None)?;
     let host = Host::new(settings.plugins.host.clone()).map_err(|e| StartError::Plugins(e.to_string()))?;
     let strategies = PluginRegistry::new(host, settings.plugins.dir.clone(), Some(metrics.strategy.clone()));
     // Rejected files are logged by the scan; the gateway starts anyway (native fallback).
@@ -155,19 +157,20 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
         None => None,
     };
     let instance: Arc<str> = Arc::from(new_instance_id());
+    let store_handle = store.clone();
     let (registry, usage) = match (&settings.store, store) {
         (Some(s), Some(store)) => {
-            let registry = Registry::new(settings.keys.clone(), Some(store.clone()));
+            let registry = Registry::new(settings.keys.clone(), Some(Arc::new(store.clone())));
             store.wait(registry.refresh())?;
             // Budgets start from the spend already recorded, before the first request.
             store.wait(registry.sync_budgets_once(&instance))?;
             registry.spawn_background(instance.clone(), s.budget_sync);
             tracing::info!(backend = store.kind(), instance = %instance, "store open");
-            (registry, UsageSink::start(store, s.usage.clone(), metrics.clone(), instance))
+            (registry, UsageSink::start(Arc::new(store), s.usage.clone(), metrics.clone(), instance))
         }
         _ => (Registry::new(settings.keys.clone(), None), UsageSink::disabled(metrics.clone())),
     };
-    let parts = GatewayParts { world, metrics, pricing, registry, usage, strategies, decision_log };
+    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log };
     Ok((Gateway::from_parts(parts), feeds))
 }
 

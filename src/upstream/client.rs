@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, Deployment, DeploymentKind};
-use crate::config::Limits;
+use super::ExchangeLimits;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub struct Clients {
     chat_urls: Vec<Vec<reqwest::Url>>,
 }
 
-fn builder(limits: &Limits) -> reqwest::ClientBuilder {
+fn builder(limits: &ExchangeLimits) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(limits.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
@@ -66,7 +66,7 @@ impl Clients {
     ///
     /// # Errors
     /// A provider CA file that cannot be read, or a TLS setup failure.
-    pub fn new(catalog: &Catalog, limits: &Limits) -> Result<Self, ClientError> {
+    pub fn new(catalog: &Catalog, limits: &ExchangeLimits) -> Result<Self, ClientError> {
         let hosted = builder(limits).build().map_err(|e| ClientError::Build(e.to_string()))?;
         let mut providers = Vec::with_capacity(catalog.providers.len());
         for p in &catalog.providers {

@@ -24,6 +24,27 @@ use crate::routing::RouteDecision;
 use crate::telemetry::{Admission, DeploymentStats, InFlightGuard, Telemetry};
 pub use client::Clients;
 
+/// Bounds on one exchange (`[limits]` in the config): the client's body size and every
+/// timeout of the client and upstream sides. Not rate limits (those are in `access::limits`).
+#[derive(Debug, Clone)]
+pub struct ExchangeLimits {
+    /// Largest accepted request body. Default 16 MiB; larger → 413.
+    pub max_body_bytes: usize,
+    /// TCP+TLS connect to an upstream. Default 2 s; past it the next deployment is tried.
+    pub connect_timeout: Duration,
+    /// From sending the request to the upstream's response headers. Default 30 s; past it
+    /// the next deployment is tried.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two upstream stream chunks. Default 120 s; past it the
+    /// stream ends with an SSE error event.
+    pub stream_idle_timeout: Duration,
+    /// Whole non-stream upstream exchange. Default 600 s.
+    pub request_timeout: Duration,
+    /// Reading the client's request body. Default 30 s.
+    pub client_body_timeout: Duration,
+}
+
+
 /// Why one attempt at a deployment failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptFailure {

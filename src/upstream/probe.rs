@@ -7,25 +7,39 @@
 use futures_util::future::join_all;
 use http::header::AUTHORIZATION;
 
-use crate::config::HealthSettings;
-use crate::catalog::DeploymentKind;
-use crate::proxy::World;
+use std::time::Duration;
 
-/// Probes every eligible deployment of `world` once, concurrently.
-pub async fn probe_all(world: &World, health: &HealthSettings) {
-    let settings = &world.telemetry.settings;
+use super::Clients;
+use crate::catalog::{Catalog, DeploymentKind};
+use crate::telemetry::Telemetry;
+
+/// Active health probes.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Interval between probes of each deployment; `None` disables probing. Default 5 s.
+    pub probe_interval: Option<Duration>,
+    /// Probe timeout. Default 2 s.
+    pub probe_timeout: Duration,
+    /// Probe provider routes too (they may bill or rate-limit probes). Default false.
+    pub probe_third_party: bool,
+}
+
+/// Probes every eligible deployment of `catalog` once, concurrently, with its `clients`,
+/// recording the outcomes in `telemetry`.
+pub async fn probe_all(catalog: &Catalog, clients: &Clients, telemetry: &Telemetry, health: &HealthSettings) {
+    let settings = &telemetry.settings;
     if !settings.enabled {
         return;
     }
     let mut probes = Vec::new();
-    for (mi, m) in world.catalog.models.iter().enumerate() {
+    for (mi, m) in catalog.models.iter().enumerate() {
         for (di, d) in m.deployments.iter().enumerate() {
             if matches!(d.kind, DeploymentKind::Provider { .. }) && !health.probe_third_party {
                 continue;
             }
-            let Some(stats) = world.telemetry.get(mi, di) else { continue };
-            let (base_url, key) = world.catalog.endpoint_of(d);
-            let mut rb = world.clients.for_deployment(d).get(format!("{base_url}/models")).timeout(health.probe_timeout);
+            let Some(stats) = telemetry.get(mi, di) else { continue };
+            let (base_url, key) = catalog.endpoint_of(d);
+            let mut rb = clients.for_deployment(d).get(format!("{base_url}/models")).timeout(health.probe_timeout);
             if let Some(k) = key {
                 rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
             }

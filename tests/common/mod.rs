@@ -31,7 +31,7 @@ pub struct Gateway {
 
 /// The `[[keys]]` block for [`KEY`].
 pub fn keys_toml() -> String {
-    format!("[[keys]]\nname = \"test\"\nsha256 = \"{}\"\n", joule::auth::KeyHash::of(KEY).to_hex())
+    format!("[[keys]]\nname = \"test\"\nsha256 = \"{}\"\n", joule::secret::KeyHash::of(KEY).to_hex())
 }
 
 /// One hosted model with one deployment per URL (`dep0`, `dep1`, … in data centers `dc0`…),

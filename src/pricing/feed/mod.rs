@@ -1,6 +1,6 @@
 //! Energy price feeds: the row formats (the CSV of `shared/data/energy/` and the same columns
 //! as JSON) and the three ways rows arrive — file [`replay`], HTTP [`poll`]ing and the admin
-//! [`push`] API. Every feed hands parsed rows to [`crate::pricing::Pricing::ingest`], which
+//! push API (served by `admin::energy`). Every feed hands parsed rows to [`crate::pricing::Pricing::ingest`], which
 //! validates them (see `crate::pricing::energy`) and never lets a bad feed empty the table.
 //!
 //! Columns: `location,iso,market,interval_start,interval_minutes,usd_per_mwh` (`market`
@@ -9,7 +9,6 @@
 //! `location`, and `usd_per_mwh` as a number or a numeric string.
 
 pub mod poll;
-pub mod push;
 pub mod replay;
 
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::clock::{parse_rfc3339, Clock, SystemClock};
+use crate::clock::{parse_rfc3339, Clock, SystemClock};
 use super::energy::{EnergyPrice, EnergyRow, ParsedRow, RejectKind, Rejected};
 use super::history::{History, HistoryError, HistoryStore};
 use super::{EnergySettings, PollSettings, Pricing};

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::{parse_csv, DocumentError};
-use crate::pricing::clock::{Clock, ReplayClock};
+use crate::clock::{Clock, ReplayClock};
 use crate::pricing::energy::{EnergyRow, ParsedRow};
 use crate::pricing::{Feed, Pricing, ReplaySettings, ReplaySource, ReplayStart};
 
@@ -168,7 +168,7 @@ impl Replay {
             pricing.ingest(Feed::Replay, rows);
         }
         tracing::info!(
-            start = %crate::pricing::clock::format_rfc3339(clock.now()),
+            start = %crate::clock::format_rfc3339(clock.now()),
             rows = trace.rows.len(),
             "energy replay running"
         );

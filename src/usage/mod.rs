@@ -22,9 +22,30 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
 use crate::metrics::Metrics;
-use crate::proxy::Record;
-use crate::store::Store;
+
+mod record;
+pub use record::Record;
+
+/// The durable side could not take a write; the message says why (never a credential).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WriteError(pub String);
+
+/// Where the writer puts usage records: the store implements it. Calls wait on a database,
+/// so only the writer task makes them.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Inserts a batch in one transaction, skipping ids already stored.
+    async fn insert_usage(&self, records: Arc<Vec<UsageRecord>>) -> Result<(), WriteError>;
+    /// Moves keys' last-used times forward (key id, unix ms).
+    async fn touch_keys(&self, used: Vec<(String, i64)>) -> Result<(), WriteError>;
+    /// Runs the writer task where the store runs its I/O.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
 
 /// One request, as stored. Times are unix ms; prices $/Mtok; costs USD.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,10 +163,10 @@ impl UsageSink {
     }
 
     /// Starts the writer on the store runtime and returns its sink.
-    pub fn start(store: Store, settings: UsageSettings, metrics: Metrics, instance: Arc<str>) -> Self {
+    pub fn start(store: Arc<dyn UsageStore>, settings: UsageSettings, metrics: Metrics, instance: Arc<str>) -> Self {
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let writer = Writer { store: store.clone(), settings, metrics: metrics.clone(), spilled: false, last_retry: None };
-        store.spawn_task(writer.run(rx));
+        store.spawn(Box::pin(writer.run(rx)));
         UsageSink { tx: Some(tx), instance, metrics }
     }
 
@@ -185,11 +206,11 @@ impl UsageSink {
 /// authenticated leave no record.
 pub fn account(sink: &UsageSink, rec: &Record) {
     let Some(p) = &rec.principal else { return };
-    let now = crate::store::now_ms();
+    let now = crate::clock::now_ms();
     let started = now - i64::try_from(rec.started.elapsed().as_millis()).unwrap_or(0);
     let r = UsageRecord::from_record(rec, &sink.instance, started);
     let tokens = r.tokens_in.unwrap_or(0) + r.tokens_out.unwrap_or(0);
-    crate::limits::settle(p, tokens, r.cost_total, crate::limits::now_ns(), now);
+    crate::access::limits::settle(p, tokens, r.cost_total, crate::clock::now_ns(), now);
     sink.emit(r);
 }
 
@@ -199,7 +220,7 @@ pub fn new_instance_id() -> String {
 }
 
 struct Writer {
-    store: Store,
+    store: Arc<dyn UsageStore>,
     settings: UsageSettings,
     metrics: Metrics,
     /// Whether the spill file may hold records.
@@ -315,7 +336,7 @@ impl Writer {
 fn last_used(batch: &[UsageRecord]) -> Vec<(String, i64)> {
     let mut m: HashMap<&str, i64> = HashMap::new();
     for r in batch {
-        if let Some(k) = r.key_id.as_deref().filter(|k| !k.starts_with(crate::projects::CONFIG_KEY_PREFIX)) {
+        if let Some(k) = r.key_id.as_deref().filter(|k| !k.starts_with(crate::access::CONFIG_KEY_PREFIX)) {
             let e = m.entry(k).or_insert(r.ts_ms);
             *e = (*e).max(r.ts_ms);
         }

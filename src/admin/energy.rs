@@ -2,11 +2,11 @@
 //! rows (array or `{"rows": [...]}`) or the CSV format, applied like any feed. Answers 200 with
 //! what was accepted and every rejected row with its kind; 400 when the document itself is
 //! unreadable; 401 when a push token is configured and not presented; 404 when push is off.
-//! Pingora-free: it talks to a [`Downstream`].
+//! Pingora-free: it talks to a [`Downstream`]. Parsing and applying rows is `pricing::feed`'s.
 
 use sha2::{Digest, Sha256};
 
-use super::parse_any;
+use crate::pricing::feed::parse_any;
 use crate::api::error::ApiError;
 use crate::proxy::{send_error, send_json, Downstream, DownstreamError, Gateway, Record, RequestHead};
 use crate::pricing::Feed;
@@ -36,7 +36,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
     if let Some(token) = &push.token {
         if !token_ok(token.expose(), head.authorization.as_deref()) {
             io.close_after();
-            let e = ApiError::InvalidApiKey(crate::auth::AuthError::Unknown);
+            let e = ApiError::InvalidApiKey(crate::api::bearer::AuthError::Unknown);
             return send_error(io, rec, &e).await;
         }
     }

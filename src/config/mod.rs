@@ -8,18 +8,24 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod tls;
 use serde::Deserialize;
 
-use crate::auth::{KeyEntry, KeyHash};
+use crate::access::KeyEntry;
+use crate::secret::KeyHash;
 use crate::catalog::{
     Catalog, Category, DataCenter, Deployment, DeploymentKind, GpuProfile, Model, Prior, Provider, TokenPrice,
 };
 use crate::pricing::{
-    clock, EnergySettings, FeedFormat, HistorySettings, PollSettings, PushSettings, ReplaySettings, ReplaySource,
+    EnergySettings, FeedFormat, HistorySettings, PollSettings, PushSettings, ReplaySettings, ReplaySource,
     ReplayStart,
 };
 use crate::routing::tags::StrategySet;
+use crate::clock;
 use crate::secret::Secret;
+use crate::upstream::probe::HealthSettings;
+use crate::upstream::ExchangeLimits;
+use crate::proxy::WorldSettings;
 use crate::telemetry::TelemetrySettings;
 use crate::store::StoreLocation;
 use crate::usage::UsageSettings;
@@ -326,36 +332,6 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
 }
 
-/// Request limits and timeouts.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest accepted request body. Default 16 MiB; larger → 413.
-    pub max_body_bytes: usize,
-    /// TCP+TLS connect to an upstream. Default 2 s; past it the next deployment is tried.
-    pub connect_timeout: Duration,
-    /// From sending the request to the upstream's response headers. Default 30 s; past it
-    /// the next deployment is tried.
-    pub first_byte_timeout: Duration,
-    /// Longest silence between two upstream stream chunks. Default 120 s; past it the
-    /// stream ends with an SSE error event.
-    pub stream_idle_timeout: Duration,
-    /// Whole non-stream upstream exchange. Default 600 s.
-    pub request_timeout: Duration,
-    /// Reading the client's request body. Default 30 s.
-    pub client_body_timeout: Duration,
-}
-
-/// Active health probes.
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    /// Interval between probes of each deployment; `None` disables probing. Default 5 s.
-    pub probe_interval: Option<Duration>,
-    /// Probe timeout. Default 2 s.
-    pub probe_timeout: Duration,
-    /// Probe provider routes too (they may bill or rate-limit probes). Default false.
-    pub probe_third_party: bool,
-}
-
 /// Where projects, keys and usage records are kept, and how usage is written.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
@@ -369,7 +345,7 @@ pub struct StoreSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub server: ServerSettings,
-    pub limits: Limits,
+    pub limits: ExchangeLimits,
     pub log_format: LogFormat,
     pub log_level: String,
     pub default_strategy: StrategySet,
@@ -383,6 +359,19 @@ pub struct Settings {
     /// SHA-256 of the admin API token; `None` disables the admin API (but not /metrics).
     pub admin_token: Option<KeyHash>,
     pub plugins: PluginSettings,
+}
+
+impl Settings {
+    /// The part of the settings a request's [`World`] is built from.
+    pub fn world(&self) -> WorldSettings {
+        WorldSettings {
+            catalog: self.catalog.clone(),
+            telemetry: self.telemetry.clone(),
+            limits: self.limits.clone(),
+            default_strategy: self.default_strategy.clone(),
+            admin_token: self.admin_token,
+        }
+    }
 }
 
 /// Validated `[plugins]`.
@@ -578,7 +567,7 @@ fn validate(
             }
         };
         if let (Some(c), Some(k)) = (&cert, &key) {
-            if let Err(e) = crate::server::tls::check_identity(c, k) {
+            if let Err(e) = tls::check_identity(c, k) {
                 p.add("server.tls", e.to_string());
             }
         }
@@ -610,7 +599,7 @@ fn validate(
     if max_body == 0 {
         p.add("limits.max_body_bytes", "must be > 0");
     }
-    let limits = Limits {
+    let limits = ExchangeLimits {
         max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
         connect_timeout: ms(l.connect_timeout_ms, 2_000),
         first_byte_timeout: ms(l.first_byte_timeout_ms, 30_000),

@@ -1,11 +1,32 @@
-//! Time for the energy side of the gateway: the [`Clock`] pricing reads (wall time, or the
-//! simulated time of a replayed trace), and the few time formats the feeds, the config and the
-//! CLI use (RFC 3339 timestamps, durations like `5m`, `36h`, `7d`).
+//! Time, one place for every layer: the [`Clock`] pricing reads (wall time, or the simulated
+//! time of a replayed trace), wall-clock milliseconds ([`now_ms`]) for records and budgets, a
+//! process-wide monotonic nanosecond clock ([`now_ns`]) for rate limits, and the few time
+//! formats the feeds, the config and the CLI use (RFC 3339 timestamps, durations like `5m`,
+//! `36h`, `7d`).
 //!
 //! Times are Unix seconds (`i64`, UTC). The request path never reads a clock: staleness is
 //! decided when the price book is rebuilt.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Current wall-clock time, Unix milliseconds (0 before 1970, saturating far in the future).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+const MINUTE_NS: u64 = 60_000_000_000;
+
+/// Nanoseconds on a process-wide monotonic clock. Starts at one minute, so that a fresh rate
+/// limit bucket (arrival time 0) is full.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    MINUTE_NS + u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
+}
 
 /// Where "now" comes from for staleness, history windows and replay.
 pub trait Clock: Send + Sync + fmt::Debug {

@@ -22,9 +22,9 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::energy::{EnergyRow, EnergyTable, ParsedRow, RowRules};
-use super::feed::replay::{ReplayError, Trace};
-use super::{EnergySettings, PriceBook, ReplaySource};
+use crate::pricing::energy::{EnergyRow, EnergyTable, ParsedRow, RowRules};
+use crate::pricing::feed::replay::{ReplayError, Trace};
+use crate::pricing::{EnergySettings, PriceBook, ReplaySource};
 use crate::catalog::{Catalog, DeploymentKind};
 use crate::routing::{self, tags::StrategySet};
 
@@ -512,8 +512,8 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
     Ok(Evaluation {
         model: model.id.clone(),
         sites: site_names.clone(),
-        from: super::clock::format_rfc3339(from),
-        to: super::clock::format_rfc3339(to),
+        from: crate::clock::format_rfc3339(from),
+        to: crate::clock::format_rfc3339(to),
         step_seconds: step,
         feed_delay_seconds: setup.feed_delay,
         load: setup.load.clone(),

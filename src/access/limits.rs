@@ -24,21 +24,12 @@
 //! key and project id), so a refresh neither resets nor leaks them.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::auth::Principal;
-use crate::store::BudgetPeriod;
+use super::keys::Principal;
+use super::directory::BudgetPeriod;
 
 const MINUTE_NS: u64 = 60_000_000_000;
-
-/// Nanoseconds on a process-wide monotonic clock.
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    // Start at one minute so that a fresh bucket (arrival time 0) is full.
-    MINUTE_NS + u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
-}
 
 /// One GCRA bucket: `rate` units per minute, bursts up to `rate`.
 #[derive(Debug)]
@@ -171,7 +162,7 @@ fn period_code(p: BudgetPeriod) -> u8 {
 impl Budget {
     /// A budget of `usd` per `period`, nothing spent yet.
     pub fn new(usd: f64, period: BudgetPeriod) -> Self {
-        let (start, end) = period.bounds(crate::store::now_ms());
+        let (start, end) = period.bounds(crate::clock::now_ms());
         Budget {
             limit: AtomicU64::new(nanos(usd)),
             period: std::sync::atomic::AtomicU8::new(period_code(period)),
@@ -193,7 +184,7 @@ impl Budget {
     pub fn set(&self, usd: f64, period: BudgetPeriod) {
         self.limit.store(nanos(usd), Ordering::Relaxed);
         if self.period.swap(period_code(period), Ordering::AcqRel) != period_code(period) {
-            let (start, end) = period.bounds(crate::store::now_ms());
+            let (start, end) = period.bounds(crate::clock::now_ms());
             self.period_start.store(start, Ordering::Release);
             self.period_end.store(end, Ordering::Release);
             self.local.store(0, Ordering::Relaxed);
@@ -335,6 +326,7 @@ pub fn settle(p: &Principal, tokens: u64, cost_usd: f64, now: u64, now_ms: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_ns;
 
     const SEC: u64 = 1_000_000_000;
 
@@ -379,7 +371,7 @@ mod tests {
     #[test]
     fn budget_counts_local_and_others_and_resets_each_period() {
         let b = Budget::new(1.0, BudgetPeriod::Day);
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         b.check(now).unwrap();
         b.add(0.6, now);
         b.check(now).unwrap();

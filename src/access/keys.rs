@@ -2,40 +2,17 @@
 //! principal. Keys are only ever held hashed; API keys are high-entropy random strings, so a
 //! fast unsalted hash is enough to make a leaked table useless (no password-style stretching).
 //!
-//! The snapshot is built by [`crate::projects`] from the config's `[[keys]]` and the store's
+//! The snapshot is built by [`super::projects`] from the config's `[[keys]]` and the store's
 //! keys, each key carrying its limits and project.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-use crate::limits::RateLimits;
-use crate::projects::{ProjectPolicy, CONFIG_KEY_PREFIX};
+use super::limits::RateLimits;
+use super::projects::{ProjectPolicy, CONFIG_KEY_PREFIX};
+use crate::api::bearer::{bearer_token, AuthError};
 use crate::routing::tags::StrategySet;
-
-/// SHA-256 of an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyHash(pub [u8; 32]);
-
-impl KeyHash {
-    /// Hashes a presented key.
-    pub fn of(key: &str) -> Self {
-        KeyHash(Sha256::digest(key.as_bytes()).into())
-    }
-
-    /// Parses 64 hex characters; `None` otherwise.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).ok()?;
-        Some(KeyHash(out))
-    }
-
-    /// Lower-case hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
+use crate::secret::KeyHash;
 
 /// A configured key: its name, hash and optional project (by name).
 #[derive(Debug, Clone)]
@@ -76,17 +53,6 @@ impl Principal {
     pub fn default_strategy<'a>(&'a self, fallback: &'a StrategySet) -> &'a StrategySet {
         self.project.as_ref().and_then(|p| p.default_strategy.as_ref()).unwrap_or(fallback)
     }
-}
-
-/// Why a request was not authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing Authorization: Bearer header")]
-    Missing,
-    #[error("malformed Authorization header")]
-    Malformed,
-    #[error("unknown API key")]
-    Unknown,
 }
 
 /// The keys the gateway accepts right now. Immutable; replaced whole.
@@ -133,28 +99,6 @@ impl KeySnapshot {
         let key = bearer_token(header)?;
         self.by_hash.get(&KeyHash::of(key)).cloned().ok_or(AuthError::Unknown)
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header value.
-///
-/// # Errors
-/// [`AuthError::Missing`] or [`AuthError::Malformed`].
-pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
-    let header = header.ok_or(AuthError::Missing)?;
-    let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
-    let header = header.trim();
-    if header.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Missing);
-    }
-    let (scheme, key) = header.split_once(' ').ok_or(AuthError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Malformed);
-    }
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(AuthError::Missing);
-    }
-    Ok(key)
 }
 
 #[cfg(test)]

@@ -22,11 +22,38 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::{KeyEntry, KeyHash, KeySnapshot, Principal};
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+use super::directory::{check_id, Directory, InvalidInput, ProjectChanges};
+use super::keys::{KeyEntry, KeySnapshot, Principal};
+use super::limits::{Budget, RateLimits};
 use crate::catalog::Catalog;
-use crate::limits::{Budget, RateLimits};
 use crate::routing::tags::StrategySet;
-use crate::store::{Directory, ProjectChanges, Store, StoreError};
+use crate::secret::KeyHash;
+
+/// The durable side of keys and projects could not be read; the message says why (never a
+/// credential). The current snapshot stays in force.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// Where the [`Registry`] reads keys, projects and other instances' spend: the store
+/// implements it. Every call may wait on a database, so the registry makes them only off the
+/// request path.
+#[async_trait]
+pub trait DirectorySource: Send + Sync + 'static {
+    /// Every project and active key, at one change sequence.
+    async fn directory(&self) -> Result<Directory, SourceError>;
+    /// The current change sequence (cheap; polled every second).
+    async fn change_seq(&self) -> Result<i64, SourceError>;
+    /// Change notifications from other instances, if the source has them.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>>;
+    /// Spend per project id since `since_ms` by every instance but `exclude_instance`.
+    async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, SourceError>;
+    /// Runs a background task where the source's own I/O runs (never on a request worker).
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
 
 /// Key ids of config keys start with this.
 pub const CONFIG_KEY_PREFIX: &str = "config:";
@@ -141,7 +168,7 @@ impl Access {
 /// it current.
 pub struct Registry {
     access: ArcSwap<Access>,
-    store: Option<Store>,
+    source: Option<Arc<dyn DirectorySource>>,
     config_keys: Vec<KeyEntry>,
     seq: AtomicI64,
     /// Serialises rebuilds so an older directory never replaces a newer one.
@@ -149,13 +176,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry over the config keys and, if any, the store (call [`Registry::refresh`]
-    /// before serving to load the store's keys).
-    pub fn new(config_keys: Vec<KeyEntry>, store: Option<Store>) -> Arc<Self> {
+    /// A registry over the config keys and, if any, a durable source (call
+    /// [`Registry::refresh`] before serving to load its keys).
+    pub fn new(config_keys: Vec<KeyEntry>, source: Option<Arc<dyn DirectorySource>>) -> Arc<Self> {
         let access = Access::build(&Directory::default(), &config_keys, &Access::default());
         Arc::new(Registry {
             access: ArcSwap::from_pointee(access),
-            store,
+            source,
             config_keys,
             seq: AtomicI64::new(-1),
             rebuilding: tokio::sync::Mutex::new(()),
@@ -172,17 +199,12 @@ impl Registry {
         &self.config_keys
     }
 
-    /// The store, if one is configured.
-    pub fn store(&self) -> Option<&Store> {
-        self.store.as_ref()
-    }
-
     /// Rebuilds the snapshot from the store now.
     ///
     /// # Errors
     /// The store is unreachable (the current snapshot stays).
-    pub async fn refresh(&self) -> Result<(), StoreError> {
-        let Some(store) = &self.store else { return Ok(()) };
+    pub async fn refresh(&self) -> Result<(), SourceError> {
+        let Some(store) = &self.source else { return Ok(()) };
         let _one = self.rebuilding.lock().await;
         let dir = store.directory().await?;
         let next = Access::build(&dir, &self.config_keys, &self.access.load());
@@ -192,17 +214,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Starts, on the store runtime, the tasks that keep the snapshot current and sync
-    /// budgets with other instances' spend every `budget_sync`.
+    /// Starts, where the source runs its I/O, the tasks that keep the snapshot current and
+    /// sync budgets with other instances' spend every `budget_sync`.
     pub fn spawn_background(self: &Arc<Self>, instance: Arc<str>, budget_sync: Duration) {
-        let Some(store) = self.store.clone() else { return };
+        let Some(source) = self.source.clone() else { return };
         let me = self.clone();
-        store.spawn_task(me.clone().watch());
-        store.spawn_task(async move { me.sync_budgets(instance, budget_sync).await });
+        source.spawn(Box::pin(me.clone().watch()));
+        source.spawn(Box::pin(async move { me.sync_budgets(instance, budget_sync).await }));
     }
 
     async fn watch(self: Arc<Self>) {
-        let Some(store) = self.store.clone() else { return };
+        let Some(store) = self.source.clone() else { return };
         let mut notes = store.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,10 +270,10 @@ impl Registry {
     ///
     /// # Errors
     /// The store is unreachable (budgets keep the last known spend).
-    pub async fn sync_budgets_once(&self, instance: &str) -> Result<(), StoreError> {
-        let Some(store) = &self.store else { return Ok(()) };
+    pub async fn sync_budgets_once(&self, instance: &str) -> Result<(), SourceError> {
+        let Some(store) = &self.source else { return Ok(()) };
         let access = self.access.load_full();
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         let mut starts: Vec<i64> =
             access.projects.values().filter_map(|p| p.budget.as_ref().map(|b| b.period_start(now))).collect();
         starts.sort_unstable();
@@ -271,13 +293,13 @@ impl Registry {
 /// Checks that every allowed model of `changes` is in the catalog.
 ///
 /// # Errors
-/// [`StoreError::Invalid`] naming the first unknown model.
-pub fn check_models(catalog: &Catalog, changes: &ProjectChanges) -> Result<(), StoreError> {
+/// [`InvalidInput`] naming the first unknown model.
+pub fn check_models(catalog: &Catalog, changes: &ProjectChanges) -> Result<(), InvalidInput> {
     if let Some(Some(models)) = &changes.allowed_models {
         for m in models {
-            crate::store::check_id("allowed_models", m)?;
+            check_id("allowed_models", m)?;
             if catalog.model(m).is_none() {
-                return Err(StoreError::Invalid(format!("allowed_models: unknown model `{m}`")));
+                return Err(InvalidInput(format!("allowed_models: unknown model `{m}`")));
             }
         }
     }
@@ -287,7 +309,7 @@ pub fn check_models(catalog: &Catalog, changes: &ProjectChanges) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ApiKey, BudgetPeriod, Project};
+    use crate::access::{ApiKey, BudgetPeriod, Project};
 
     fn project(id: &str, rpm: Option<u32>) -> Project {
         Project {

@@ -1,0 +1,68 @@
+//! [`Record`]: what happened to one request — who sent it, where it went, what it cost, how
+//! it ended. The pipeline fills it in as the request moves along; at the end it becomes the
+//! access log line, the request metrics and (for authenticated requests) a usage record.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::access::Principal;
+use crate::catalog::Quote;
+use crate::pricing::cost::Cost;
+
+/// What happened to a request, for the access log and metrics.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub request_id: String,
+    pub started: Instant,
+    pub status: u16,
+    pub key_name: Option<Arc<str>>,
+    pub model: Option<String>,
+    pub deployment: Option<String>,
+    pub strategy: Option<String>,
+    pub error: Option<&'static str>,
+    pub ttft: Option<std::time::Duration>,
+    /// When the first content token was forwarded (streams).
+    pub first_token_at: Option<Instant>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub stream: bool,
+    /// What the request cost the client (`usage.cost`).
+    pub cost: Option<Cost>,
+    /// The authenticated key (and project), for limits and the usage record.
+    pub principal: Option<Principal>,
+    /// The data center of the deployment that answered (hosted deployments).
+    pub data_center: Option<String>,
+    /// The answering deployment's token prices at decision time.
+    pub quote: Option<Quote>,
+}
+
+impl Record {
+    /// A fresh record with a random request id.
+    pub fn new() -> Self {
+        Record {
+            request_id: format!("req_{}", hex::encode(rand::random::<[u8; 12]>())),
+            started: Instant::now(),
+            status: 0,
+            key_name: None,
+            model: None,
+            deployment: None,
+            strategy: None,
+            error: None,
+            ttft: None,
+            first_token_at: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            stream: false,
+            cost: None,
+            principal: None,
+            data_center: None,
+            quote: None,
+        }
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self::new()
+    }
+}
