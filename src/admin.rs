@@ -126,7 +126,7 @@ async fn plugins(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, rec:
         }
         ("/admin/plugins", &http::Method::POST) => {
             let world = gw.world.load();
-            let bytes = match crate::proxy::chat::read_body(io, head, &world).await {
+            let bytes = match crate::proxy::body::read_body(io, head.content_length, world.limits.max_body_bytes, world.limits.client_body_timeout).await {
                 Ok(b) => b,
                 Err(e) => {
                     io.close_after();

@@ -176,8 +176,60 @@ impl ChatRequest {
     }
 }
 
+/// One upstream SSE event of a chat stream, classified once for everyone who looks at it
+/// (failover before the first token, the relay after it).
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// `data: [DONE]`: the stream is complete.
+    Done,
+    /// Not JSON: the upstream is broken.
+    Malformed,
+    /// A JSON chunk.
+    Chunk(Chunk),
+}
+
+/// A parsed chunk and what matters about it.
+#[derive(Debug)]
+pub struct Chunk {
+    pub value: serde_json::Value,
+    /// It carries generated content (text, tool calls or a refusal), not just a role.
+    pub content: bool,
+    /// It is an error object (`{"error": …}`): the upstream failed mid-stream.
+    pub error: bool,
+    /// Its `usage` (prompt, completion tokens), if present.
+    pub usage: Option<(u64, u64)>,
+    /// The usage-only chunk (`choices: []` with `usage`), which reaches the client only if it
+    /// asked for usage.
+    pub usage_only: bool,
+}
+
+/// Classifies one event's `data`.
+pub fn classify(data: &str) -> StreamEvent {
+    if data.trim() == "[DONE]" {
+        return StreamEvent::Done;
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+        return StreamEvent::Malformed;
+    };
+    let usage_only = value.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty())
+        && value.get("usage").is_some_and(|u| !u.is_null());
+    StreamEvent::Chunk(Chunk {
+        content: has_content(&value),
+        error: value.get("error").is_some(),
+        usage: usage_of(&value),
+        usage_only,
+        value,
+    })
+}
+
+/// `usage.prompt_tokens` and `usage.completion_tokens` of a chat document or chunk.
+pub fn usage_of(v: &serde_json::Value) -> Option<(u64, u64)> {
+    let u = v.get("usage")?;
+    Some((u.get("prompt_tokens")?.as_u64()?, u.get("completion_tokens")?.as_u64()?))
+}
+
 /// True for a chunk carrying generated content (not the role-only first chunk).
-pub fn has_content(v: &serde_json::Value) -> bool {
+fn has_content(v: &serde_json::Value) -> bool {
     v.get("choices").and_then(|c| c.as_array()).is_some_and(|choices| {
         choices.iter().any(|c| {
             let d = &c["delta"];

@@ -7,8 +7,14 @@
 //! projects come from the [`Registry`]'s own snapshot (one more `load()`), which changes
 //! whenever a key or project does.
 
+mod authorize;
+pub mod body;
 pub mod chat;
+pub mod finish;
 pub mod models;
+mod observe;
+mod relay;
+mod route;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,6 +154,15 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.in_flight.dec();
     }
+}
+
+/// Which surface a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The public OpenAI-compatible API.
+    Api,
+    /// `/metrics`, `/healthz` and the admin API for operators.
+    Admin,
 }
 
 /// What the handlers need of the request line and headers.

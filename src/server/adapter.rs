@@ -1,6 +1,6 @@
 //! The one place that knows pingora's proxy API: a `ProxyHttp` whose `request_filter` hands
 //! the session, wrapped as a [`Downstream`], to the pingora-free handlers, and whose
-//! `logging` phase writes the access line and request metrics. The gateway drives upstream
+//! `logging` phase hands the finished request to `proxy::finish`. The gateway drives upstream
 //! exchanges itself (see `crate::upstream`), so `upstream_peer` is never reached.
 
 use std::sync::Arc;
@@ -14,14 +14,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use crate::admin;
 use crate::proxy::{self, Downstream, DownstreamError, Gateway, InFlight, Record, RequestHead, ResponseHead};
 
-/// Which surface a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The public OpenAI-compatible API.
-    Api,
-    /// `/metrics`, `/healthz` and the admin API for operators.
-    Admin,
-}
+pub use crate::proxy::Surface as Role;
 
 /// The pingora application.
 pub struct JouleProxy {
@@ -128,41 +121,6 @@ impl ProxyHttp for JouleProxy {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
-        let rec = &ctx.rec;
-        let elapsed = rec.started.elapsed();
-        if self.role == Role::Api {
-            crate::usage::account(&self.gateway.usage, rec);
-            let m = &self.gateway.metrics;
-            let model = rec.model.as_deref().unwrap_or("none");
-            let deployment = rec.deployment.as_deref().unwrap_or("none");
-            let status = rec.status.to_string();
-            m.requests.with_label_values(&[model, deployment, &status]).inc();
-            m.duration.with_label_values(&[model]).observe(elapsed.as_secs_f64());
-            if let Some(t) = rec.ttft {
-                m.ttft.with_label_values(&[model]).observe(t.as_secs_f64());
-            }
-            if let (Some(err), true) = (rec.error, rec.status < 400) {
-                m.stream_failures.with_label_values(&[deployment, err]).inc();
-            }
-        }
-        tracing::info!(
-            target: "joule::access",
-            request_id = %rec.request_id,
-            method = %ctx.method,
-            path = %ctx.path,
-            status = rec.status,
-            key = rec.key_name.as_deref().unwrap_or("-"),
-            model = rec.model.as_deref().unwrap_or("-"),
-            deployment = rec.deployment.as_deref().unwrap_or("-"),
-            strategy = rec.strategy.as_deref().unwrap_or("-"),
-            stream = rec.stream,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            ttft_ms = rec.ttft.map(|t| t.as_secs_f64() * 1e3),
-            prompt_tokens = rec.prompt_tokens,
-            completion_tokens = rec.completion_tokens,
-            cost_usd = rec.cost.map(|c| c.total),
-            error = rec.error.unwrap_or("-"),
-            "request"
-        );
+        proxy::finish::finish(&self.gateway, self.role, &ctx.rec, &ctx.method, &ctx.path);
     }
 }

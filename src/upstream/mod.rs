@@ -3,7 +3,7 @@
 //! response headers within the first-byte timeout, 429/5xx — and, for streams, when no content
 //! token arrives within the model's TTFT timeout (the events before it are held back, so
 //! nothing has reached the client yet). Once an [`Answer`] is returned, no other deployment is
-//! tried. Every attempt feeds the deployment's telemetry and breaker.
+//! tried. Every failed attempt is reported to the caller, which records it (`proxy::observe`).
 
 pub mod client;
 pub mod probe;
@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
-use crate::api::chat::{has_content, ChatRequest};
+use crate::api::chat::{classify, ChatRequest, StreamEvent};
 use crate::api::error::ApiError;
 use crate::api::sse::{SseItem, SseParser};
 use crate::catalog::{Catalog, Model};
@@ -88,11 +88,13 @@ impl AttemptFailure {
     }
 }
 
-/// A failed attempt: the deployment's index in the model and what went wrong.
+/// A failed attempt: the deployment's index in the model, what went wrong and how long after
+/// sending it was given up.
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub deployment: usize,
     pub failure: AttemptFailure,
+    pub elapsed: Duration,
 }
 
 /// The body of an answer.
@@ -139,7 +141,8 @@ fn retry_after(resp: &reqwest::Response) -> Option<u64> {
     resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Tries the ranked deployments in order; calls `on_failure` for every failed attempt.
+/// Tries the ranked deployments in order; calls `on_failure` for every failed attempt (the
+/// caller records it in telemetry and metrics: this module only reads the breakers).
 ///
 /// # Errors
 /// When every deployment failed: 504 if all timed out, 503 if all refused with 429/503
@@ -183,16 +186,7 @@ pub async fn send(
             }
             Err(f) => f,
         };
-        if let Some(st) = stats {
-            if failure == AttemptFailure::TtftTimeout {
-                // Penalise the slow deployment: it took at least this long.
-                st.record_ttft(sent_at.elapsed(), settings);
-            }
-            if st.record_failure(settings) {
-                tracing::warn!(deployment = %dep.id, "breaker opened");
-            }
-        }
-        let attempt = Attempt { deployment: cand.deployment, failure };
+        let attempt = Attempt { deployment: cand.deployment, failure, elapsed: sent_at.elapsed() };
         tracing::warn!(request_id = route.request_id, deployment = %dep.id, failure = attempt.failure.describe(), "upstream attempt failed");
         on_failure(&attempt);
         attempts.push(attempt);
@@ -260,18 +254,15 @@ async fn attempt(
         }
         for item in &prefetched[before..] {
             let SseItem::Event { data, .. } = item else { continue };
-            if data.trim() == "[DONE]" {
-                return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None));
-            }
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
-                return Err(AttemptFailure::EarlyStreamFailure);
-            };
-            if v.get("error").is_some() {
-                return Err(AttemptFailure::EarlyStreamFailure);
-            }
-            if has_content(&v) {
-                let first = Some(Instant::now());
-                return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, first));
+            match classify(data) {
+                StreamEvent::Done => return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None)),
+                StreamEvent::Malformed => return Err(AttemptFailure::EarlyStreamFailure),
+                StreamEvent::Chunk(c) if c.error => return Err(AttemptFailure::EarlyStreamFailure),
+                StreamEvent::Chunk(c) if c.content => {
+                    let first = Some(Instant::now());
+                    return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, first));
+                }
+                StreamEvent::Chunk(_) => {}
             }
         }
     }

@@ -1,0 +1,195 @@
+//! Relaying the answer to the client: the `x-joule-*` headers, `usage.cost` inserted into the
+//! usage object, and streams forwarded event by event (one write and flush each) with a
+//! terminal SSE error event if the upstream fails mid-stream.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{send_error, Downstream, DownstreamError, Record, ResponseHead, World};
+use crate::api::chat::{self, classify, ChatRequest, StreamEvent};
+use crate::api::error::{stream_error_event, ApiError};
+use crate::api::sse::{self, SseItem};
+use crate::catalog::{Model, Quote};
+use crate::pricing::cost::{insert_cost, Cost};
+use crate::routing::RouteDecision;
+use crate::upstream::{Answer, AnswerBody};
+
+fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
+    let mut h = vec![("x-request-id", rec.request_id.clone())];
+    if let Some(d) = model.deployments.get(answer.deployment) {
+        h.push(("x-joule-deployment", d.id.clone()));
+        if let Some(dc) = world.catalog.data_center_of(d) {
+            h.push(("x-joule-data-center", dc.id.clone()));
+        }
+        let q = quote_of(decision, answer.deployment);
+        h.push(("x-joule-price-input", format!("{:.6}", q.price.input)));
+        h.push(("x-joule-price-output", format!("{:.6}", q.price.output)));
+    }
+    h.push(("x-joule-strategy", decision.strategy_header()));
+    h
+}
+
+/// The quote the decision used for a deployment (the price charged).
+fn quote_of(decision: &RouteDecision, deployment: usize) -> Quote {
+    decision.ranked.iter().find(|(c, _)| c.deployment == deployment).map(|(c, _)| c.quote).unwrap_or_default()
+}
+
+/// Adds `cost` to the usage object of an upstream JSON document, recording it.
+fn with_cost(doc: &[u8], quote: &Quote, tokens: (u64, u64), rec: &mut Record) -> Option<Vec<u8>> {
+    let cost = Cost::of(quote, tokens.0, tokens.1);
+    rec.cost = Some(cost);
+    insert_cost(doc, &cost)
+}
+
+/// How forwarding one batch of events ended.
+enum Flow {
+    Continue,
+    Done,
+    Failed(&'static str, &'static str),
+}
+
+/// Forwards parsed upstream events to the client, recording usage along the way.
+async fn forward_items(
+    items: &[SseItem],
+    req: &ChatRequest,
+    quote: &Quote,
+    io: &mut dyn Downstream,
+    rec: &mut Record,
+) -> Result<Flow, DownstreamError> {
+    for item in items {
+        let SseItem::Event { event, data } = item else {
+            io.send_body(Bytes::from(sse::encode(item)), false).await?;
+            continue;
+        };
+        let chunk = match classify(data) {
+            StreamEvent::Done => {
+                io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
+                return Ok(Flow::Done);
+            }
+            StreamEvent::Malformed => return Ok(Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid")),
+            StreamEvent::Chunk(c) => c,
+        };
+        if rec.first_token_at.is_none() && chunk.content {
+            rec.first_token_at = Some(Instant::now());
+        }
+        let mut with_cost_event = None;
+        if let Some((p, c)) = chunk.usage {
+            rec.prompt_tokens = Some(p);
+            rec.completion_tokens = Some(c);
+            // Only this event is re-encoded, with `cost` added to its usage.
+            with_cost_event = with_cost(data.as_bytes(), quote, (p, c), rec)
+                .and_then(|b| String::from_utf8(b).ok())
+                .map(|data| SseItem::Event { event: event.clone(), data });
+        }
+        if chunk.usage_only && !req.include_usage {
+            continue;
+        }
+        io.send_body(Bytes::from(sse::encode(with_cost_event.as_ref().unwrap_or(item))), false).await?;
+        if chunk.error {
+            return Ok(Flow::Failed("The upstream reported an error mid-stream.", "upstream_stream_error"));
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// Sends the answer to the client: a whole document (with `usage.cost` inserted), or the
+/// event stream as it arrives, ending with an SSE error event if the upstream fails
+/// mid-stream.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay(
+    world: &World,
+    model: &Model,
+    decision: &RouteDecision,
+    req: &ChatRequest,
+    explain: Option<String>,
+    answer: Answer,
+    io: &mut dyn Downstream,
+    rec: &mut Record,
+) -> Result<(), DownstreamError> {
+    let quote = quote_of(decision, answer.deployment);
+    if let Some(d) = model.deployments.get(answer.deployment) {
+        rec.deployment = Some(d.id.clone());
+        rec.data_center = world.catalog.data_center_of(d).map(|dc| dc.id.clone());
+        rec.quote = Some(quote);
+    }
+    let mut headers = joule_headers(world, model, decision, &answer, rec);
+    if let Some(x) = explain {
+        headers.push(("x-joule-explain", x));
+    }
+    let status = answer.status;
+    rec.status = status;
+    if let Some(first) = answer.first_token_at {
+        rec.first_token_at = Some(first);
+        rec.ttft = Some(first.duration_since(answer.sent_at));
+    }
+    let (mut prefetched, mut parser, mut rest) = match answer.body {
+        AnswerBody::Full(response) => {
+            // Non-stream answer (or an upstream error document for a stream request).
+            let bytes = match tokio::time::timeout(world.limits.request_timeout, response.bytes()).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(_)) | Err(_) => {
+                    let e = ApiError::UpstreamFailed { message: "The upstream connection failed while sending the response.".into() };
+                    return send_error(io, rec, &e).await;
+                }
+            };
+            let mut bytes = bytes;
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                if let Some((p, c)) = chat::usage_of(&v) {
+                    rec.prompt_tokens = Some(p);
+                    rec.completion_tokens = Some(c);
+                    if (200..300).contains(&status) {
+                        if let Some(b) = with_cost(&bytes, &quote, (p, c), rec) {
+                            bytes = Bytes::from(b);
+                        }
+                    }
+                }
+            }
+            headers.push(("content-type", answer.content_type));
+            io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
+            return io.send_body(bytes, true).await;
+        }
+        AnswerBody::Stream { prefetched, parser, rest } => (prefetched, parser, rest),
+    };
+
+    headers.push(("content-type", "text/event-stream".into()));
+    headers.push(("cache-control", "no-cache".into()));
+    io.send_head(ResponseHead { status, headers, content_length: None }).await?;
+
+    let mut flow = forward_items(&prefetched, req, &quote, io, rec).await?;
+    while let Flow::Continue = flow {
+        let chunk = match tokio::time::timeout(world.limits.stream_idle_timeout, rest.next()).await {
+            Err(_) => {
+                flow = Flow::Failed("The upstream stopped sending for too long.", "upstream_stream_timeout");
+                break;
+            }
+            Ok(Some(Err(_))) => {
+                flow = Flow::Failed("The upstream connection failed mid-stream.", "upstream_stream_interrupted");
+                break;
+            }
+            Ok(None) => {
+                prefetched.clear();
+                parser.finish(&mut prefetched);
+                flow = match forward_items(&prefetched, req, &quote, io, rec).await? {
+                    Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
+                    other => other,
+                };
+                break;
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        prefetched.clear();
+        if parser.feed(&chunk, &mut prefetched).is_err() {
+            flow = Flow::Failed("The upstream sent a malformed event stream.", "upstream_stream_invalid");
+            break;
+        }
+        flow = forward_items(&prefetched, req, &quote, io, rec).await?;
+    }
+    if let Flow::Failed(message, code) = flow {
+        rec.error = Some(code);
+        tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), code, "stream failed after headers");
+        io.send_body(Bytes::from(stream_error_event(message, code)), false).await?;
+    }
+    io.send_body(Bytes::new(), true).await
+}
