@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod limits;
