@@ -21,7 +21,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use joule::catalog::{Quote, TokenPrice};
 use joule::routing::tags::StrategySet;
-use joule::routing::wasm::toolchain::{build, BuildRequest};
+use joule::cli::toolchain::{build, BuildRequest};
 use joule::routing::wasm::{rank, Host, HostConfig, InstanceMode, PluginRegistry};
 use joule::routing::Candidate;
 

@@ -5,6 +5,7 @@ pub mod access;
 pub mod admin;
 pub mod api;
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use joule::catalog::{Quote, TokenPrice};
+use joule::cli::plugin_check::{check, CheckOptions};
 use joule::metrics::{Metrics, StrategyMetrics};
 use joule::routing::tags::{parse_model, StrategySet};
 use joule::routing::wasm::explain::{self, DecisionInput, DecisionOutput, LoggedDecision};
-use joule::routing::wasm::{
-    check, rank, CheckOptions, FaultKind, FileOutcome, Host, HostConfig, LoadError, PluginRegistry, RegistryError,
-};
+use joule::routing::wasm::{rank, FaultKind, FileOutcome, Host, HostConfig, LoadError, PluginRegistry, RegistryError};
 use joule::routing::{rank_native, Candidate, Engine, Fallback, RouteDecision};
 use proptest::prelude::*;
 

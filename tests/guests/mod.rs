@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use joule::routing::wasm::toolchain::{build, BuildRequest};
+use joule::cli::toolchain::{build, BuildRequest};
 
 /// Every guest package the tests use.
 pub const PACKAGES: &[&str] = &[

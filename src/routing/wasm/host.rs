@@ -22,6 +22,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::{self, DecisionInput, StrategyPre};
 use super::plugin::{FaultKind, Info, Plugin};
+use crate::routing::Candidate;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -284,6 +285,18 @@ impl Host {
                 Err(e) => CallOutcome::Fault(Fault { kind: FaultKind::Instantiate, detail: format!("{e:#}") }),
             }
         })
+    }
+
+    /// Scores `cands` with `plugin` in the sandbox, as a decision does (same input, same
+    /// instance mode, counted in the plugin's calls and faults), for tools that call one plugin
+    /// directly (`joule plugin check`).
+    pub fn score(&self, plugin: &Plugin, cands: &[Candidate], now_ms: u64, seed: u64) -> CallOutcome {
+        self.call(plugin, &bindings::decision_input(cands, now_ms, seed))
+    }
+
+    /// As [`Host::score`], on a new instance whatever the mode.
+    pub fn score_fresh(&self, plugin: &Plugin, cands: &[Candidate], now_ms: u64, seed: u64) -> CallOutcome {
+        self.call_fresh(plugin, &bindings::decision_input(cands, now_ms, seed))
     }
 
     fn timed(&self, plugin: &Plugin, f: impl FnOnce() -> CallOutcome) -> CallOutcome {

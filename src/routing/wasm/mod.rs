@@ -8,20 +8,19 @@
 //! - [`watch`]: the plugins directory watcher.
 //! - [`rank()`]: a decision through the plugins, with native fallback.
 //! - [`explain`]: decision logging, explain payloads, replay.
-//! - [`check()`]: the conformance checks of `joule plugin check`.
-//! - [`toolchain`]: building guest crates into components.
+//!
+//! Building guest crates into components and the conformance checks of `joule plugin check`
+//! are tools, not runtime: they live with the command line (the `cli` module, which the
+//! runtime never imports).
 
 mod bindings;
-pub mod check;
 pub mod explain;
 pub mod host;
 pub mod plugin;
 pub mod rank;
 pub mod registry;
-pub mod toolchain;
 pub mod watch;
 
-pub use check::{check, CheckOptions, CheckReport};
 pub use host::{CallOutcome, Fault, Host, HostConfig, InstanceMode, LoadError};
 pub use plugin::{FaultKind, Info, Plugin, PluginSummary};
 pub use rank::rank;

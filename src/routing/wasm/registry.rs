@@ -339,7 +339,7 @@ impl PluginRegistry {
 
     fn store_file(&self, name: &str, bytes: &[u8]) -> Result<(), RegistryError> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        super::toolchain::write_atomically(&dir.join(name), bytes).map_err(|e| RegistryError::Io(e.to_string()))
+        write_atomically(&dir.join(name), bytes).map_err(|e| RegistryError::Io(e.to_string()))
     }
 
     /// Builds the set from `by_file` (first file by name wins a tag) and swaps it in.
@@ -371,4 +371,19 @@ fn remember(st: &mut State, old: Arc<Plugin>) {
     if h.len() > HISTORY_DEPTH {
         h.remove(0);
     }
+}
+
+/// Writes beside the target, then renames into place, so a watcher never sees half a file
+/// (uploads into the plugins directory; `joule plugin build` writes its output the same way).
+///
+/// # Errors
+/// The write or the rename failed; the temporary file is removed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

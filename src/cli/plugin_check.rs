@@ -5,13 +5,11 @@
 //! fuel budget and time limit.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::{self, DecisionInput};
-use super::host::{CallOutcome, Host, HostConfig, InstanceMode};
-use super::plugin::{sha256_hex, FaultKind, Info, Plugin};
 use crate::catalog::{Quote, TokenPrice};
+use crate::routing::wasm::plugin::sha256_hex;
+use crate::routing::wasm::{CallOutcome, FaultKind, Host, HostConfig, Info, InstanceMode, PluginRegistry};
 use crate::routing::Candidate;
 
 /// Check settings.
@@ -34,16 +32,22 @@ impl Default for CheckOptions {
 /// One named check.
 #[derive(Debug, Clone)]
 pub struct CheckItem {
+    /// What was checked (`contract`, `describe`, `scores`, `deterministic`, `budget`, `note`).
     pub name: &'static str,
+    /// Whether it passed.
     pub ok: bool,
+    /// What was found, for the operator.
     pub detail: String,
 }
 
 /// The result of `joule plugin check`.
 #[derive(Debug, Clone)]
 pub struct CheckReport {
+    /// Hex SHA-256 of the component bytes.
     pub sha256: String,
+    /// What the component says about itself, once it loaded.
     pub info: Option<Info>,
+    /// The checks, in the order they ran.
     pub items: Vec<CheckItem>,
 }
 
@@ -86,9 +90,17 @@ fn cand(i: usize, price: f64, ttft: f64, tps: f64, load: (u32, f64), site: Optio
     }
 }
 
+/// One input the checks run on.
+struct Case {
+    name: String,
+    cands: Vec<Candidate>,
+    now_ms: u64,
+    seed: u64,
+}
+
 /// Inputs the checks run on: sizes 1 to 64 and edge values (zero prices, negative energy
 /// prices, no energy price, zero health, heavy load, zero rates).
-fn cases() -> Vec<(String, DecisionInput)> {
+fn cases() -> Vec<Case> {
     let spread = |n: usize| -> Vec<Candidate> {
         (0..n)
             .map(|i| {
@@ -113,9 +125,9 @@ fn cases() -> Vec<(String, DecisionInput)> {
     ];
     let mut out = Vec::new();
     for (i, n) in [1usize, 4, 16, 64].into_iter().enumerate() {
-        out.push((format!("{n} candidate(s)"), bindings::decision_input(&spread(n), 1_690_000_000_000 + i as u64 * 60_000, 42 + i as u64)));
+        out.push(Case { name: format!("{n} candidate(s)"), cands: spread(n), now_ms: 1_690_000_000_000 + i as u64 * 60_000, seed: 42 + i as u64 });
     }
-    out.push(("edge values".into(), bindings::decision_input(&edge, 0, u64::MAX)));
+    out.push(Case { name: "edge values".into(), cands: edge, now_ms: 0, seed: u64::MAX });
     out
 }
 
@@ -137,13 +149,15 @@ pub fn check(bytes: &[u8], opts: &CheckOptions) -> CheckReport {
             return report;
         }
     };
-    let (pre, info) = match host.compile(bytes) {
-        Ok(x) => x,
+    // A registry without a directory or metrics: loading goes through the gateway's own path.
+    let plugin = match PluginRegistry::new(host.clone(), None, None).load(bytes, None) {
+        Ok(p) => p,
         Err(e) => {
             report.items.push(CheckItem { name: "contract", ok: false, detail: e.to_string() });
             return report;
         }
     };
+    let info = &plugin.info;
     report.items.push(CheckItem {
         name: "contract",
         ok: true,
@@ -151,13 +165,12 @@ pub fn check(bytes: &[u8], opts: &CheckOptions) -> CheckReport {
     });
     report.items.push(CheckItem { name: "describe", ok: true, detail: format!("tag `{}`, version `{}`", info.tag, info.version) });
     report.info = Some(info.clone());
-    let plugin = Arc::new(Plugin::new(info, Arc::from(bytes), pre, None, None));
     let (mut scores_ok, mut det_ok, mut budget_ok) = (Vec::new(), Vec::new(), Vec::new());
     let mut problems = (Vec::new(), Vec::new(), Vec::new());
     let mut excluded_all = 0;
     let cases = cases();
-    for (name, input) in &cases {
-        let first = host.call(&plugin, input);
+    for Case { name, cands, now_ms, seed } in &cases {
+        let first = host.score(&plugin, cands, *now_ms, *seed);
         let first = match first {
             CallOutcome::Scored(s) => s,
             CallOutcome::Fault(f) => {
@@ -175,8 +188,8 @@ pub fn check(bytes: &[u8], opts: &CheckOptions) -> CheckReport {
         if first.iter().all(Option::is_none) {
             excluded_all += 1;
         }
-        let again = host.call(&plugin, input);
-        let fresh = host.call_fresh(&plugin, input);
+        let again = host.score(&plugin, cands, *now_ms, *seed);
+        let fresh = host.score_fresh(&plugin, cands, *now_ms, *seed);
         if again == CallOutcome::Scored(first.clone()) && fresh == CallOutcome::Scored(first) {
             det_ok.push(name);
         } else {

@@ -4,8 +4,10 @@
 //! is involved, so the result imports nothing. Used by `joule plugin build`,
 //! `scripts/build-plugins` and the tests; never by the gateway at run time.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use crate::routing::wasm::registry::write_atomically;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -26,21 +28,28 @@ pub struct BuildRequest {
 /// A built component.
 #[derive(Debug, Clone)]
 pub struct Built {
+    /// The cargo package it was built from.
     pub package: String,
+    /// Where the component was written (`OUT/<package>.wasm`).
     pub path: PathBuf,
 }
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A cargo step (`metadata` or `build`) could not run or failed.
     #[error("cargo {step} failed: {message}")]
     Cargo { step: &'static str, message: String },
+    /// A requested package is not a cdylib of the workspace.
     #[error("no package `{0}` with a cdylib target in the workspace")]
     UnknownPackage(String),
+    /// No package was asked for and the directory holds no cdylib.
     #[error("nothing to build: no cdylib crate at {0}")]
     Nothing(String),
+    /// The core module could not be wrapped into a component.
     #[error("componentising {package}: {message}")]
     Componentize { package: String, message: String },
+    /// Reading the core module or writing the component failed.
     #[error("{0}")]
     Io(String),
 }
@@ -147,15 +156,4 @@ pub fn build(req: &BuildRequest) -> Result<Vec<Built>, BuildError> {
         built.push(Built { package: p.name.clone(), path });
     }
     Ok(built)
-}
-
-/// Writes beside the target, then renames into place, so a watcher never sees half a file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
