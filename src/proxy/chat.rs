@@ -21,27 +21,9 @@ use crate::routing::wasm::explain::{explain_json, DecisionInput, DecisionOutput,
 use crate::routing::{self, tags, wasm, RouteDecision};
 use crate::upstream::{self, Answer, AnswerBody};
 
-/// Reads the whole request body, refusing it once it exceeds `limit`.
+/// Reads the whole request body within the configured size limit and client body timeout.
 pub(crate) async fn read_body(io: &mut dyn Downstream, head: &RequestHead, world: &World) -> Result<Vec<u8>, ApiError> {
-    let limit = world.limits.max_body_bytes;
-    if head.content_length.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let mut body = Vec::with_capacity(head.content_length.map_or(0, |n| n as usize));
-    let deadline = tokio::time::Instant::now() + world.limits.client_body_timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, io.read_body()).await {
-            Err(_) => return Err(ApiError::BodyTimeout),
-            Ok(Err(_)) => return Err(ApiError::invalid("The request body could not be read.", None)),
-            Ok(Ok(None)) => return Ok(body),
-            Ok(Ok(Some(chunk))) => {
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::BodyTooLarge { limit });
-                }
-                body.extend_from_slice(&chunk);
-            }
-        }
-    }
+    super::body::read_body(io, head.content_length, world.limits.max_body_bytes, world.limits.client_body_timeout).await
 }
 
 fn decide<'w>(

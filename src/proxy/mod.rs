@@ -7,6 +7,7 @@
 //! projects come from the [`Registry`]'s own snapshot (one more `load()`), which changes
 //! whenever a key or project does.
 
+pub mod body;
 pub mod chat;
 pub mod models;
 
