@@ -35,6 +35,15 @@ impl KeyHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Whether the raw `Authorization` header value (if any) carries a bearer token whose
+    /// SHA-256 is this hash: the one check of a configured secret token (admin API, energy
+    /// push). The digests are compared in full, without an early exit on the first difference.
+    pub fn verify_bearer(&self, header: Option<&[u8]>) -> bool {
+        let Ok(token) = bearer_token(header) else { return false };
+        let presented = KeyHash::of(token);
+        presented.0.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
 }
 
 /// A configured key: its name, hash and optional project (by name).
@@ -171,6 +180,19 @@ mod tests {
         assert_eq!(snap.authenticate(Some(b"Basic abc")).unwrap_err(), AuthError::Malformed);
         assert_eq!(snap.authenticate(Some(b"Bearer ")).unwrap_err(), AuthError::Missing);
         assert_eq!(snap.authenticate(Some(&[0xff, 0xfe])).unwrap_err(), AuthError::Malformed);
+    }
+
+    #[test]
+    fn bearer_tokens_are_verified_against_the_hash() {
+        let h = KeyHash::of("s3cret");
+        assert!(h.verify_bearer(Some(b"Bearer s3cret")));
+        assert!(h.verify_bearer(Some(b"bearer  s3cret ")), "scheme case-insensitive (RFC 7235)");
+        assert!(!h.verify_bearer(Some(b"Bearer s3cre")));
+        assert!(!h.verify_bearer(Some(b"s3cret")));
+        assert!(!h.verify_bearer(Some(b"Basic s3cret")));
+        assert!(!h.verify_bearer(Some(b"Bearer ")));
+        assert!(!h.verify_bearer(None));
+        assert!(!KeyHash::of("").verify_bearer(None), "an empty token is never presented");
     }
 
     #[test]
