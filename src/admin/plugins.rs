@@ -13,8 +13,9 @@ use crate::proxy::Gateway;
 use crate::routing::wasm::{PluginSummary, RegistryError};
 
 /// Largest plugin upload. The strategy components built from `plugins/` (Rust,
-/// `wasm32-unknown-unknown`, no WASI) weigh well under 1 MiB; this leaves room for far larger
-/// guests while bounding what one upload holds in memory.
+/// `wasm32-unknown-unknown`, no WASI) weigh 13–16 KiB; this leaves room for far larger guests,
+/// above the 16 MiB default of the chat body limit that uploads used to borrow, while bounding
+/// what one upload holds in memory.
 pub(super) const MAX_PLUGIN_BYTES: usize = 32 * 1024 * 1024;
 
 /// `GET /admin/plugins`.
