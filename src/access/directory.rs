@@ -48,43 +48,23 @@ impl BudgetPeriod {
         }
     }
 
-    /// Start and end (unix ms) of the period containing `now_ms`.
+    /// Start and end (unix ms) of the period containing `now_ms`: its UTC day, or its UTC
+    /// calendar month. (A time chrono cannot represent, beyond ±262,000 years, is clamped to
+    /// its range.)
     pub fn bounds(self, now_ms: i64) -> (i64, i64) {
-        const DAY: i64 = 86_400_000;
-        let day = now_ms.div_euclid(DAY);
-        match self {
-            BudgetPeriod::Day => (day * DAY, (day + 1) * DAY),
+        use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Utc};
+        let now = DateTime::from_timestamp_millis(now_ms).unwrap_or(if now_ms < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC });
+        let day = now.date_naive();
+        let (start, end) = match self {
+            BudgetPeriod::Day => (day, day.succ_opt()),
             BudgetPeriod::Month => {
-                let (y, m, _) = civil_from_days(day);
-                let start = days_from_civil(y, m, 1);
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                (start * DAY, days_from_civil(ny, nm, 1) * DAY)
+                let first = day.with_day(1).unwrap_or(day);
+                (first, first.checked_add_months(Months::new(1)))
             }
-        }
+        };
+        let ms = |d: NaiveDate| d.and_time(NaiveTime::MIN).and_utc().timestamp_millis();
+        (ms(start), end.map_or(i64::MAX, ms))
     }
-}
-
-// Howard Hinnant's civil-date algorithms (proleptic Gregorian, days since 1970-01-01).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A project: a group of API keys, allowed models, limits, budget and usage records.
@@ -304,6 +284,19 @@ mod tests {
         // December rolls into the next year.
         let (s, e) = BudgetPeriod::Month.bounds(1_734_000_000_000);
         assert_eq!((s, e), (1_733_011_200_000, 1_735_689_600_000));
+    }
+
+    #[test]
+    fn periods_before_the_epoch_and_at_the_extremes() {
+        // 1969-12-31T12:00:00Z: December 1969, which ends where 1970 starts.
+        assert_eq!(BudgetPeriod::Month.bounds(-43_200_000), (-2_678_400_000, 0));
+        assert_eq!(BudgetPeriod::Day.bounds(-1), (-86_400_000, 0));
+        for t in [i64::MIN, i64::MAX] {
+            for p in [BudgetPeriod::Day, BudgetPeriod::Month] {
+                let (s, e) = p.bounds(t);
+                assert!(s < e, "{p:?} at {t}: {s}..{e}");
+            }
+        }
     }
 
     #[test]

@@ -118,6 +118,19 @@ mod tests {
     }
 
     #[test]
+    fn bearer_tokens_are_verified_against_the_hash() {
+        let h = KeyHash::of("s3cret");
+        assert!(h.verify_bearer(Some(b"Bearer s3cret")));
+        assert!(h.verify_bearer(Some(b"bearer  s3cret ")), "scheme case-insensitive (RFC 7235)");
+        assert!(!h.verify_bearer(Some(b"Bearer s3cre")));
+        assert!(!h.verify_bearer(Some(b"s3cret")));
+        assert!(!h.verify_bearer(Some(b"Basic s3cret")));
+        assert!(!h.verify_bearer(Some(b"Bearer ")));
+        assert!(!h.verify_bearer(None));
+        assert!(!KeyHash::of("").verify_bearer(None), "an empty token is never presented");
+    }
+
+    #[test]
     fn hex_round_trip() {
         let h = KeyHash::of("sk-joule-demo");
         assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));

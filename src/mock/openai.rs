@@ -115,12 +115,7 @@ where
 }
 
 fn bearer_matches(request: &Request, expected: &str) -> bool {
-    request
-        .header("authorization")
-        .and_then(|value| value.trim().split_once(' '))
-        .is_some_and(|(scheme, token)| {
-            scheme.eq_ignore_ascii_case("bearer") && token.trim() == expected
-        })
+    crate::api::bearer::bearer_token(request.header("authorization").map(str::as_bytes)).is_ok_and(|token| token == expected)
 }
 
 fn models(cfg: &MockConfig) -> Value {

@@ -1,23 +1,23 @@
-//! The one request-body reader: every route that takes a body reads it here, each with its
-//! own size limit, under the client-body timeout.
+//! Reading a request body whole: one reader for every endpoint that takes a body (chat
+//! completions, the admin API, plugin uploads, the energy push), each passing its own limit.
 
 use std::time::Duration;
 
 use super::Downstream;
 use crate::api::error::ApiError;
 
-/// Reads the whole request body, refusing it as soon as it exceeds `limit` (from the
-/// announced `content_length`, before reading anything, or while reading).
+/// Reads the whole request body: 413 once it exceeds `limit` bytes (at once when the declared
+/// `content_length` does), 408 when it has not arrived within `timeout`, 400 when the client's
+/// stream breaks. On any error part of the body may be left unread: the connection must not be
+/// reused.
 ///
 /// # Errors
-/// [`ApiError::BodyTooLarge`] over the limit, [`ApiError::BodyTimeout`] when the client takes
-/// longer than `timeout` for the whole body, 400 when the body cannot be read (broken
-/// framing). The caller must not reuse the connection after an error: part of the body may
-/// still be unread.
+/// [`ApiError::BodyTooLarge`], [`ApiError::BodyTimeout`] or [`ApiError::InvalidRequest`].
 pub async fn read_body(io: &mut dyn Downstream, content_length: Option<u64>, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     if content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    // Bounded by `limit` (checked above), so a declared length cannot make it allocate more.
     let mut body = Vec::with_capacity(content_length.map_or(0, |n| n as usize));
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -32,5 +32,61 @@ pub async fn read_body(io: &mut dyn Downstream, content_length: Option<u64>, lim
                 body.extend_from_slice(&chunk);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::proxy::{DownstreamError, ResponseHead};
+
+    /// A client sending `chunks`, then ending the body (or breaking, or stalling).
+    struct Client {
+        chunks: Vec<&'static [u8]>,
+        then: Option<Result<(), ()>>,
+    }
+
+    #[async_trait]
+    impl Downstream for Client {
+        async fn read_body(&mut self) -> Result<Option<Bytes>, DownstreamError> {
+            if !self.chunks.is_empty() {
+                return Ok(Some(Bytes::from_static(self.chunks.remove(0))));
+            }
+            match self.then {
+                Some(Ok(())) => Ok(None),
+                Some(Err(())) => Err(DownstreamError("reset".into())),
+                None => std::future::pending().await,
+            }
+        }
+        async fn send_head(&mut self, _: ResponseHead) -> Result<(), DownstreamError> {
+            Ok(())
+        }
+        async fn send_body(&mut self, _: Bytes, _: bool) -> Result<(), DownstreamError> {
+            Ok(())
+        }
+        fn close_after(&mut self) {}
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn reads_within_the_limit_and_refuses_beyond_it() {
+        let mut c = Client { chunks: vec![b"ab", b"cd"], then: Some(Ok(())) };
+        assert_eq!(read_body(&mut c, None, 4, T).await.unwrap(), b"abcd");
+        let mut c = Client { chunks: vec![b"ab", b"cde"], then: Some(Ok(())) };
+        assert_eq!(read_body(&mut c, None, 4, T).await.unwrap_err(), ApiError::BodyTooLarge { limit: 4 });
+        let mut c = Client { chunks: vec![], then: Some(Ok(())) };
+        assert_eq!(read_body(&mut c, Some(5), 4, T).await.unwrap_err(), ApiError::BodyTooLarge { limit: 4 }, "declared length");
+        let mut c = Client { chunks: vec![b"ab"], then: Some(Err(())) };
+        assert_eq!(read_body(&mut c, None, 4, T).await.unwrap_err().status(), 400);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out() {
+        let mut c = Client { chunks: vec![b"ab"], then: None };
+        assert_eq!(read_body(&mut c, None, 4, T).await.unwrap_err(), ApiError::BodyTimeout);
     }
 }

@@ -1,6 +1,6 @@
 //! Energy price feeds: the row formats (the CSV of `shared/data/energy/` and the same columns
 //! as JSON) and the three ways rows arrive — file [`replay`], HTTP [`poll`]ing and the admin
-//! push API (served by `admin::energy`). Every feed hands parsed rows to [`crate::pricing::Pricing::ingest`], which
+//! [`push`] API (served by the admin listener). Every feed hands parsed rows to [`crate::pricing::Pricing::ingest`], which
 //! validates them (see `crate::pricing::energy`) and never lets a bad feed empty the table.
 //!
 //! Columns: `location,iso,market,interval_start,interval_minutes,usd_per_mwh` (`market`
@@ -9,6 +9,7 @@
 //! `location`, and `usd_per_mwh` as a number or a numeric string.
 
 pub mod poll;
+pub mod push;
 pub mod replay;
 
 use std::sync::Arc;

@@ -1,0 +1,403 @@
+//! The admin listener's surface: `GET /metrics` (Prometheus text) and `GET /healthz`, open;
+//! and the admin API under `/admin/`, behind the admin token (`Authorization: Bearer`;
+//! missing or wrong → 401; no token configured → every `/admin/` request is 401):
+//!
+//! | method and path | |
+//! |---|---|
+//! | `GET /admin/projects` | every project |
+//! | `POST /admin/projects` | create: `{"name", "allowed_models": [..] or null, "default_strategy", "rpm", "tpm", "budget_usd", "budget_period": "day"/"month"}` → 201 |
+//! | `GET /admin/projects/{name}` | one project, with `budget_spent_usd` as this instance sees it |
+//! | `PATCH /admin/projects/{name}` | change any of the fields above (`null` clears) |
+//! | `DELETE /admin/projects/{name}` | delete (409 while it has active keys) |
+//! | `GET /admin/keys[?project=P]` | keys (store keys and read-only config keys); never the key itself |
+//! | `POST /admin/keys` | create: `{"name", "project", "rpm", "tpm"}` → 201 with `key`, shown this once |
+//! | `DELETE /admin/keys/{id or name}` | revoke |
+//! | `GET /admin/usage` | usage records, newest first: `project`, `key` (id), `model`, `status`, `since`, `until` (unix ms), `limit` (default 100, max 10000), `cursor`, `format=csv` |
+//! | `GET /admin/usage/summary` | request count, tokens and cost over the same filters |
+//! | `GET /admin/deployments` | live telemetry and breaker state of every deployment |
+//! | `GET /admin/plugins` | loaded strategy plugins, files refused with the reason, available tags |
+//! | `POST /admin/plugins` | a component as the body: validate, store, swap in (400 with the reason if refused) |
+//! | `POST /admin/plugins/{tag}/rollback` | put the previous version back |
+//! | `POST /admin/energy/prices` | energy price push, when `[energy.push]` is configured, with its own optional token instead of the admin token |
+//!
+//! One file per resource; [`TABLE`] maps paths (a `matchit` router) and methods to endpoints.
+//! An unknown path is 404 `unknown_url`. A known path with another method is 405 for the
+//! store-backed resources (projects, keys, usage) and 404 for the others; the store-backed
+//! resources also ignore trailing slashes, which make any other path unknown. Path
+//! parameters are taken as sent (not percent-decoded). Every request body is read within its
+//! route's own size limit; an error answered before the body was read to its end closes the
+//! connection.
+//!
+//! Bind the admin listener to loopback or a private interface. Handlers are pingora-free,
+//! like the public API's, over [`Downstream`].
+
+mod deployments;
+mod energy;
+mod input;
+mod keys;
+mod open;
+mod plugins;
+mod projects;
+mod usage;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+
+use crate::api::error::ApiError;
+use crate::proxy::body::read_body;
+use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, ResponseHead};
+use crate::store::{Store, StoreError};
+
+pub use deployments::deployments_json;
+pub use usage::{to_csv, CSV_HEADER};
+
+use input::{JsonBody, Query};
+
+/// Largest JSON body of the admin API (projects, keys).
+const MAX_JSON_BODY: usize = 64 * 1024;
+/// How long a client may take to send a JSON body.
+const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a request asks for, once its path and method are matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Metrics,
+    Healthz,
+    Deployments,
+    ListPlugins,
+    UploadPlugin,
+    RollbackPlugin,
+    PushPrices,
+    ListProjects,
+    CreateProject,
+    GetProject,
+    UpdateProject,
+    DeleteProject,
+    ListKeys,
+    CreateKey,
+    RevokeKey,
+    Usage,
+    UsageSummary,
+}
+
+/// One path of the route table and what it answers.
+struct Resource {
+    /// A `matchit` route: `{x}` one segment, `{*x}` the rest of the path.
+    path: &'static str,
+    /// The endpoint of each method the path takes.
+    methods: &'static [(Method, Endpoint)],
+    /// Trailing slashes are ignored (`/admin/projects/` is `/admin/projects`); on the other
+    /// resources a trailing slash makes an unknown path.
+    trailing_slashes: bool,
+    /// Another method gets 405 naming it; `false`: 404, as an unknown path.
+    answers_405: bool,
+}
+
+/// A resource that answers exactly its path, and 404 to another method.
+const fn exact(path: &'static str, methods: &'static [(Method, Endpoint)]) -> Resource {
+    Resource { path, methods, trailing_slashes: false, answers_405: false }
+}
+
+/// A store-backed resource: trailing slashes ignored, 405 to another method.
+const fn stored(path: &'static str, methods: &'static [(Method, Endpoint)]) -> Resource {
+    Resource { path, methods, trailing_slashes: true, answers_405: true }
+}
+
+/// The route table. Names and ids may hold slashes (`{*name}`): the store refuses them with
+/// its own message, as any other malformed name.
+static TABLE: &[Resource] = &[
+    exact("/metrics", &[(Method::GET, Endpoint::Metrics)]),
+    exact("/healthz", &[(Method::GET, Endpoint::Healthz)]),
+    exact("/admin/deployments", &[(Method::GET, Endpoint::Deployments)]),
+    exact("/admin/plugins", &[(Method::GET, Endpoint::ListPlugins), (Method::POST, Endpoint::UploadPlugin)]),
+    exact("/admin/plugins/{tag}/rollback", &[(Method::POST, Endpoint::RollbackPlugin)]),
+    exact("/admin/energy/prices", &[(Method::POST, Endpoint::PushPrices)]),
+    stored("/admin/projects", &[(Method::GET, Endpoint::ListProjects), (Method::POST, Endpoint::CreateProject)]),
+    stored("/admin/projects/{*name}", &[(Method::GET, Endpoint::GetProject), (Method::PATCH, Endpoint::UpdateProject), (Method::DELETE, Endpoint::DeleteProject)]),
+    stored("/admin/keys", &[(Method::GET, Endpoint::ListKeys), (Method::POST, Endpoint::CreateKey)]),
+    stored("/admin/keys/{*id}", &[(Method::DELETE, Endpoint::RevokeKey)]),
+    stored("/admin/usage", &[(Method::GET, Endpoint::Usage)]),
+    stored("/admin/usage/summary", &[(Method::GET, Endpoint::UsageSummary)]),
+];
+
+static ROUTER: LazyLock<matchit::Router<&'static Resource>> = LazyLock::new(|| {
+    let mut router = matchit::Router::new();
+    for r in TABLE {
+        if let Err(e) = router.insert(r.path, r) {
+            // A static table: the unit tests insert every route.
+            tracing::error!(path = r.path, error = %e, "admin route table");
+        }
+    }
+    router
+});
+
+/// The endpoint of `method` on `path`, and the path's parameter (project name, key id or
+/// plugin tag) if it has one.
+fn resolve<'p>(path: &'p str, method: &Method) -> Result<(Endpoint, Option<&'p str>), ApiError> {
+    let trimmed = path.trim_end_matches('/');
+    let found = ROUTER.at(trimmed).ok().filter(|m| trimmed.len() == path.len() || m.value.trailing_slashes);
+    let Some(m) = found else { return Err(not_found(path)) };
+    let param = m.params.iter().next().map(|(_, v)| v);
+    match m.value.methods.iter().find(|(x, _)| x == method) {
+        Some(&(_, endpoint)) => Ok((endpoint, param)),
+        None if m.value.answers_405 => Err(ApiError::MethodNotAllowed { method: method.to_string(), path: clip(path, 200) }),
+        None => Err(not_found(path)),
+    }
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::NotFound { path: clip(path, 200) }
+}
+
+/// The first `n` characters of `s`, for echoing client input in messages.
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// A successful answer.
+enum Reply {
+    /// A JSON document and its status.
+    Json(u16, Vec<u8>),
+    /// Usage records as CSV, and the next page's cursor.
+    Csv(Vec<u8>, Option<String>),
+    /// Prometheus text.
+    Metrics(Vec<u8>),
+}
+
+impl Reply {
+    fn json(status: u16, v: &Value) -> Self {
+        Reply::Json(status, v.to_string().into_bytes())
+    }
+}
+
+/// One admin request as the handlers see it.
+struct Call<'a> {
+    gw: &'a Gateway,
+    head: &'a RequestHead,
+    io: &'a mut dyn Downstream,
+    /// The request body has been read to its end: an error answer leaves the connection usable.
+    body_read: bool,
+}
+
+impl Call<'_> {
+    /// Reads the whole body: at most `limit` bytes, within `timeout`.
+    async fn body(&mut self, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+        let body = read_body(self.io, self.head.content_length, limit, timeout).await?;
+        self.body_read = true;
+        Ok(body)
+    }
+
+    /// Reads a JSON object body (at most [`MAX_JSON_BODY`]) into `T`.
+    async fn json<T: JsonBody>(&mut self) -> Result<T, ApiError> {
+        let body = self.body(MAX_JSON_BODY, JSON_BODY_TIMEOUT).await?;
+        input::parse_json(&body)
+    }
+
+    /// The query string, refused if it has a parameter outside `allowed`.
+    fn query(&self, allowed: &[&str]) -> Result<Query, ApiError> {
+        let q = Query::parse(self.head.query.as_deref())?;
+        q.only(allowed)?;
+        Ok(q)
+    }
+
+    /// The store behind projects, keys and usage.
+    fn store(&self) -> Result<Store, ApiError> {
+        self.gw
+            .store
+            .clone()
+            .ok_or_else(|| ApiError::ResourceNotFound { message: "No store is configured ([store] backend = \"none\").".into() })
+    }
+}
+
+/// Serves one admin request.
+///
+/// # Errors
+/// Only downstream I/O failures.
+pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, rec: &mut Record) -> Result<(), DownstreamError> {
+    let mut call = Call { gw, head, io, body_read: false };
+    match serve(&mut call).await {
+        Ok(reply) => send(call.io, rec, reply).await,
+        Err(e) => {
+            if !call.body_read {
+                // Whatever body the client sent may be left unread.
+                call.io.close_after();
+            }
+            send_error(call.io, rec, &e).await
+        }
+    }
+}
+
+async fn serve(c: &mut Call<'_>) -> Result<Reply, ApiError> {
+    let head = c.head;
+    let route = resolve(&head.path, &head.method);
+    // The energy push has its own optional token; every other `/admin` path needs the admin
+    // token before anything else, unknown paths included.
+    let push = matches!(route, Ok((Endpoint::PushPrices, _)));
+    if !push && (head.path == "/admin" || head.path.starts_with("/admin/")) {
+        authorize(c.gw, head)?;
+    }
+    let (endpoint, param) = route?;
+    let param = param.unwrap_or_default();
+    match endpoint {
+        Endpoint::Metrics => Ok(open::metrics(c.gw)),
+        Endpoint::Healthz => Ok(open::healthz()),
+        Endpoint::Deployments => Ok(deployments::list(c.gw)),
+        Endpoint::ListPlugins => Ok(plugins::list(c.gw)),
+        Endpoint::UploadPlugin => plugins::upload(c).await,
+        Endpoint::RollbackPlugin => plugins::rollback(c.gw, param).await,
+        Endpoint::PushPrices => energy::push(c).await,
+        Endpoint::ListProjects => projects::list(c).await,
+        Endpoint::CreateProject => projects::create(c).await,
+        Endpoint::GetProject => projects::get(c, param).await,
+        Endpoint::UpdateProject => projects::update(c, param).await,
+        Endpoint::DeleteProject => projects::delete(c, param).await,
+        Endpoint::ListKeys => keys::list(c).await,
+        Endpoint::CreateKey => keys::create(c).await,
+        Endpoint::RevokeKey => keys::revoke(c, param).await,
+        Endpoint::Usage => usage::records(c).await,
+        Endpoint::UsageSummary => usage::summary(c).await,
+    }
+}
+
+fn authorize(gw: &Gateway, head: &RequestHead) -> Result<(), ApiError> {
+    let want = gw.world.load().admin_token.ok_or(ApiError::AdminUnauthorized)?;
+    if want.verify_bearer(head.authorization.as_deref()) {
+        Ok(())
+    } else {
+        Err(ApiError::AdminUnauthorized)
+    }
+}
+
+async fn send(io: &mut dyn Downstream, rec: &mut Record, reply: Reply) -> Result<(), DownstreamError> {
+    let (status, content_type, body, cursor) = match reply {
+        Reply::Json(status, body) => (status, "application/json", body, None),
+        Reply::Csv(body, cursor) => (200, "text/csv; charset=utf-8", body, cursor),
+        Reply::Metrics(text) => (200, "text/plain; version=0.0.4", text, None),
+    };
+    rec.status = status;
+    let mut headers = vec![("content-type", content_type.to_string()), ("x-request-id", rec.request_id.clone())];
+    if let Some(c) = cursor {
+        headers.push(("x-next-cursor", c));
+    }
+    io.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
+    io.send_body(Bytes::from(body), true).await
+}
+
+/// The client-visible form of a store error.
+fn store_error(e: impl Into<StoreError>) -> ApiError {
+    match e.into() {
+        StoreError::Invalid(m) => ApiError::InvalidRequest { message: m, param: None, code: None },
+        StoreError::NotFound(m) => ApiError::ResourceNotFound { message: m },
+        StoreError::Duplicate(m) | StoreError::Conflict(m) => ApiError::Conflict { message: m },
+        StoreError::Unavailable(_) => ApiError::StoreUnavailable,
+        e @ (StoreError::Backend(_) | StoreError::Schema { .. }) => {
+            tracing::error!(error = %e, "admin API: store error");
+            ApiError::Internal
+        }
+    }
+}
+
+/// The result of a stored change, after refreshing the key and project snapshot so the change
+/// applies at once on this instance.
+async fn changed<T>(gw: &Gateway, result: Result<T, StoreError>) -> Result<T, ApiError> {
+    let v = result.map_err(store_error)?;
+    if let Err(e) = gw.registry.refresh().await {
+        tracing::warn!(error = %e, "change stored, but the snapshot could not be refreshed yet");
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: Method, path: &str) -> Result<(Endpoint, Option<&str>), u16> {
+        resolve(path, &method).map_err(|e| e.status())
+    }
+
+    #[test]
+    fn the_table_is_valid() {
+        let mut router = matchit::Router::new();
+        for r in TABLE {
+            router.insert(r.path, ()).unwrap_or_else(|e| panic!("{}: {e}", r.path));
+        }
+    }
+
+    #[test]
+    fn each_route_reaches_its_endpoint() {
+        use Endpoint as E;
+        for (m, path, want, param) in [
+            (Method::GET, "/metrics", E::Metrics, None),
+            (Method::GET, "/healthz", E::Healthz, None),
+            (Method::GET, "/admin/deployments", E::Deployments, None),
+            (Method::GET, "/admin/plugins", E::ListPlugins, None),
+            (Method::POST, "/admin/plugins", E::UploadPlugin, None),
+            (Method::POST, "/admin/plugins/price/rollback", E::RollbackPlugin, Some("price")),
+            (Method::POST, "/admin/energy/prices", E::PushPrices, None),
+            (Method::GET, "/admin/projects", E::ListProjects, None),
+            (Method::POST, "/admin/projects", E::CreateProject, None),
+            (Method::GET, "/admin/projects/alpha", E::GetProject, Some("alpha")),
+            (Method::PATCH, "/admin/projects/alpha", E::UpdateProject, Some("alpha")),
+            (Method::DELETE, "/admin/projects/alpha", E::DeleteProject, Some("alpha")),
+            (Method::GET, "/admin/keys", E::ListKeys, None),
+            (Method::POST, "/admin/keys", E::CreateKey, None),
+            (Method::DELETE, "/admin/keys/config:test", E::RevokeKey, Some("config:test")),
+            (Method::GET, "/admin/usage", E::Usage, None),
+            (Method::GET, "/admin/usage/summary", E::UsageSummary, None),
+        ] {
+            assert_eq!(route(m.clone(), path), Ok((want, param)), "{m} {path}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_other_methods_405_or_404() {
+        for path in ["/", "", "/admin", "/admin/", "/admin/nope", "/admin/project", "/adminx/projects", "/v1/models", "/admin/usage/other", "/admin/plugins/rollback"] {
+            assert_eq!(route(Method::GET, path), Err(404), "{path}");
+        }
+        // The store-backed resources name the method.
+        for (m, path) in [(Method::PUT, "/admin/usage"), (Method::DELETE, "/admin/projects"), (Method::POST, "/admin/projects/a"), (Method::GET, "/admin/keys/k"), (Method::POST, "/admin/usage/summary/")] {
+            assert_eq!(route(m.clone(), path), Err(405), "{m} {path}");
+        }
+        let e = resolve("/admin/usage", &Method::PUT).unwrap_err();
+        assert_eq!(e, ApiError::MethodNotAllowed { method: "PUT".into(), path: "/admin/usage".into() });
+        // The others answer as for an unknown path.
+        let others = [(Method::POST, "/metrics"), (Method::POST, "/healthz"), (Method::POST, "/admin/deployments"), (Method::DELETE, "/admin/plugins")];
+        for (m, path) in others.into_iter().chain([(Method::GET, "/admin/plugins/price/rollback"), (Method::GET, "/admin/energy/prices")]) {
+            assert_eq!(resolve(path, &m).unwrap_err(), ApiError::NotFound { path: path.into() }, "{m} {path}");
+        }
+        let long = format!("/admin/{}", "x".repeat(300));
+        assert_eq!(resolve(&long, &Method::GET).unwrap_err(), ApiError::NotFound { path: long[..200].into() });
+    }
+
+    #[test]
+    fn trailing_slashes_count_only_on_the_store_backed_resources() {
+        use Endpoint as E;
+        assert_eq!(route(Method::GET, "/admin/projects/"), Ok((E::ListProjects, None)));
+        assert_eq!(route(Method::GET, "/admin/projects//"), Ok((E::ListProjects, None)));
+        assert_eq!(route(Method::GET, "/admin/projects/alpha/"), Ok((E::GetProject, Some("alpha"))));
+        assert_eq!(route(Method::GET, "/admin/keys/"), Ok((E::ListKeys, None)));
+        assert_eq!(route(Method::GET, "/admin/usage/summary/"), Ok((E::UsageSummary, None)));
+        for path in ["/metrics/", "/healthz/", "/admin/deployments/", "/admin/plugins/", "/admin/plugins//", "/admin/plugins/price/rollback/", "/admin/energy/prices/"] {
+            for m in [Method::GET, Method::POST] {
+                assert_eq!(route(m.clone(), path), Err(404), "{m} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn parameters_are_taken_as_sent() {
+        use Endpoint as E;
+        assert_eq!(route(Method::PATCH, "/admin/projects/%27%3B--"), Ok((E::UpdateProject, Some("%27%3B--"))));
+        assert_eq!(route(Method::GET, "/admin/projects/a/b"), Ok((E::GetProject, Some("a/b"))), "the store refuses it");
+        assert_eq!(route(Method::DELETE, "/admin/keys/key_1"), Ok((E::RevokeKey, Some("key_1"))));
+        assert_eq!(route(Method::POST, "/admin/plugins/my%20tag/rollback"), Ok((E::RollbackPlugin, Some("my%20tag"))));
+        // A tag is one segment.
+        assert_eq!(route(Method::POST, "/admin/plugins/a/b/rollback"), Err(404));
+        assert_eq!(route(Method::POST, "/admin/plugins//rollback"), Err(404));
+        assert_eq!(route(Method::POST, "/admin/plugins/rollback"), Err(404), "no tag (this panicked before the router)");
+    }
+}
