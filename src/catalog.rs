@@ -145,13 +145,23 @@ pub struct Catalog {
     pub data_centers: Vec<DataCenter>,
     pub providers: Vec<Provider>,
     by_id: HashMap<String, usize>,
+    /// Distinct for every catalog built in this process (clones share it): what indexes into
+    /// the catalog (price books) are checked against.
+    version: u64,
 }
 
 impl Catalog {
     /// Builds the lookup index. Inputs come validated from [`crate::config`].
     pub fn new(models: Vec<Model>, data_centers: Vec<DataCenter>, providers: Vec<Provider>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let by_id = models.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
-        Catalog { models, data_centers, providers, by_id }
+        let version = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Catalog { models, data_centers, providers, by_id, version }
+    }
+
+    /// This catalog's version (see the field).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The model with this public id.

@@ -169,7 +169,11 @@ impl Access {
 pub struct Registry {
     access: ArcSwap<Access>,
     source: Option<Arc<dyn DirectorySource>>,
-    config_keys: Vec<KeyEntry>,
+    /// The config file's keys; replaced on a config reload.
+    config_keys: ArcSwap<Vec<KeyEntry>>,
+    /// The last directory read from the source, so a reload can rebuild the snapshot with
+    /// new config keys without waiting on the database.
+    directory: std::sync::Mutex<Arc<Directory>>,
     seq: AtomicI64,
     /// Serialises rebuilds so an older directory never replaces a newer one.
     rebuilding: tokio::sync::Mutex<()>,
@@ -180,10 +184,12 @@ impl Registry {
     /// [`Registry::refresh`] before serving to load its keys).
     pub fn new(config_keys: Vec<KeyEntry>, source: Option<Arc<dyn DirectorySource>>) -> Arc<Self> {
         let access = Access::build(&Directory::default(), &config_keys, &Access::default());
+        let config_keys = ArcSwap::from_pointee(config_keys);
         Arc::new(Registry {
             access: ArcSwap::from_pointee(access),
             source,
             config_keys,
+            directory: std::sync::Mutex::new(Arc::new(Directory::default())),
             seq: AtomicI64::new(-1),
             rebuilding: tokio::sync::Mutex::new(()),
         })
@@ -195,8 +201,17 @@ impl Registry {
     }
 
     /// The keys from the config file (read-only).
-    pub fn config_keys(&self) -> &[KeyEntry] {
-        &self.config_keys
+    pub fn config_keys(&self) -> Arc<Vec<KeyEntry>> {
+        self.config_keys.load_full()
+    }
+
+    /// Replaces the config file's keys (a config reload) and rebuilds the snapshot at once
+    /// from the last directory read, carrying every bucket and budget over by id.
+    pub fn set_config_keys(&self, keys: Vec<KeyEntry>) {
+        let dir = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        self.config_keys.store(Arc::new(keys));
+        let next = Access::build(&dir, &self.config_keys.load(), &self.access.load());
+        self.access.store(Arc::new(next));
     }
 
     /// Rebuilds the snapshot from the store now.
@@ -206,11 +221,18 @@ impl Registry {
     pub async fn refresh(&self) -> Result<(), SourceError> {
         let Some(store) = &self.source else { return Ok(()) };
         let _one = self.rebuilding.lock().await;
-        let dir = store.directory().await?;
-        let next = Access::build(&dir, &self.config_keys, &self.access.load());
-        tracing::debug!(seq = dir.seq, keys = next.keys.len(), projects = next.projects.len(), "access snapshot rebuilt");
-        self.access.store(Arc::new(next));
-        self.seq.store(dir.seq, Ordering::Release);
+        let dir = Arc::new(store.directory().await?);
+        let seq = dir.seq;
+        {
+            // Held only for the in-memory build: a reload's new config keys and a new
+            // directory never overwrite each other.
+            let mut last = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+            let next = Access::build(&dir, &self.config_keys.load(), &self.access.load());
+            tracing::debug!(seq, keys = next.keys.len(), projects = next.projects.len(), "access snapshot rebuilt");
+            self.access.store(Arc::new(next));
+            *last = dir;
+        }
+        self.seq.store(seq, Ordering::Release);
         Ok(())
     }
 

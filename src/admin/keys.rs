@@ -44,7 +44,7 @@ pub(super) async fn list(c: &mut Call<'_>) -> Result<Reply, ApiError> {
             v
         })
         .collect();
-    for k in c.gw.registry.config_keys() {
+    for k in c.gw.registry.config_keys().iter() {
         if project.is_none() || k.project.as_deref() == project {
             keys.push(json!({
                 "id": format!("{CONFIG_KEY_PREFIX}{}", k.name),

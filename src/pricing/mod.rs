@@ -169,6 +169,8 @@ pub struct PriceBook {
     sites: Vec<Option<SiteEnergy>>,
     /// Time the book was computed for (clock time, Unix seconds).
     pub at: i64,
+    /// [`Catalog::version`] of the catalog the indexes refer to.
+    catalog: u64,
 }
 
 impl PriceBook {
@@ -185,11 +187,17 @@ impl PriceBook {
             .iter()
             .map(|m| m.deployments.iter().map(|d| quote_with(catalog, &sites, m, d)).collect())
             .collect();
-        PriceBook { quotes, sites, at: now }
+        PriceBook { quotes, sites, at: now, catalog: catalog.version() }
     }
 
-    /// The quotes of a model's deployments (catalog order), if the book knows the model.
+    /// The quotes of a model's deployments (catalog order), if the book knows the model —
+    /// and was built for this catalog: across a config reload, a request may still hold the
+    /// previous catalog while the engine prices the new one (or the other way round), and the
+    /// indexes of the two need not agree.
     pub fn quotes_of(&self, catalog: &Catalog, model: &Model) -> Option<&[Quote]> {
+        if self.catalog != catalog.version() {
+            return None;
+        }
         let q = self.quotes.get(catalog.model_index(&model.id)?)?;
         (q.len() == model.deployments.len()).then_some(q.as_slice())
     }
@@ -281,17 +289,35 @@ pub struct RejectedRow {
 /// [`Pricing::ingest`]; a periodic [`Pricing::refresh`] applies the stale rule as time passes.
 /// Writers are serialised by a mutex that the request path never touches.
 pub struct Pricing {
-    catalog: Catalog,
-    rules: RowRules,
+    /// The catalog priced, with the row rules and history ids derived from it; replaced whole
+    /// by [`Pricing::set_catalog`] on a config reload.
+    scope: ArcSwap<Scope>,
+    /// Sanity range of accepted rows, $/MWh.
+    range: (f64, f64),
     fallback: f64,
     clock: Arc<dyn Clock>,
     table: ArcSwap<EnergyTable>,
     book: ArcSwap<PriceBook>,
     history: History,
     metrics: Option<Metrics>,
-    ids: Vec<Vec<Arc<str>>>,
     push: Option<PushSettings>,
     writer: Mutex<()>,
+}
+
+/// What the engine derives from one catalog.
+struct Scope {
+    catalog: Catalog,
+    rules: RowRules,
+    /// Deployment ids `[model][deployment]`, shared by every history frame.
+    ids: Vec<Vec<Arc<str>>>,
+}
+
+impl Scope {
+    fn new(catalog: &Catalog, (min_usd_per_mwh, max_usd_per_mwh): (f64, f64)) -> Self {
+        let known_nodes: HashSet<String> = catalog.data_centers.iter().filter_map(|dc| dc.price_node.clone()).collect();
+        let ids = catalog.models.iter().map(|m| m.deployments.iter().map(|d| Arc::from(d.id.as_str())).collect()).collect();
+        Scope { catalog: catalog.clone(), rules: RowRules { min_usd_per_mwh, max_usd_per_mwh, known_nodes }, ids }
+    }
 }
 
 impl std::fmt::Debug for Pricing {
@@ -310,26 +336,19 @@ impl Pricing {
         history: History,
         metrics: Option<Metrics>,
     ) -> Arc<Self> {
-        let known_nodes: HashSet<String> = catalog.data_centers.iter().filter_map(|dc| dc.price_node.clone()).collect();
-        let rules = RowRules {
-            min_usd_per_mwh: settings.min_usd_per_mwh,
-            max_usd_per_mwh: settings.max_usd_per_mwh,
-            known_nodes,
-        };
+        let range = (settings.min_usd_per_mwh, settings.max_usd_per_mwh);
         let now = clock.now();
         let fallback = settings.stale_fallback_usd_per_mwh;
         let book = PriceBook::build(catalog, &EnergyTable::default(), fallback, now);
-        let ids = catalog.models.iter().map(|m| m.deployments.iter().map(|d| Arc::from(d.id.as_str())).collect()).collect();
         let p = Arc::new(Pricing {
-            catalog: catalog.clone(),
-            rules,
+            scope: ArcSwap::from_pointee(Scope::new(catalog, range)),
+            range,
             fallback,
             clock,
             table: ArcSwap::from_pointee(EnergyTable::default()),
             book: ArcSwap::from_pointee(book),
             history,
             metrics,
-            ids,
             push: settings.push.clone(),
             writer: Mutex::new(()),
         });
@@ -377,8 +396,22 @@ impl Pricing {
     }
 
     /// The catalog the book is computed for.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    pub fn catalog(&self) -> Catalog {
+        self.scope.load().catalog.clone()
+    }
+
+    /// Prices `catalog` from now on (a config reload): rows for price nodes it no longer uses
+    /// are refused, and the book is rebuilt at once from the current table. Books built for
+    /// the previous catalog answer only base quotes for it ([`PriceBook::quotes_of`]).
+    pub fn set_catalog(&self, catalog: &Catalog) {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let scope = Arc::new(Scope::new(catalog, self.range));
+        let now = self.clock.now();
+        let book = PriceBook::build(&scope.catalog, &self.table.load(), self.fallback, now);
+        self.scope.store(scope);
+        self.observe(&book, now);
+        self.history.record(self.frame(&book, now));
+        self.book.store(Arc::new(book));
     }
 
     /// Applies a batch of feed rows: rejected rows are counted and logged, accepted ones
@@ -387,8 +420,9 @@ impl Pricing {
     pub fn ingest(&self, feed: Feed, rows: Vec<ParsedRow>) -> IngestReport {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now();
+        let scope = self.scope.load_full();
         let old = self.table.load_full();
-        let applied = old.apply(rows, &self.rules, now);
+        let applied = old.apply(rows, &scope.rules, now);
         self.report_rejections(feed, &applied.rejected, applied.accepted.len());
         if let Some(m) = &self.metrics {
             m.energy_rows.with_label_values(&[feed.label()]).inc_by(applied.accepted.len() as u64);
@@ -404,12 +438,12 @@ impl Pricing {
                 let j = i + accepted[i..].iter().take_while(|r| r.price.interval_start == start).count();
                 t = t.with(&accepted[i..j]);
                 let at = start.min(now);
-                let book = PriceBook::build(&self.catalog, &t, self.fallback, at);
+                let book = PriceBook::build(&scope.catalog, &t, self.fallback, at);
                 self.history.record(self.frame(&book, at));
                 last = Some(book);
                 i = j;
             }
-            let book = PriceBook::build(&self.catalog, &table, self.fallback, now);
+            let book = PriceBook::build(&scope.catalog, &table, self.fallback, now);
             // Judged at `now`, a price may already be stale that was fresh at its start.
             if last.is_some_and(|l| !l.same_prices(&book)) {
                 self.history.record(self.frame(&book, now));
@@ -434,12 +468,13 @@ impl Pricing {
     pub fn refresh(&self) -> bool {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now();
-        let book = PriceBook::build(&self.catalog, &self.table.load(), self.fallback, now);
+        let scope = self.scope.load();
+        let book = PriceBook::build(&scope.catalog, &self.table.load(), self.fallback, now);
         self.observe(&book, now);
         if book.same_prices(&self.book.load()) {
             return false;
         }
-        for (i, dc) in self.catalog.data_centers.iter().enumerate() {
+        for (i, dc) in scope.catalog.data_centers.iter().enumerate() {
             if let (Some(new), Some(old)) = (book.site(i), self.book.load().site(i)) {
                 if new.stale && !old.stale {
                     tracing::warn!(
@@ -465,15 +500,16 @@ impl Pricing {
 
     fn frame(&self, book: &PriceBook, t: i64) -> Frame {
         let mut points = Vec::new();
-        for (mi, m) in self.catalog.models.iter().enumerate() {
+        let scope = self.scope.load();
+        for (mi, m) in scope.catalog.models.iter().enumerate() {
             for (di, d) in m.deployments.iter().enumerate() {
-                let q = book.quote(&self.catalog, m, di);
+                let q = book.quote(&scope.catalog, m, di);
                 let site = match &d.kind {
                     DeploymentKind::Hosted { data_center, .. } => book.site(*data_center).copied(),
                     DeploymentKind::Provider { .. } => None,
                 };
                 points.push(FramePoint {
-                    deployment: self.ids[mi][di].clone(),
+                    deployment: scope.ids[mi][di].clone(),
                     input: q.price.input,
                     output: q.price.output,
                     usd_per_mwh: site.map(|s| s.usd_per_mwh),
@@ -513,7 +549,8 @@ impl Pricing {
 
     fn observe(&self, book: &PriceBook, now: i64) {
         let Some(m) = &self.metrics else { return };
-        for (i, dc) in self.catalog.data_centers.iter().enumerate() {
+        let scope = self.scope.load();
+        for (i, dc) in scope.catalog.data_centers.iter().enumerate() {
             let Some(site) = book.site(i) else { continue };
             m.energy_price_stale.with_label_values(&[&dc.id]).set(i64::from(site.stale));
             if let Some(h) = site.held {
@@ -521,9 +558,9 @@ impl Pricing {
                 m.energy_price_age.with_label_values(&[&dc.id]).set((now - h.interval_start) as f64);
             }
         }
-        for model in &self.catalog.models {
+        for model in &scope.catalog.models {
             for (di, d) in model.deployments.iter().enumerate() {
-                let q = book.quote(&self.catalog, model, di);
+                let q = book.quote(&scope.catalog, model, di);
                 m.token_price.with_label_values(&[&d.id, "input"]).set(q.price.input);
                 m.token_price.with_label_values(&[&d.id, "output"]).set(q.price.output);
             }

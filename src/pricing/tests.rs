@@ -228,5 +228,6 @@ fn a_late_backlog_ends_with_a_stale_frame() {
         })
         .collect();
     assert_eq!(west, vec![(T0, false, 40.0), (T0 + 300, false, 50.0), (T0 + 3600, true, 150.0)]);
-    assert!(p.book().quote(p.catalog(), p.catalog().model("m").unwrap(), 0).stale);
+    let c = p.catalog();
+    assert!(p.book().quote(&c, c.model("m").unwrap(), 0).stale);
 }
