@@ -27,7 +27,8 @@ use crate::upstream::probe::HealthSettings;
 use crate::upstream::ExchangeLimits;
 use crate::proxy::WorldSettings;
 use crate::telemetry::TelemetrySettings;
-use crate::store::StoreLocation;
+use crate::routing::wasm::PluginSettings;
+use crate::store::{StoreLocation, StoreSettings};
 use crate::usage::UsageSettings;
 
 /// One problem found in a config, with the TOML path it concerns.
@@ -332,15 +333,6 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
 }
 
-/// Where projects, keys and usage records are kept, and how usage is written.
-#[derive(Debug, Clone)]
-pub struct StoreSettings {
-    pub location: StoreLocation,
-    pub usage: UsageSettings,
-    /// How often budgets read other instances' spend. Default 2 s.
-    pub budget_sync: Duration,
-}
-
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -372,21 +364,6 @@ impl Settings {
             admin_token: self.admin_token,
         }
     }
-}
-
-/// Validated `[plugins]`.
-#[derive(Debug, Clone)]
-pub struct PluginSettings {
-    /// Strategy components directory. Default none: built-in strategies run natively and
-    /// operator strategies can only be uploaded through the admin API (kept in memory).
-    pub dir: Option<PathBuf>,
-    /// Watch `dir` for changes. Default true.
-    pub watch: bool,
-    /// Sandbox limits: `call_timeout_ms` (default 10, at most 10000), `memory_limit_mib`
-    /// (default 16, 1 to 4096), `disable_after` consecutive faults (default 5, at least 1).
-    pub host: crate::routing::wasm::HostConfig,
-    /// JSON-lines decision log. Default none.
-    pub decision_log: Option<PathBuf>,
 }
 
 /// Reads and validates a config file.

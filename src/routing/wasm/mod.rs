@@ -10,6 +10,7 @@
 //! - [`explain`]: decision logging, explain payloads, replay.
 //! - [`check()`]: the conformance checks of `joule plugin check`.
 //! - [`toolchain`]: building guest crates into components.
+//! - [`PluginSettings`]: the validated `[plugins]` config section.
 
 mod bindings;
 pub mod check;
@@ -18,6 +19,7 @@ pub mod host;
 pub mod plugin;
 pub mod rank;
 pub mod registry;
+mod settings;
 pub mod toolchain;
 pub mod watch;
 
@@ -26,4 +28,5 @@ pub use host::{CallOutcome, Fault, Host, HostConfig, InstanceMode, LoadError};
 pub use plugin::{FaultKind, Info, Plugin, PluginSummary};
 pub use rank::rank;
 pub use registry::{FileOutcome, PluginRegistry, PluginSet, RegistryError, ScanReport};
+pub use settings::PluginSettings;
 pub use watch::{watch, PluginWatcher};
