@@ -32,6 +32,9 @@ mod store;
 mod timeouts;
 mod tls;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::Path;
 
 use serde::Deserialize;
