@@ -35,7 +35,7 @@ use crate::access::{DirectorySource, SourceError};
 pub use crate::access::{
     check_id, check_name, generate_key, random_hex, ApiKey, BudgetPeriod, Directory, InvalidInput, NewKey, Project, ProjectChanges, KEY_PREFIX, MAX_ID, MAX_NAME,
 };
-use crate::usage::{UsageRecord, UsageStore, WriteError};
+use crate::usage::{UsageRecord, UsageSettings, UsageStore, WriteError};
 
 /// Most records one usage query returns.
 pub const MAX_PAGE: u32 = 10_000;
@@ -92,6 +92,16 @@ pub enum StoreLocation {
     Sqlite(std::path::PathBuf),
     /// A PostgreSQL connection string (URL or `key=value` form); it may carry a password.
     Postgres(Secret<String>),
+}
+
+/// Where projects, keys and usage records are kept, and how usage is written. Validated from
+/// `[store]` in the config; no store at all is `backend = "none"`.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub location: StoreLocation,
+    pub usage: UsageSettings,
+    /// How often budgets read other instances' spend. Default 2 s.
+    pub budget_sync: std::time::Duration,
 }
 
 /// Which usage records a query selects. Newest first.

@@ -8,6 +8,7 @@
 //! - [`watch`]: the plugins directory watcher.
 //! - [`rank()`]: a decision through the plugins, with native fallback.
 //! - [`explain`]: decision logging, explain payloads, replay.
+//! - [`PluginSettings`]: the validated `[plugins]` config section.
 //!
 //! Building guest crates into components and the conformance checks of `joule plugin check`
 //! are tools, not runtime: they live with the command line (the `cli` module, which the
@@ -19,10 +20,12 @@ pub mod host;
 pub mod plugin;
 pub mod rank;
 pub mod registry;
+mod settings;
 pub mod watch;
 
 pub use host::{CallOutcome, Fault, Host, HostConfig, InstanceMode, LoadError};
 pub use plugin::{FaultKind, Info, Plugin, PluginSummary};
 pub use rank::rank;
 pub use registry::{FileOutcome, PluginRegistry, PluginSet, RegistryError, ScanReport};
+pub use settings::PluginSettings;
 pub use watch::{watch, PluginWatcher};

@@ -1,0 +1,51 @@
+//! `[limits]`: the request body limit and the timeouts of an upstream exchange, validated into
+//! [`ExchangeLimits`].
+
+use serde::Deserialize;
+
+use super::problems::{ms, Problems};
+use crate::upstream::ExchangeLimits;
+
+/// `[limits]`. Every field is optional and must be > 0 when set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request body. Default 16 MiB.
+    pub max_body_bytes: Option<u64>,
+    /// TCP + TLS connect to an upstream. Default 2000.
+    pub connect_timeout_ms: Option<u64>,
+    /// Request sent to response headers. Default 30000.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Longest silence between two chunks of a stream. Default 120000.
+    pub stream_idle_timeout_ms: Option<u64>,
+    /// Whole non-stream response. Default 600000.
+    pub request_timeout_ms: Option<u64>,
+    /// Reading the client's request body. Default 30000.
+    pub client_body_timeout_ms: Option<u64>,
+}
+
+/// Validates `[limits]`. A zero is a problem (`must be > 0`); the value is kept as given.
+pub(super) fn limits(p: &mut Problems, l: &RawLimits) -> ExchangeLimits {
+    let max_body = l.max_body_bytes.unwrap_or(16 * 1024 * 1024);
+    if max_body == 0 {
+        p.add("limits.max_body_bytes", "must be > 0");
+    }
+    p.nonzero(
+        "limits",
+        &[
+            ("connect_timeout_ms", l.connect_timeout_ms),
+            ("first_byte_timeout_ms", l.first_byte_timeout_ms),
+            ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
+            ("request_timeout_ms", l.request_timeout_ms),
+            ("client_body_timeout_ms", l.client_body_timeout_ms),
+        ],
+    );
+    ExchangeLimits {
+        max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+        connect_timeout: ms(l.connect_timeout_ms, 2_000),
+        first_byte_timeout: ms(l.first_byte_timeout_ms, 30_000),
+        stream_idle_timeout: ms(l.stream_idle_timeout_ms, 120_000),
+        request_timeout: ms(l.request_timeout_ms, 600_000),
+        client_body_timeout: ms(l.client_body_timeout_ms, 30_000),
+    }
+}
