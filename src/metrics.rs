@@ -55,6 +55,8 @@ pub struct Metrics {
     /// Requests refused by a limit, by scope (`key`, `project`) and kind (`requests`,
     /// `tokens`, `budget`).
     pub limit_rejections: IntCounterVec,
+    /// Config reloads by `result`: `success` | `failure`.
+    pub config_reloads: IntCounterVec,
     /// Strategy plugins.
     pub strategy: StrategyMetrics,
 }
@@ -199,6 +201,12 @@ impl Metrics {
         registry.register(Box::new(usage_spilled.clone()))?;
         registry.register(Box::new(usage_dropped.clone()))?;
         registry.register(Box::new(limit_rejections.clone()))?;
+        let config_reloads =
+            IntCounterVec::new(Opts::new("joule_config_reloads_total", "Config reloads (SIGHUP or POST /admin/reload) by result"), &["result"])?;
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(config_reloads.clone()))?;
         let strategy = StrategyMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
@@ -222,6 +230,7 @@ impl Metrics {
             usage_spilled,
             usage_dropped,
             limit_rejections,
+            config_reloads,
             strategy,
         })
     }

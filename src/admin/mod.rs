@@ -38,6 +38,7 @@ mod keys;
 mod open;
 mod plugins;
 mod projects;
+mod reload;
 mod usage;
 
 use std::sync::LazyLock;
@@ -82,6 +83,7 @@ enum Endpoint {
     RevokeKey,
     Usage,
     UsageSummary,
+    Reload,
 }
 
 /// One path of the route table and what it answers.
@@ -122,6 +124,7 @@ static TABLE: &[Resource] = &[
     stored("/admin/keys/{*id}", &[(Method::DELETE, Endpoint::RevokeKey)]),
     stored("/admin/usage", &[(Method::GET, Endpoint::Usage)]),
     stored("/admin/usage/summary", &[(Method::GET, Endpoint::UsageSummary)]),
+    exact("/admin/reload", &[(Method::POST, Endpoint::Reload)]),
 ];
 
 static ROUTER: LazyLock<matchit::Router<&'static Resource>> = LazyLock::new(|| {
@@ -260,6 +263,7 @@ async fn serve(c: &mut Call<'_>) -> Result<Reply, ApiError> {
         Endpoint::RevokeKey => keys::revoke(c, param).await,
         Endpoint::Usage => usage::records(c).await,
         Endpoint::UsageSummary => usage::summary(c).await,
+        Endpoint::Reload => reload::reload(c.gw).await,
     }
 }
 

@@ -87,7 +87,7 @@ pub struct CheckConfigArgs {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = load_config(&args.config)?;
     init_logging(&settings);
-    crate::server::run(settings)?;
+    crate::server::run(settings, Some(args.config))?;
     Ok(())
 }
 
@@ -125,7 +125,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  models:    llama-3.1-8b-instruct (hosted), llama-3.2-1b-instruct (free), gpt-4o-mini (third-party)");
     println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
     println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
-    crate::server::run(settings)?;
+    crate::server::run(settings, None)?;
     Ok(())
 }
 

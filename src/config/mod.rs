@@ -27,6 +27,7 @@ mod health;
 mod keys;
 mod plugins;
 mod problems;
+pub mod reload;
 mod server;
 mod store;
 mod timeouts;

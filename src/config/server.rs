@@ -58,7 +58,7 @@ pub enum LogFormat {
 }
 
 /// Validated listener settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     /// Cleartext listeners (may be empty when TLS is configured).
     pub listen: Vec<SocketAddr>,
@@ -72,7 +72,7 @@ pub struct ServerSettings {
 }
 
 /// TLS listener settings; files are checked to exist and parse at validation time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsSettings {
     pub listen: Vec<SocketAddr>,
     pub cert_file: PathBuf,

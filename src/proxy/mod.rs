@@ -101,7 +101,29 @@ pub struct Gateway {
     pub strategies: Arc<PluginRegistry>,
     /// Where route decisions are logged, if configured.
     pub decision_log: Option<DecisionLog>,
+    /// Re-reads the config file and swaps the world (set by the server when there is a file).
+    pub reloader: std::sync::OnceLock<Arc<dyn Reload>>,
     in_flight: AtomicUsize,
+}
+
+/// A config reload, as the admin API and signal handlers trigger it; the server implements
+/// it (it knows the config file and format, which this layer must not).
+pub trait Reload: Send + Sync {
+    /// Re-reads, validates and (if valid and allowed) applies the config. Blocking: reads
+    /// files; call it off the request workers.
+    fn reload(&self) -> ReloadReport;
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// The new config is in force.
+    pub applied: bool,
+    /// Why it was refused: every problem of the new file, or the restart-only fields it
+    /// changes. Empty when applied.
+    pub problems: Vec<String>,
+    /// Sections that changed but take effect only at the next start (applied reloads).
+    pub restart_required: Vec<String>,
 }
 
 /// Everything a [`Gateway`] is made of.
@@ -129,6 +151,7 @@ impl Gateway {
             usage,
             strategies,
             decision_log,
+            reloader: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         })
     }

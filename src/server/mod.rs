@@ -8,6 +8,7 @@
 //! store (or, if the store is down, in the spill file) when the process ends.
 
 pub mod adapter;
+pub mod reload;
 
 
 use std::sync::Arc;
@@ -174,13 +175,20 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
     Ok((Gateway::from_parts(parts), feeds))
 }
 
-/// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime.
+/// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime. With the
+/// `config` file the settings came from, `SIGHUP` and `POST /admin/reload` reload it.
 ///
 /// # Errors
 /// See [`StartError`]; does not return once serving.
-pub fn run(settings: Settings) -> Result<(), StartError> {
+pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(), StartError> {
     check_bind(&settings)?;
     let (gw, feeds) = gateway(&settings)?;
+    let reloader = config.map(|path| {
+        let r = reload::Reloader::new(path, &gw, settings.clone());
+        // Set once, right after construction: nothing else sets it.
+        let _ = gw.reloader.set(r.clone());
+        r
+    });
     // Lives until the process exits (run_forever does not return).
     let _plugin_watch = match (&settings.plugins.dir, settings.plugins.watch) {
         (Some(_), true) => Some(watch(&gw.strategies, crate::routing::wasm::watch::DEFAULT_DEBOUNCE).map_err(|e| StartError::Plugins(e.to_string()))?),
@@ -232,6 +240,9 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     }
     server.add_service(background_service("probes", Prober { gateway: gw.clone(), health: settings.health.clone() }));
     server.add_service(background_service("energy", Energy { gateway: gw.clone(), feeds: std::sync::Mutex::new(Some(feeds)) }));
+    if let Some(reloader) = reloader {
+        server.add_service(background_service("reload", reload::OnHangup { reloader }));
+    }
     server.add_service(background_service("drain", Drain { gateway: gw, grace: settings.server.grace_period }));
 
     for a in &settings.server.listen {

@@ -86,7 +86,7 @@ impl StoreError {
 }
 
 /// Which backend, with its location. Validated from `[store]` in the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreLocation {
     /// An SQLite file, created if missing.
     Sqlite(std::path::PathBuf),
