@@ -32,8 +32,8 @@ use common::memory::{self, BodyEnd, Client};
 use common::{chat_body, hosted_catalog, keys_toml, Failure, MockConfig, MockServer, KEY};
 use http::Method;
 use joule::proxy::finish::finish;
-use joule::proxy::{Gateway, Record, RequestHead, Surface};
-use joule::store::{NewKey, ProjectChanges};
+use joule::proxy::{DownstreamError, Gateway, Record, RequestHead, Surface};
+use joule::store::{NewKey, Project, ProjectChanges, UsageFilter};
 use serde_json::json;
 
 const MODEL: &str = "llama-test";
@@ -72,14 +72,24 @@ impl Rig {
     }
 
     /// Serves one request with `client` and finishes it; returns the record and the client.
-    fn exchange(&self, head: &RequestHead, mut client: Client) -> (Record, Client) {
-        let rec = self.rt.block_on(async {
+    /// The handler must not fail (every outcome but a failing client is a response).
+    fn exchange(&self, head: &RequestHead, client: Client) -> (Record, Client) {
+        let (rec, client, result) = self.try_exchange(head, client);
+        if let Err(e) = result {
+            panic!("handle failed: {e}; record {rec:?}");
+        }
+        (rec, client)
+    }
+
+    /// As [`Rig::exchange`], with what the handler returned.
+    fn try_exchange(&self, head: &RequestHead, mut client: Client) -> (Record, Client, Result<(), DownstreamError>) {
+        let (rec, result) = self.rt.block_on(async {
             // A bound on a hung pipeline, so that a broken timeout fails instead of hanging.
             tokio::time::timeout(Duration::from_secs(60), exchange(&self.gw, head, &mut client))
                 .await
                 .expect("the exchange did not end within 60 s")
         });
-        (rec, client)
+        (rec, client, result)
     }
 
     /// `POST /v1/chat/completions` with `body` and `key`.
@@ -104,11 +114,12 @@ fn client_len(body: &serde_json::Value) -> usize {
 }
 
 /// One exchange as the server adapter runs it: counted in flight, handled, then finished (a
-/// downstream failure is a 499, as the adapter records it).
-async fn exchange(gw: &Arc<Gateway>, head: &RequestHead, io: &mut Client) -> Record {
+/// downstream failure recorded as the adapter records it).
+async fn exchange(gw: &Arc<Gateway>, head: &RequestHead, io: &mut Client) -> (Record, Result<(), DownstreamError>) {
     let _in_flight = gw.enter();
     let mut rec = Record::new();
-    if joule::proxy::handle(gw, head, io, &mut rec).await.is_err() {
+    let result = joule::proxy::handle(gw, head, io, &mut rec).await;
+    if result.is_err() {
         rec.error.get_or_insert("client_disconnected");
         if rec.status == 0 {
             rec.status = 499;
@@ -116,7 +127,7 @@ async fn exchange(gw: &Arc<Gateway>, head: &RequestHead, io: &mut Client) -> Rec
     }
     let path: String = head.path.chars().take(200).collect();
     finish(gw, Surface::Api, &rec, head.method.as_str(), &path);
-    rec
+    (rec, result)
 }
 
 /// The value of the sample of metric `name` whose labels include `labels`, if any.
@@ -285,9 +296,16 @@ fn a_failing_first_choice_fails_over_to_the_second() {
     for (failure, kind) in [(Failure::Status500, "status_5xx"), (Failure::Refuse, "connect")] {
         let rig = Rig::new(&[MockConfig { failure, ..MockConfig::default() }, MockConfig::default()], "");
         for stream in [false, true] {
-            let (rec, client) = rig.chat(KEY, &chat_body(MODEL, stream));
+            let body = chat_body(MODEL, stream);
+            let mut head = memory::head(Method::POST, "/v1/chat/completions", Some(KEY), Some(client_len(&body)));
+            head.explain = true;
+            let (rec, client) = rig.exchange(&head, Client::json(&body));
             let resp = client.response();
             assert_eq!(resp.status, 200, "{failure:?}: {}", resp.text());
+            // dep0 was ranked first (and failed), dep1 answered.
+            let explain: serde_json::Value = serde_json::from_str(resp.header("x-joule-explain").expect("explain header")).unwrap();
+            let ranked: Vec<&str> = explain["ranked"].as_array().unwrap().iter().map(|r| r["deployment"].as_str().unwrap()).collect();
+            assert_eq!(ranked, ["dep0", "dep1"], "{failure:?}: {explain}");
             assert_eq!(resp.header("x-joule-deployment"), Some("dep1"), "{failure:?}");
             assert_eq!(rec.deployment.as_deref(), Some("dep1"), "{failure:?}");
             assert_eq!(rec.data_center.as_deref(), Some("dc1"), "{failure:?}");
@@ -307,14 +325,14 @@ fn a_failing_first_choice_fails_over_to_the_second() {
 }
 
 /// Creates project `name` with `changes` and a key in it through the gateway's store, and
-/// refreshes the registry; returns the key's secret. Outside the runtime.
-fn project_key(rig: &Rig, name: &str, changes: ProjectChanges) -> String {
+/// refreshes the registry; returns the project and the key's secret. Outside the runtime.
+fn project_key(rig: &Rig, name: &str, changes: ProjectChanges) -> (Project, String) {
     let store = rig.store();
-    store.wait(store.create_project(name, changes)).expect("project");
+    let project = store.wait(store.create_project(name, changes)).expect("project");
     let new = NewKey { name: format!("{name}-key"), project: Some(name.to_string()), ..NewKey::default() };
     let (_, secret) = store.wait(store.create_key(new)).expect("key");
     store.wait(rig.gw.registry.refresh()).expect("registry refresh");
-    secret.expose().clone()
+    (project, secret.expose().clone())
 }
 
 const SQLITE_STORE: &str = "[store]\nbackend = \"sqlite\"\npath = \"joule.db\"\n";
@@ -322,7 +340,7 @@ const SQLITE_STORE: &str = "[store]\nbackend = \"sqlite\"\npath = \"joule.db\"\n
 #[test]
 fn a_project_over_its_rate_limit_gets_429_with_retry_after() {
     let rig = Rig::new(&[MockConfig::default()], SQLITE_STORE);
-    let key = project_key(&rig, "team", ProjectChanges { rpm: Some(Some(1)), ..ProjectChanges::default() });
+    let (project, key) = project_key(&rig, "team", ProjectChanges { rpm: Some(Some(1)), ..ProjectChanges::default() });
 
     let (rec, client) = rig.chat(&key, &chat_body(MODEL, false));
     assert_eq!(client.response().status, 200, "{}", client.response().text());
@@ -342,6 +360,17 @@ fn a_project_over_its_rate_limit_gets_429_with_retry_after() {
     // A key outside the project is not limited by it.
     let (_, client) = rig.chat(KEY, &chat_body(MODEL, false));
     assert_eq!(client.response().status, 200);
+
+    // finish queued a usage record for each of the project's requests, refused or not.
+    assert!(rig.rt.block_on(rig.gw.usage.flush(Duration::from_secs(30))), "usage records written");
+    let store = rig.store();
+    let filter = UsageFilter { project_id: Some(project.id.clone()), limit: 100, ..UsageFilter::default() };
+    let mut records = store.wait(store.usage(filter)).expect("usage").records;
+    records.sort_by_key(|r| r.status);
+    let summary: Vec<(u16, &str, Option<&str>)> = records.iter().map(|r| (r.status, r.outcome.as_str(), r.deployment.as_deref())).collect();
+    assert_eq!(summary, [(200, "ok", Some("dep0")), (429, "rate_limited", None)]);
+    assert!(records[0].cost_total > 0.0 && records[1].cost_total == 0.0, "{records:?}");
+    assert!(records.iter().all(|r| r.model.as_deref() == Some(MODEL)), "{records:?}");
 }
 
 /// The decision log's complete lines, once it has at least `n`. The log is written by a
@@ -382,7 +411,7 @@ fn a_refused_model_is_refused_before_ranking() {
     let log = rig.dir.path().join("decisions.jsonl");
     let price = rig.gw.strategies.current().get("price").cloned().expect("the price plugin is loaded");
     let calls = |rig: &Rig| metric(&rig.metrics(), "joule_strategy_call_duration_seconds_count", &[("strategy", "price")]).unwrap_or(0.0);
-    let key = project_key(&rig, "team", ProjectChanges { allowed_models: Some(Some(vec![MODEL.to_string()])), ..ProjectChanges::default() });
+    let (_, key) = project_key(&rig, "team", ProjectChanges { allowed_models: Some(Some(vec![MODEL.to_string()])), ..ProjectChanges::default() });
 
     let (rec, client) = rig.chat(&key, &chat_body(OTHER, false));
     let v = client.response().expect_error(403, "model_not_allowed");
@@ -467,6 +496,26 @@ fn a_client_that_stops_sending_gets_408_and_a_broken_body_400() {
     // A slow client within the timeout is served.
     let (_, client) = rig.exchange(&head, Client::new(body.clone()).chunked(body.len() / 4 + 1).slow(Duration::from_millis(1)));
     assert_eq!(client.response().status, 200);
+}
+
+#[test]
+fn a_client_gone_mid_stream_ends_the_exchange() {
+    let rig = Rig::new(&[MockConfig { tokens: 8, ..MockConfig::default() }], "");
+    let body = chat_body(MODEL, true);
+    let head = memory::head(Method::POST, "/v1/chat/completions", Some(KEY), Some(client_len(&body)));
+    // The role chunk and two content chunks arrive; then the client is gone.
+    let (rec, client, result) = rig.try_exchange(&head, Client::json(&body).gone_after(3));
+    assert!(result.is_err(), "the handler reports the failed write");
+    assert_eq!(client.sent.len(), 3, "nothing written after the failed write");
+    assert!(client.sent.iter().all(|s| !s.end), "the body never ended");
+    let events = client.response().events();
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    assert_eq!(rec.deployment.as_deref(), Some("dep0"));
+    assert_eq!(rec.error, Some("client_disconnected"));
+    // The gateway is ready for the next request.
+    assert_eq!(rig.gw.in_flight(), 0);
+    let (_, client) = rig.chat(KEY, &body);
+    assert_eq!(client.response().events().last().map(String::as_str), Some("[DONE]"));
 }
 
 #[test]
