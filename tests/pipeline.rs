@@ -8,8 +8,8 @@
 //! completion and what it leaves in the record and the metrics, streams relayed one write per
 //! event, ranking with failover, rate limits, the order "authorize before rank" (a request for
 //! a model the project may not use makes no strategy call and leaves no decision-log entry —
-//! the regression test for issue 10's ordering bug), body size and body timeout limits, and
-//! unknown paths and methods.
+//! the regression test for issue 10's ordering bug), body size and body timeout limits, client
+//! faults (a broken body, a client gone mid-stream), and unknown paths and methods.
 //!
 //! Why in-process: none of this needs a process. Without one there is no port to pick (and
 //! lose), no start-up to wait for and no log to scrape; the test sees the exact `ResponseHead`,
