@@ -2,6 +2,7 @@
 //! config, against in-process mock upstreams, and reads SSE streams with arrival times.
 #![allow(dead_code)]
 
+pub mod memory;
 pub mod pg;
 pub mod ports;
 
