@@ -35,18 +35,6 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Secret;
-
-    #[test]
-    fn never_prints() {
-        let s = Secret::new("sk-live-123".to_string());
-        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-        assert_eq!(s.expose(), "sk-live-123");
-    }
-}
-
 /// SHA-256 of an API key or token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash(pub [u8; 32]);
@@ -68,13 +56,16 @@ impl KeyHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+}
 
-    /// Whether the raw `Authorization` header value (if any) carries a bearer token whose
-    /// SHA-256 is this hash: the one check of a configured secret token (admin API, energy
-    /// push). The digests are compared in full, without an early exit on the first difference.
-    pub fn verify_bearer(&self, header: Option<&[u8]>) -> bool {
-        let Ok(token) = crate::api::bearer::bearer_token(header) else { return false };
-        let presented = KeyHash::of(token);
-        presented.0.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+#[cfg(test)]
+mod tests {
+    use super::Secret;
+
+    #[test]
+    fn never_prints() {
+        let s = Secret::new("sk-live-123".to_string());
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert_eq!(s.expose(), "sk-live-123");
     }
 }

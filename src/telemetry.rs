@@ -334,6 +334,8 @@ impl Telemetry {
 impl Telemetry {
     /// Copies every deployment's live numbers into the `joule_deployment` gauges.
     pub fn export(&self, catalog: &Catalog, metrics: &Metrics) {
+        // Deployments a reload removed leave no stale series behind.
+        metrics.deployment.reset();
         for (mi, m) in catalog.models.iter().enumerate() {
             for (di, d) in m.deployments.iter().enumerate() {
                 let Some(s) = self.get(mi, di).map(|st| st.snapshot()) else { continue };

@@ -6,8 +6,9 @@
 //!
 //! The checker is a set of pure functions over (path relative to the crate root, file text),
 //! so the unit tests below can feed it synthetic sources. It strips comments, string and char
-//! literals, drops test-only code (`tests.rs`, `tests/` directories inside `src/`, and
-//! everything from a `#[cfg(test)]` line to the end of the file), then reads the paths.
+//! literals, drops test-only code (`tests.rs`, `tests/` directories inside `src/`, and the
+//! item a `#[cfg(test)]` line applies to, up to its `;` or its matching `}`), then reads the
+//! paths.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -272,16 +273,46 @@ fn ident_end(c: &[char], i: usize) -> usize {
         .unwrap_or(c.len())
 }
 
-/// `code` cut at its first line that is `#[cfg(test)]` (the unit-test module comes last).
-fn drop_test_code(code: &str) -> &str {
+/// `code` with every item under a `#[cfg(test)]` line blanked (newlines kept, so line numbers
+/// stay right).
+fn drop_test_code(code: &str) -> String {
+    let bytes = code.as_bytes();
+    let mut out = code.as_bytes().to_vec();
     let mut offset = 0;
     for line in code.split_inclusive('\n') {
-        if line.trim() == "#[cfg(test)]" {
-            return &code[..offset];
-        }
+        let start = offset;
         offset += line.len();
+        if line.trim() != "#[cfg(test)]" {
+            continue;
+        }
+        // The item the attribute applies to ends at its first `;` (`mod tests;`) or at the
+        // brace closing its first `{` (`mod tests { … }`); code after it is checked again.
+        let mut depth = 0usize;
+        let mut end = bytes.len();
+        for (i, &b) in bytes.iter().enumerate().skip(offset) {
+            match b {
+                b';' if depth == 0 => {
+                    end = i + 1;
+                    break;
+                }
+                b'{' => depth += 1,
+                b'}' if depth > 0 => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for b in &mut out[start..end] {
+            if *b != b'\n' {
+                *b = b' ';
+            }
+        }
     }
-    code
+    String::from_utf8(out).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,7 +428,7 @@ fn file_edges(rel: &str, text: &str, modules: &BTreeSet<String>) -> Vec<Edge> {
         return Vec::new();
     };
     let stripped = strip_comments_and_strings(text);
-    let tokens = tokenize(drop_test_code(&stripped));
+    let tokens = tokenize(&drop_test_code(&stripped));
     root_targets(&tokens, &own)
         .into_iter()
         .filter(|(to, _)| *to != own[0] && modules.contains(to))
@@ -630,12 +661,25 @@ fn char_quote_does_not_hide_code() {
 fn test_code_is_ignored() {
     let src =
         "use crate::secret::S;\n\n    #[cfg(test)]\nmod tests {\n    use crate::server::X;\n}\n";
+    let decl = "#[cfg(test)]\nmod tests;\nuse crate::secret::S;\n";
     let files = [
         ("src/api/mod.rs", src),
+        ("src/api/chat.rs", decl),
         ("src/api/tests.rs", "use crate::server::X;\n"),
         ("src/api/tests/more.rs", "use crate::server::X;\n"),
     ];
     assert!(check_with_stubs(&files).is_empty());
+}
+
+/// Only the test item is skipped: code after it is checked like any other.
+#[test]
+fn code_after_a_test_item_is_checked() {
+    let after_block = "#[cfg(test)]\nmod tests {\n    fn f() { let _ = 1; }\n}\n\nuse crate::server::X;\n";
+    let v = check_with_stubs(&[("src/api/mod.rs", after_block)]);
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert!(v[0].contains("src/api/mod.rs:6"), "{v:#?}");
+    let after_decl = "#[cfg(test)]\nmod tests;\n\nuse crate::server::X;\n";
+    assert_eq!(check_with_stubs(&[("src/api/sse.rs", after_decl)]).len(), 1);
 }
 
 /// A downward import is fine.

@@ -6,7 +6,7 @@
 
 use super::{Call, Reply};
 use crate::api::error::ApiError;
-use crate::api::bearer::AuthError;
+use crate::api::bearer::{verify_bearer, AuthError};
 use crate::secret::KeyHash;
 use crate::pricing::feed::push::{self, MAX_BODY_BYTES};
 
@@ -18,7 +18,7 @@ pub(super) async fn push(c: &mut Call<'_>) -> Result<Reply, ApiError> {
         return Err(ApiError::NotFound { path: head.path.clone() });
     };
     if let Some(token) = &settings.token {
-        if !KeyHash::of(token.expose()).verify_bearer(head.authorization.as_deref()) {
+        if !verify_bearer(&KeyHash::of(token.expose()), head.authorization.as_deref()) {
             return Err(ApiError::InvalidApiKey(AuthError::Unknown));
         }
     }

@@ -269,7 +269,7 @@ async fn serve(c: &mut Call<'_>) -> Result<Reply, ApiError> {
 
 fn authorize(gw: &Gateway, head: &RequestHead) -> Result<(), ApiError> {
     let want = gw.world.load().admin_token.ok_or(ApiError::AdminUnauthorized)?;
-    if want.verify_bearer(head.authorization.as_deref()) {
+    if crate::api::bearer::verify_bearer(&want, head.authorization.as_deref()) {
         Ok(())
     } else {
         Err(ApiError::AdminUnauthorized)

@@ -210,8 +210,12 @@ impl PriceBook {
             .unwrap_or_else(|| model.deployments.get(deployment).map(|d| catalog.quote(model, d)).unwrap_or_default())
     }
 
-    /// Energy state of a data center (by index), if it has a price node.
-    pub fn site(&self, data_center: usize) -> Option<&SiteEnergy> {
+    /// Energy state of a data center (by its index in `catalog`), if it has a price node and
+    /// the book was built for `catalog` (see [`PriceBook::quotes_of`]).
+    pub fn site(&self, catalog: &Catalog, data_center: usize) -> Option<&SiteEnergy> {
+        if self.catalog != catalog.version() {
+            return None;
+        }
         self.sites.get(data_center).and_then(Option::as_ref)
     }
 
@@ -409,6 +413,13 @@ impl Pricing {
         let now = self.clock.now();
         let book = PriceBook::build(&scope.catalog, &self.table.load(), self.fallback, now);
         self.scope.store(scope);
+        if let Some(m) = &self.metrics {
+            // Gauges of deployments and data centers the new catalog no longer has go away.
+            for g in [&m.token_price, &m.energy_price, &m.energy_price_age] {
+                g.reset();
+            }
+            m.energy_price_stale.reset();
+        }
         self.observe(&book, now);
         self.history.record(self.frame(&book, now));
         self.book.store(Arc::new(book));
@@ -475,7 +486,7 @@ impl Pricing {
             return false;
         }
         for (i, dc) in scope.catalog.data_centers.iter().enumerate() {
-            if let (Some(new), Some(old)) = (book.site(i), self.book.load().site(i)) {
+            if let (Some(new), Some(old)) = (book.site(&scope.catalog, i), self.book.load().site(&scope.catalog, i)) {
                 if new.stale && !old.stale {
                     tracing::warn!(
                         data_center = %dc.id,
@@ -505,7 +516,7 @@ impl Pricing {
             for (di, d) in m.deployments.iter().enumerate() {
                 let q = book.quote(&scope.catalog, m, di);
                 let site = match &d.kind {
-                    DeploymentKind::Hosted { data_center, .. } => book.site(*data_center).copied(),
+                    DeploymentKind::Hosted { data_center, .. } => book.site(&scope.catalog, *data_center).copied(),
                     DeploymentKind::Provider { .. } => None,
                 };
                 points.push(FramePoint {
@@ -551,7 +562,7 @@ impl Pricing {
         let Some(m) = &self.metrics else { return };
         let scope = self.scope.load();
         for (i, dc) in scope.catalog.data_centers.iter().enumerate() {
-            let Some(site) = book.site(i) else { continue };
+            let Some(site) = book.site(&scope.catalog, i) else { continue };
             m.energy_price_stale.with_label_values(&[&dc.id]).set(i64::from(site.stale));
             if let Some(h) = site.held {
                 m.energy_price.with_label_values(&[&dc.id]).set(h.usd_per_mwh);

@@ -135,8 +135,8 @@ fn book_quotes_every_kind_of_deployment() {
     let fq = book.quote(&c, f, 0);
     assert_eq!(fq.price, TokenPrice::default());
     assert!(close(fq.cost.output, 0.02 + 0.05));
-    assert_eq!(book.site(0).unwrap().usd_per_mwh, 40.0);
-    assert!(book.site(2).is_none());
+    assert_eq!(book.site(&c, 0).unwrap().usd_per_mwh, 40.0);
+    assert!(book.site(&c, 2).is_none());
     // A book that does not know the model falls back to the catalog's base quote.
     assert_eq!(PriceBook::default().quote(&c, m, 0).price, TokenPrice { input: 0.1, output: 0.2 });
 }
@@ -165,7 +165,7 @@ fn stale_prices_are_flagged_and_priced_at_the_fallback() {
     let book = p.book();
     let q = book.quote(&c, m, 0);
     assert!(q.stale && close(q.price.output, 0.2 + 150.0 / 800.0));
-    assert!(book.site(0).unwrap().stale && book.site(0).unwrap().held.unwrap().usd_per_mwh == 40.0);
+    assert!(book.site(&c, 0).unwrap().stale && book.site(&c, 0).unwrap().held.unwrap().usd_per_mwh == 40.0);
     // The hourly Chicago price is fresh for two hours.
     assert!(!book.quote(&c, m, 1).stale);
     // A fresh row clears the flag.

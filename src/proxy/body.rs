@@ -17,8 +17,10 @@ pub async fn read_body(io: &mut dyn Downstream, content_length: Option<u64>, lim
     if content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    // Bounded by `limit` (checked above), so a declared length cannot make it allocate more.
-    let mut body = Vec::with_capacity(content_length.map_or(0, |n| n as usize));
+    // A declared length is only a claim: reserve at most 64 KiB up front, so a client that
+    // announces a large body and stalls holds no more than that; the rest grows as it arrives.
+    const RESERVE: usize = 64 * 1024;
+    let mut body = Vec::with_capacity(content_length.map_or(0, |n| (n as usize).min(RESERVE)));
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, io.read_body()).await {

@@ -40,7 +40,7 @@ fn model_json(catalog: &Catalog, book: &PriceBook, m: &Model) -> Value {
             };
             let mut v = json!({"id": d.id, "kind": kind, "data_center": dc, "provider": provider, "price": price_json(&q)});
             if let DeploymentKind::Hosted { data_center, .. } = &d.kind {
-                if let Some(site) = book.site(*data_center) {
+                if let Some(site) = book.site(catalog, *data_center) {
                     v["energy"] = json!({
                         "usd_per_mwh": site.usd_per_mwh,
                         "stale": site.stale,

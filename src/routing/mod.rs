@@ -69,7 +69,7 @@ pub fn candidates(
             let (data_center, energy_price) = match d.kind {
                 DeploymentKind::Hosted { data_center, .. } => (
                     u32::try_from(data_center).ok(),
-                    catalog.data_centers.get(data_center).and_then(|dc| dc.price_node.as_ref()).and(book.site(data_center)).map(|e| e.usd_per_mwh),
+                    catalog.data_centers.get(data_center).and_then(|dc| dc.price_node.as_ref()).and(book.site(catalog, data_center)).map(|e| e.usd_per_mwh),
                 ),
                 DeploymentKind::Provider { .. } => (None, None),
             };

@@ -23,12 +23,14 @@ pub struct Reloader {
     gateway: Weak<Gateway>,
     /// The settings in force; held while a reload runs, so reloads never interleave.
     current: Mutex<Settings>,
+    /// The settings at start: what the sections a reload does not swap still run on.
+    started: Settings,
 }
 
 impl Reloader {
     /// A reloader for `gateway`, started from `settings` read from `path`.
     pub fn new(path: PathBuf, gateway: &Arc<Gateway>, settings: Settings) -> Arc<Self> {
-        Arc::new(Reloader { path, gateway: Arc::downgrade(gateway), current: Mutex::new(settings) })
+        Arc::new(Reloader { path, gateway: Arc::downgrade(gateway), current: Mutex::new(settings.clone()), started: settings })
     }
 
     fn try_reload(&self, gw: &Gateway, current: &mut Settings) -> Result<Vec<String>, Vec<String>> {
@@ -43,7 +45,7 @@ impl Reloader {
         gw.pricing.set_catalog(&new.catalog);
         gw.world.store(Arc::new(world));
         gw.registry.set_config_keys(new.keys.clone());
-        let notes = config::reload::restart_required(current, &new);
+        let notes = config::reload::restart_required(&self.started, &new);
         *current = new;
         Ok(notes)
     }
