@@ -59,7 +59,8 @@ pub struct MockArgs {
     tokens_per_s: f64,
     #[arg(long, default_value_t = 16)]
     tokens: u32,
-    /// none | refuse | 500 | 429[:secs] | slow-headers:MS | drop:N | garbage:N
+    /// none | refuse | 500 | 429[:secs] | slow-headers:MS | drop:N | garbage:N | html | empty |
+    /// truncate:N | silent-body
     #[arg(long, default_value = "none")]
     failure: String,
     /// Require `Authorization: Bearer <this>`.

@@ -90,13 +90,28 @@ pub enum Failure {
         /// Content chunks sent before the garbage event.
         after_tokens: u32,
     },
+    /// A 200 with `content-type: text/html` and an HTML error page (what a misconfigured
+    /// proxy in front of a backend sends), streaming or not.
+    HtmlAnswer,
+    /// A 200 with `content-type: application/json` and an empty body, streaming or not.
+    EmptyAnswer,
+    /// Non-streaming: announce the whole completion's `content-length`, send its first
+    /// `sent_bytes` bytes (at most all but one), then drop the connection. Streaming: normal.
+    TruncatedAnswer {
+        /// Body bytes sent before the connection is dropped.
+        sent_bytes: u32,
+    },
+    /// Send the response headers (with the whole completion's `content-length`, or the SSE
+    /// headers of a stream), then nothing at all, holding the connection open.
+    SilentBody,
 }
 
 /// Default `retry-after` for `429` given without seconds.
 const DEFAULT_RETRY_AFTER_S: u64 = 1;
 
 /// Parses a failure mode from its CLI form:
-/// `none | refuse | 500 | 429[:SECS] | slow-headers:MS | drop:N | garbage:N`
+/// `none | refuse | 500 | 429[:SECS] | slow-headers:MS | drop:N | garbage:N | html | empty |
+/// truncate:N | silent-body`
 /// (case-insensitive; `429` alone means `retry-after: 1`).
 pub fn parse_failure(s: &str) -> Result<Failure, String> {
     let s = s.trim().to_ascii_lowercase();
@@ -135,8 +150,14 @@ pub fn parse_failure(s: &str) -> Result<Failure, String> {
         "garbage" => Ok(Failure::GarbageSse {
             after_tokens: count("token count")?,
         }),
+        "html" => no_arg(Failure::HtmlAnswer),
+        "empty" => no_arg(Failure::EmptyAnswer),
+        "truncate" => Ok(Failure::TruncatedAnswer {
+            sent_bytes: count("byte count")?,
+        }),
+        "silent-body" => no_arg(Failure::SilentBody),
         other => Err(format!(
-            "unknown failure `{other}`; expected none|refuse|500|429[:secs]|slow-headers:MS|drop:N|garbage:N"
+            "unknown failure `{other}`; expected none|refuse|500|429[:secs]|slow-headers:MS|drop:N|garbage:N|html|empty|truncate:N|silent-body"
         )),
     }
 }
@@ -159,6 +180,10 @@ impl fmt::Display for Failure {
             Self::SlowHeaders { delay_ms } => write!(f, "slow-headers:{delay_ms}"),
             Self::DropMidStream { after_tokens } => write!(f, "drop:{after_tokens}"),
             Self::GarbageSse { after_tokens } => write!(f, "garbage:{after_tokens}"),
+            Self::HtmlAnswer => f.write_str("html"),
+            Self::EmptyAnswer => f.write_str("empty"),
+            Self::TruncatedAnswer { sent_bytes } => write!(f, "truncate:{sent_bytes}"),
+            Self::SilentBody => f.write_str("silent-body"),
         }
     }
 }

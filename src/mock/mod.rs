@@ -12,7 +12,8 @@
 //! - anything else: an OpenAI-shaped 404.
 //!
 //! [`Failure`] injects refused connections, error statuses, slow headers, streams dropped
-//! mid-way and garbage events. Every request is recorded ([`MockServer::last_request`]) so tests
+//! mid-way, garbage events, and unusable answers (HTML, empty, truncated, headers then
+//! silence). Every request is recorded ([`MockServer::last_request`]) so tests
 //! can check byte-exact bodies and the credentials a gateway injected. [`TestCa`] issues
 //! certificates for upstreams over TLS.
 //!

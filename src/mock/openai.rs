@@ -176,10 +176,22 @@ where
         Failure::SlowHeaders { delay_ms } => {
             wait_until(deadline(Instant::now(), Duration::from_millis(delay_ms))).await;
         }
+        Failure::HtmlAnswer => {
+            let page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>";
+            let headers = [("content-type", "text/html; charset=utf-8")];
+            conn.write(&full_response(200, &headers, page, keep_alive)).await?;
+            return Ok(Next::KeepAlive);
+        }
+        Failure::EmptyAnswer => {
+            conn.write(&full_response(200, &[CONTENT_TYPE_JSON], b"", keep_alive)).await?;
+            return Ok(Next::KeepAlive);
+        }
         Failure::None
         | Failure::Refuse
         | Failure::DropMidStream { .. }
-        | Failure::GarbageSse { .. } => {}
+        | Failure::GarbageSse { .. }
+        | Failure::TruncatedAnswer { .. }
+        | Failure::SilentBody => {}
     }
     let completion = Completion {
         id: format!("chatcmpl-mock{:016x}", rand::random::<u64>()),
@@ -218,15 +230,34 @@ where
         Failure::GarbageSse { .. } => b"{{{garbage".to_vec(),
         _ => completion.response().to_string().into_bytes(),
     };
-    if let Failure::DropMidStream { .. } = cfg.failure {
-        let head = response_head(
+    let head = || {
+        response_head(
             200,
             &[CONTENT_TYPE_JSON],
             ResponseBody::Length(body.len()),
             keep_alive,
-        );
-        conn.write(&head).await?;
-        return Ok(Next::Abort);
+        )
+    };
+    match cfg.failure {
+        Failure::DropMidStream { .. } => {
+            conn.write(&head()).await?;
+            return Ok(Next::Abort);
+        }
+        Failure::TruncatedAnswer { sent_bytes } => {
+            let sent = usize::try_from(sent_bytes)
+                .unwrap_or(usize::MAX)
+                .min(body.len().saturating_sub(1));
+            let mut partial = head();
+            partial.extend_from_slice(&body[..sent]);
+            conn.write(&partial).await?;
+            return Ok(Next::Abort);
+        }
+        Failure::SilentBody => {
+            conn.write(&head()).await?;
+            wait_until(deadline(Instant::now(), MAX_DELAY)).await;
+            return Ok(Next::Abort);
+        }
+        _ => {}
     }
     conn.write(&full_response(200, &[CONTENT_TYPE_JSON], &body, keep_alive))
         .await?;
@@ -264,6 +295,10 @@ where
         keep_alive,
     ))
     .await?;
+    if cfg.failure == Failure::SilentBody {
+        wait_until(deadline(Instant::now(), MAX_DELAY)).await;
+        return Ok(Next::Abort);
+    }
     let start = Instant::now();
     let mut sse = SseWriter::new(cfg);
 
