@@ -377,3 +377,13 @@ fn defaults() {
     assert_eq!((pl.host.call_timeout, pl.host.memory_limit, pl.host.disable_after), (ms(10), 16 << 20, 5));
     assert!(s.keys.is_empty() && s.admin_token.is_none() && s.catalog.models.is_empty());
 }
+
+/// `limits.max_answer_bytes`: 32 MiB unless set, and never 0.
+#[test]
+fn max_answer_bytes() {
+    let base = "[server]\nlisten = [\"127.0.0.1:9\"]\n";
+    let limit = |extra: &str| parse(&format!("{base}{extra}"), Path::new(""), &|_| None).map(|s| s.limits.max_answer_bytes).ok();
+    assert_eq!(limit(""), Some(32 << 20));
+    assert_eq!(limit("[limits]\nmax_answer_bytes = 4096\n"), Some(4096));
+    assert_eq!(problems(&format!("{base}[limits]\nmax_answer_bytes = 0\n")), ["limits.max_answer_bytes: must be > 0"]);
+}

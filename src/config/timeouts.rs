@@ -1,4 +1,4 @@
-//! `[limits]`: the request body limit and the timeouts of an upstream exchange, validated into
+//! `[limits]`: the request body limit, the upstream answer limit and the timeouts of an upstream exchange, validated into
 //! [`ExchangeLimits`].
 
 use serde::Deserialize;
@@ -18,8 +18,10 @@ pub struct RawLimits {
     pub first_byte_timeout_ms: Option<u64>,
     /// Longest silence between two chunks of a stream. Default 120000.
     pub stream_idle_timeout_ms: Option<u64>,
-    /// Whole non-stream response. Default 600000.
+    /// Whole non-stream response, per deployment tried. Default 600000.
     pub request_timeout_ms: Option<u64>,
+    /// Largest non-stream upstream answer. Default 32 MiB.
+    pub max_answer_bytes: Option<u64>,
     /// Reading the client's request body. Default 30000.
     pub client_body_timeout_ms: Option<u64>,
 }
@@ -29,6 +31,10 @@ pub(super) fn limits(p: &mut Problems, l: &RawLimits) -> ExchangeLimits {
     let max_body = l.max_body_bytes.unwrap_or(16 * 1024 * 1024);
     if max_body == 0 {
         p.add("limits.max_body_bytes", "must be > 0");
+    }
+    let max_answer = l.max_answer_bytes.unwrap_or(32 * 1024 * 1024);
+    if max_answer == 0 {
+        p.add("limits.max_answer_bytes", "must be > 0");
     }
     p.nonzero(
         "limits",
@@ -46,6 +52,7 @@ pub(super) fn limits(p: &mut Problems, l: &RawLimits) -> ExchangeLimits {
         first_byte_timeout: ms(l.first_byte_timeout_ms, 30_000),
         stream_idle_timeout: ms(l.stream_idle_timeout_ms, 120_000),
         request_timeout: ms(l.request_timeout_ms, 600_000),
+        max_answer_bytes: usize::try_from(max_answer).unwrap_or(usize::MAX),
         client_body_timeout: ms(l.client_body_timeout_ms, 30_000),
     }
 }

@@ -67,6 +67,8 @@ pub async fn handle(
         model,
         model_index: target.index,
         first_byte_timeout: limits.first_byte_timeout,
+        request_timeout: limits.request_timeout,
+        max_answer_bytes: limits.max_answer_bytes,
         ttft_timeout: model.ttft_timeout.unwrap_or(limits.first_byte_timeout),
         request_id: &rec.request_id,
     };

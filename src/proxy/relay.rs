@@ -7,9 +7,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{send_error, Downstream, DownstreamError, Record, ResponseHead, World};
+use super::{Downstream, DownstreamError, Record, ResponseHead, World};
 use crate::api::chat::{self, classify, ChatRequest, StreamEvent};
-use crate::api::error::{stream_error_event, ApiError};
+use crate::api::error::stream_error_event;
 use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
 use crate::pricing::cost::{insert_cost, Cost};
@@ -125,15 +125,9 @@ pub async fn relay(
         rec.ttft = Some(first.duration_since(answer.sent_at));
     }
     let (mut prefetched, mut parser, mut rest) = match answer.body {
-        AnswerBody::Full(response) => {
-            // Non-stream answer (or an upstream error document for a stream request).
-            let bytes = match tokio::time::timeout(world.limits.request_timeout, response.bytes()).await {
-                Ok(Ok(b)) => b,
-                Ok(Err(_)) | Err(_) => {
-                    let e = ApiError::UpstreamFailed { message: "The upstream connection failed while sending the response.".into() };
-                    return send_error(io, rec, &e).await;
-                }
-            };
+        AnswerBody::Full(bytes) => {
+            // Non-stream answer (or an upstream error document for a stream request), read
+            // whole by `upstream::send`: nothing can fail here but the client.
             let mut bytes = bytes;
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                 if let Some((p, c)) = chat::usage_of(&v) {

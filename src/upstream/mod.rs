@@ -1,9 +1,13 @@
 //! Upstream forwarding: send a chat request to the ranked deployments in order until one
 //! answers. A deployment is skipped when its breaker refuses it, or on a connect error, no
-//! response headers within the first-byte timeout, 429/5xx — and, for streams, when no content
-//! token arrives within the model's TTFT timeout (the events before it are held back, so
-//! nothing has reached the client yet). Once an [`Answer`] is returned, no other deployment is
-//! tried. Every failed attempt is reported to the caller, which records it (`proxy::observe`).
+//! response headers within the first-byte timeout, 429/5xx, an unreadable 2xx answer (a
+//! non-stream body that is not a JSON object, a stream request answered without
+//! `text/event-stream`) — for non-stream answers, when the body breaks, does not arrive within
+//! the request timeout or exceeds the answer size limit (the body is read whole here, before
+//! the client sees anything) — and, for streams, when no content token arrives within the
+//! model's TTFT timeout (the events before it are held back, so nothing has reached the client
+//! yet). Once an [`Answer`] is returned, no other deployment is tried. Every failed attempt is
+//! reported to the caller, which records it (`proxy::observe`).
 
 pub mod client;
 pub mod probe;
@@ -11,7 +15,7 @@ pub mod probe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -38,8 +42,12 @@ pub struct ExchangeLimits {
     /// Longest silence between two upstream stream chunks. Default 120 s; past it the
     /// stream ends with an SSE error event.
     pub stream_idle_timeout: Duration,
-    /// Whole non-stream upstream exchange. Default 600 s.
+    /// Whole non-stream upstream exchange with one deployment, from sending the request to
+    /// the last byte of the answer. Default 600 s; past it the next deployment is tried.
     pub request_timeout: Duration,
+    /// Largest non-stream upstream answer (and error document). Default 32 MiB; larger → the
+    /// next deployment is tried.
+    pub max_answer_bytes: usize,
     /// Reading the client's request body. Default 30 s.
     pub client_body_timeout: Duration,
 }
@@ -58,6 +66,16 @@ pub enum AttemptFailure {
     TtftTimeout,
     /// A stream broke or sent garbage before its first content token.
     EarlyStreamFailure,
+    /// A 2xx answer the client could not use: a non-stream body that is not a JSON object
+    /// (garbage, an HTML page, empty), or a stream request answered without
+    /// `text/event-stream`.
+    UnreadableAnswer,
+    /// The connection failed while a non-stream body was being read.
+    BrokenAnswer,
+    /// A non-stream body did not arrive whole within the request timeout.
+    AnswerTimeout,
+    /// A non-stream body larger than `max_answer_bytes` (the limit).
+    AnswerTooLarge { limit: usize },
 }
 
 impl AttemptFailure {
@@ -70,6 +88,10 @@ impl AttemptFailure {
             AttemptFailure::Status { .. } => "status_5xx",
             AttemptFailure::TtftTimeout => "ttft_timeout",
             AttemptFailure::EarlyStreamFailure => "early_stream_failure",
+            AttemptFailure::UnreadableAnswer => "unreadable_answer",
+            AttemptFailure::BrokenAnswer => "broken_answer",
+            AttemptFailure::AnswerTimeout => "answer_timeout",
+            AttemptFailure::AnswerTooLarge { .. } => "answer_too_large",
         }
     }
 
@@ -80,11 +102,15 @@ impl AttemptFailure {
             AttemptFailure::Status { code, .. } => format!("HTTP {code}"),
             AttemptFailure::TtftTimeout => "no first token in time".into(),
             AttemptFailure::EarlyStreamFailure => "stream failed before the first token".into(),
+            AttemptFailure::UnreadableAnswer => "unreadable answer".into(),
+            AttemptFailure::BrokenAnswer => "connection failed while sending the answer".into(),
+            AttemptFailure::AnswerTimeout => "answer not complete in time".into(),
+            AttemptFailure::AnswerTooLarge { limit } => format!("answer larger than the limit of {limit} bytes"),
         }
     }
 
     fn is_timeout(&self) -> bool {
-        matches!(self, AttemptFailure::Timeout | AttemptFailure::TtftTimeout)
+        matches!(self, AttemptFailure::Timeout | AttemptFailure::TtftTimeout | AttemptFailure::AnswerTimeout)
     }
 }
 
@@ -99,8 +125,9 @@ pub struct Attempt {
 
 /// The body of an answer.
 pub enum AnswerBody {
-    /// A complete (non-SSE) response to read whole.
-    Full(reqwest::Response),
+    /// A complete (non-SSE) answer, read whole: a JSON document for a 2xx, the upstream's
+    /// error document as sent for any other status.
+    Full(Bytes),
     /// An SSE stream: the events read before the first content token (held back until the
     /// deployment proved it answers), and the rest of the stream.
     Stream { prefetched: Vec<SseItem>, parser: SseParser, rest: BoxStream<'static, reqwest::Result<Bytes>> },
@@ -132,6 +159,10 @@ pub struct Route<'a> {
     pub model: &'a Model,
     pub model_index: usize,
     pub first_byte_timeout: Duration,
+    /// Limit on a whole non-stream answer, from sending the request.
+    pub request_timeout: Duration,
+    /// Largest non-stream answer.
+    pub max_answer_bytes: usize,
     /// Limit on the first content token of a stream, from sending the request.
     pub ttft_timeout: Duration,
     pub request_id: &'a str,
@@ -233,8 +264,18 @@ async fn attempt(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    if !(request.stream && content_type.starts_with("text/event-stream")) {
-        return Ok((status, content_type, AnswerBody::Full(resp), None));
+    let success = (200..300).contains(&status);
+    let sse = content_type.starts_with("text/event-stream");
+    if request.stream && success && !sse {
+        return Err(AttemptFailure::UnreadableAnswer);
+    }
+    if !(request.stream && sse) {
+        let deadline = tokio::time::Instant::from_std(sent_at + route.request_timeout);
+        let bytes = read_answer(resp, route.max_answer_bytes, deadline).await?;
+        if success && !is_json_object(&bytes) {
+            return Err(AttemptFailure::UnreadableAnswer);
+        }
+        return Ok((status, content_type, AnswerBody::Full(bytes), None));
     }
     // Hold the stream back until its first content token (or its end): until then the client
     // has seen nothing and another deployment can still take over.
@@ -268,6 +309,36 @@ async fn attempt(
     }
 }
 
+/// Reads a whole non-stream body, at most `limit` bytes, by `deadline`.
+async fn read_answer(mut resp: reqwest::Response, limit: usize, deadline: tokio::time::Instant) -> Result<Bytes, AttemptFailure> {
+    let too_large = AttemptFailure::AnswerTooLarge { limit };
+    let declared = resp.content_length().map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large);
+    }
+    // A declared length is a promise, not a fact: reserve at most 64 KiB up front.
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
+    loop {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Err(_) => return Err(AttemptFailure::AnswerTimeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(AttemptFailure::AnswerTimeout),
+            Ok(Err(_)) => return Err(AttemptFailure::BrokenAnswer),
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// True when `bytes` is one JSON object (what a chat completion is).
+fn is_json_object(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 fn all_failed(model: &Model, attempts: &[Attempt]) -> ApiError {
     let detail: Vec<String> = attempts
         .iter()
@@ -295,5 +366,77 @@ fn all_failed(model: &Model, attempts: &[Attempt]) -> ApiError {
         ApiError::UpstreamUnavailable { message, retry_after }
     } else {
         ApiError::UpstreamFailed { message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response whose body arrives as `chunks` (no declared length), then ends, breaks or
+    /// stalls.
+    fn streamed(chunks: &[&'static [u8]], end: &'static str) -> reqwest::Response {
+        let items: Vec<std::io::Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let tail = futures_util::stream::once(async move {
+            match end {
+                "break" => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")),
+                "stall" => std::future::pending::<std::io::Result<Bytes>>().await,
+                _ => Ok(Bytes::new()),
+            }
+        });
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(items).chain(tail));
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(200)
+    }
+
+    #[tokio::test]
+    async fn reads_a_whole_answer_within_the_limit() {
+        let got = read_answer(streamed(&[b"{\"a\":", b" 1}"], "end"), 10, soon()).await;
+        assert_eq!(got, Ok(Bytes::from_static(b"{\"a\": 1}")));
+        let exact = reqwest::Response::from(http::Response::new(reqwest::Body::from(vec![b'x'; 10])));
+        assert_eq!(read_answer(exact, 10, soon()).await.map(|b| b.len()), Ok(10));
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_fails_declared_or_not() {
+        let declared = reqwest::Response::from(http::Response::new(reqwest::Body::from(vec![b'x'; 11])));
+        assert_eq!(read_answer(declared, 10, soon()).await, Err(AttemptFailure::AnswerTooLarge { limit: 10 }));
+        // Without a length, the chunk that crosses the limit fails it, before the rest arrives.
+        let undeclared = streamed(&[b"123456", b"789012"], "stall");
+        assert_eq!(read_answer(undeclared, 10, soon()).await, Err(AttemptFailure::AnswerTooLarge { limit: 10 }));
+    }
+
+    #[tokio::test]
+    async fn a_broken_or_stalled_answer_fails() {
+        assert_eq!(read_answer(streamed(&[b"{\"a\""], "break"), 100, soon()).await, Err(AttemptFailure::BrokenAnswer));
+        let started = Instant::now();
+        assert_eq!(read_answer(streamed(&[b"{\"a\""], "stall"), 100, soon()).await, Err(AttemptFailure::AnswerTimeout));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_a_json_object_is_a_readable_answer() {
+        for ok in [&b"{}"[..], b" \r\n{\"choices\":[]}\n"] {
+            assert!(is_json_object(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [&b""[..], b"   ", b"{{{garbage", b"<html><body>502</body></html>", b"[]", b"\"ok\"", b"1", b"null", b"{\"a\":1", b"{} {}"] {
+            assert!(!is_json_object(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn answer_timeouts_count_as_timeouts_and_labels_are_distinct() {
+        assert!(AttemptFailure::AnswerTimeout.is_timeout());
+        assert!(!AttemptFailure::BrokenAnswer.is_timeout() && !AttemptFailure::UnreadableAnswer.is_timeout());
+        let labels = [
+            AttemptFailure::UnreadableAnswer.label(),
+            AttemptFailure::BrokenAnswer.label(),
+            AttemptFailure::AnswerTimeout.label(),
+            AttemptFailure::AnswerTooLarge { limit: 1 }.label(),
+        ];
+        assert_eq!(labels, ["unreadable_answer", "broken_answer", "answer_timeout", "answer_too_large"]);
     }
 }

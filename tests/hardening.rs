@@ -1,0 +1,179 @@
+//! Issue 11 ("Hardening"): what a broken upstream can do to a request, and what joule does
+//! about it — the real binary against in-process mock upstreams, one class per test.
+//!
+//! An unreadable upstream answer is not a success (a 2xx non-stream body that is not a JSON
+//! object, a stream request answered with another content type than `text/event-stream`), and
+//! a non-stream answer is read whole before the client sees anything, so a body that breaks,
+//! stalls or is too large moves on to the next deployment exactly like a failure before the
+//! headers. Each failure is counted in `joule_upstream_failures_total{deployment,kind}` and
+//! against the deployment's breaker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MODEL: &str = "llama-hard";
+const ADMIN_TOKEN: &str = "hardening-admin-token";
+
+async fn gateway_with(mocks: &[&MockServer], extra: &str) -> Gateway {
+    let urls: Vec<String> = mocks.iter().map(|m| m.base_url()).collect();
+    let admin = format!("\n[admin]\ntoken_sha256 = \"{}\"\n", joule::secret::KeyHash::of(ADMIN_TOKEN).to_hex());
+    Gateway::start(&format!("{}\n{extra}\n{admin}", hosted_catalog(MODEL, &urls))).await
+}
+
+/// Sends a chat request and asserts that `dep1` answered it completely.
+async fn answered_by_dep1(gw: &Gateway, stream: bool, case: &str) {
+    let resp = gw.chat(&client(), chat_body(MODEL, stream)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{case} stream={stream}");
+    assert_eq!(resp.headers()["x-joule-deployment"], "dep1", "{case} stream={stream}");
+    if stream {
+        let got = read_sse(resp, Duration::from_secs(20)).await;
+        assert_eq!(got.data().last().copied(), Some("[DONE]"), "{case}: {:?}", got.data());
+    } else {
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["object"], "chat.completion", "{case}: {v}");
+        assert!(v["usage"]["cost"]["total"].is_number(), "{case}: priced: {v}");
+    }
+}
+
+fn failures(deployment: &str, kind: &str, n: u64) -> String {
+    format!("joule_upstream_failures_total{{deployment=\"{deployment}\",kind=\"{kind}\"}} {n}\n")
+}
+
+async fn deployment_state(gw: &Gateway, id: &str) -> serde_json::Value {
+    let resp = client().get(format!("{}/admin/deployments", gw.admin())).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["data"].as_array().unwrap().iter().find(|d| d["id"] == id).cloned().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_2xx_answers_fail_over() {
+    // (failure, also as an answer to a stream request)
+    let cases = [
+        (Failure::GarbageSse { after_tokens: 0 }, false),
+        (Failure::HtmlAnswer, true),
+        (Failure::EmptyAnswer, true),
+    ];
+    for (failure, stream_too) in cases {
+        let bad = mock(MockConfig { failure, ..Default::default() }).await;
+        let good = mock(MockConfig::default()).await;
+        let gw = gateway_with(&[&bad, &good], "").await;
+        let case = failure.to_string();
+        answered_by_dep1(&gw, false, &case).await;
+        let mut n = 1;
+        if stream_too {
+            answered_by_dep1(&gw, true, &case).await;
+            n += 1;
+        }
+        assert_eq!((bad.requests(), good.requests()), (n, n), "{case}");
+        metrics_containing(&gw, &failures("dep0", "unreadable_answer", n)).await;
+        let state = deployment_state(&gw, "dep0").await;
+        assert_eq!(state["failures"], n, "{case}: {state}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_unreadable_is_502_upstream_failed() {
+    let a = mock(MockConfig { failure: Failure::GarbageSse { after_tokens: 0 }, ..Default::default() }).await;
+    let b = mock(MockConfig { failure: Failure::HtmlAnswer, ..Default::default() }).await;
+    let gw = gateway_with(&[&a, &b], "").await;
+    for stream in [false, true] {
+        let v = expect_error(gw.chat(&client(), chat_body(MODEL, stream)).send().await.unwrap(), 502, Some("upstream_failed")).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("dep1: unreadable answer"), "stream={stream}: {message}");
+    }
+    metrics_containing(&gw, &failures("dep1", "unreadable_answer", 2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_or_stalls_fails_over() {
+    let cases = [
+        (Failure::TruncatedAnswer { sent_bytes: 10 }, "broken_answer"),
+        (Failure::DropMidStream { after_tokens: 0 }, "broken_answer"),
+        (Failure::SilentBody, "answer_timeout"),
+    ];
+    for (failure, kind) in cases {
+        let bad = mock(MockConfig { failure, ..Default::default() }).await;
+        let good = mock(MockConfig::default()).await;
+        let gw = gateway_with(&[&bad, &good], "[limits]\nrequest_timeout_ms = 1500\n").await;
+        let started = Instant::now();
+        answered_by_dep1(&gw, false, &failure.to_string()).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "{failure}: {:?}", started.elapsed());
+        assert_eq!(good.requests(), 1, "{failure}");
+        metrics_containing(&gw, &failures("dep0", kind, 1)).await;
+        assert_eq!(deployment_state(&gw, "dep0").await["failures"], 1, "{failure}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_on_the_only_deployment_is_504_a_broken_one_502() {
+    let silent = mock(MockConfig { failure: Failure::SilentBody, ..Default::default() }).await;
+    let gw = gateway_with(&[&silent], "[limits]\nrequest_timeout_ms = 500\n").await;
+    let started = Instant::now();
+    let v = expect_error(gw.chat(&client(), chat_body(MODEL, false)).send().await.unwrap(), 504, Some("upstream_timeout")).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(v["error"]["message"].as_str().unwrap().contains("dep0: answer not complete in time"), "{v}");
+    metrics_containing(&gw, &failures("dep0", "answer_timeout", 1)).await;
+    drop(gw);
+
+    let broken = mock(MockConfig { failure: Failure::TruncatedAnswer { sent_bytes: 10 }, ..Default::default() }).await;
+    let gw = gateway_with(&[&broken], "").await;
+    expect_error(gw.chat(&client(), chat_body(MODEL, false)).send().await.unwrap(), 502, Some("upstream_failed")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_max_answer_bytes_fails_over_then_502() {
+    // ~14 KB of completion against a 4 KiB limit; the spare's 16 tokens fit.
+    let big = MockConfig { tokens: 2000, tokens_per_s: 0.0, ..Default::default() };
+    let bad = mock(big.clone()).await;
+    let good = mock(MockConfig::default()).await;
+    let gw = gateway_with(&[&bad, &good], "[limits]\nmax_answer_bytes = 4096\n").await;
+    answered_by_dep1(&gw, false, "oversize").await;
+    metrics_containing(&gw, &failures("dep0", "answer_too_large", 1)).await;
+    // Streams are not read whole: the limit does not apply to them.
+    let resp = gw.chat(&client(), chat_body(MODEL, true)).send().await.unwrap();
+    assert_eq!(resp.headers()["x-joule-deployment"], "dep0");
+    assert!(read_sse(resp, Duration::from_secs(20)).await.ended_cleanly);
+    drop(gw);
+
+    let only = mock(big).await;
+    let gw = gateway_with(&[&only], "[limits]\nmax_answer_bytes = 4096\n").await;
+    let v = expect_error(gw.chat(&client(), chat_body(MODEL, false)).send().await.unwrap(), 502, Some("upstream_failed")).await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("answer larger than the limit of 4096 bytes"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_answers_open_the_breaker() {
+    let bad = mock(MockConfig { failure: Failure::HtmlAnswer, ..Default::default() }).await;
+    let good = mock(MockConfig::default()).await;
+    // Three consecutive failures open the breaker; then dep0 is skipped without being asked
+    // (no probes, which could close it again).
+    let health = "[health]\nfailure_threshold = 3\nopen_base_ms = 60000\nopen_max_ms = 60000\nprobe_interval_ms = 0\n";
+    let gw = gateway_with(&[&bad, &good], health).await;
+    for _ in 0..3 {
+        answered_by_dep1(&gw, false, "html").await;
+    }
+    let state = deployment_state(&gw, "dep0").await;
+    assert_eq!(state["breaker"], "open", "{state}");
+    assert!(state["error_rate"].as_f64().unwrap() > 0.0, "{state}");
+    answered_by_dep1(&gw, false, "html, breaker open").await;
+    assert_eq!((bad.requests(), good.requests()), (3, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_4xx_documents_still_pass_through() {
+    // A 4xx is the upstream's answer, not an unreadable one: passed on as sent, no failover.
+    let m = mock(MockConfig { require_bearer: Some(PROVIDER_SECRET.into()), ..Default::default() }).await;
+    let spare = mock(MockConfig::default()).await;
+    let gw = gateway_with(&[&m, &spare], "").await;
+    for stream in [false, true] {
+        let v = expect_error(gw.chat(&client(), chat_body(MODEL, stream)).send().await.unwrap(), 401, Some("invalid_api_key")).await;
+        assert_eq!(v["error"]["message"], "Incorrect API key provided.", "the upstream's own document");
+    }
+    assert_eq!(spare.requests(), 0);
+    let page = metrics_containing(&gw, "joule_requests_total{").await;
+    assert!(!page.contains("joule_upstream_failures_total{"), "{page}");
+}
