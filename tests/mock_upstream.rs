@@ -895,3 +895,20 @@ fn parse_failure_accepts_the_cli_forms() {
     }
     assert_eq!("crlf".parse::<SseFraming>(), Ok(SseFraming::Crlf));
 }
+
+#[test]
+fn parse_failure_accepts_the_unusable_answer_forms() {
+    let cases = [
+        ("html", Failure::HtmlAnswer),
+        ("EMPTY", Failure::EmptyAnswer),
+        ("truncate:10", Failure::TruncatedAnswer { sent_bytes: 10 }),
+        ("silent-body", Failure::SilentBody),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(parse_failure(text), Ok(expected), "{text}");
+        assert_eq!(parse_failure(&expected.to_string()), Ok(expected));
+    }
+    for bad in ["html:1", "empty:0", "truncate", "truncate:x", "silent-body:5"] {
+        assert!(parse_failure(bad).is_err(), "{bad} should be rejected");
+    }
+}
