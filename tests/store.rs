@@ -349,6 +349,36 @@ fn history_through_the_store(store: &Store) {
     assert!(store.wait(store.price_frames(0, i64::MAX)).unwrap().is_empty());
 }
 
+/// Records with absurd numbers (the maximal token counts and costs an unvalidated upstream
+/// report could leave behind) never make a listing, a summary or a budget read fail.
+async fn extreme_suite(store: Store) {
+    let t0 = 1_900_000_000_000;
+    let extreme = |id: usize, cost: f64| UsageRecord {
+        model: Some("m_extreme".into()),
+        tokens_in: Some(u64::MAX),
+        tokens_out: Some(u64::MAX),
+        cost_input: cost,
+        cost_output: cost,
+        cost_total: cost,
+        ..record(id, Some("p_extreme"), "key_x", "m_extreme", 200, t0 + id as i64, "gw_other")
+    };
+    let recs = vec![extreme(5000, f64::MAX), extreme(5001, f64::MAX), extreme(5002, 1.8e13), extreme(5003, -f64::MAX)];
+    store.insert_usage(Arc::new(recs)).await.unwrap();
+
+    let mine = UsageFilter { model: Some("m_extreme".into()), limit: 100, ..UsageFilter::default() };
+    let listed = store.usage(mine.clone()).await.unwrap().records;
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|r| r.tokens_in == Some(i64::MAX as u64)), "stored saturated: {listed:?}");
+    for filter in [mine, UsageFilter { project_id: Some("p_extreme".into()), ..UsageFilter::default() }, UsageFilter::default()] {
+        let sum = store.usage_summary(filter.clone()).await.unwrap();
+        assert!(sum.requests >= 4 && sum.tokens_in == u64::MAX && sum.tokens_out == u64::MAX, "{filter:?}: {sum:?}");
+        assert!(sum.cost_usd.is_finite() && sum.cost_usd >= 1.8e13 && sum.cost_usd <= 3e15 + 1.0, "{filter:?}: {sum:?}");
+    }
+    let spend = store.spend_since(t0, "gw_me").await.unwrap();
+    let (_, x) = spend.iter().find(|(p, _)| p == "p_extreme").unwrap();
+    assert!(x.is_finite() && *x <= 3e15 + 1.0, "{spend:?}");
+}
+
 /// Opens `loc` from a thread outside any runtime (opening blocks until migrated).
 fn reopen(loc: &StoreLocation) -> Store {
     let loc = loc.clone();
@@ -362,6 +392,7 @@ fn contract(store: &Store, loc: &StoreLocation) {
     let l = loc.clone();
     store.wait(history_suite(store.clone(), move || reopen(&l)));
     history_through_the_store(store);
+    store.wait(extreme_suite(store.clone()));
 }
 
 #[test]

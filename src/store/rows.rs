@@ -283,8 +283,10 @@ pub fn price_point(r: &dyn RowLike) -> Result<(i64, FramePoint), StoreError> {
 
 /// A row of [`usage_summary_query`].
 pub fn usage_summary(r: &dyn RowLike) -> Result<super::UsageSummary, StoreError> {
-    let count = |i| -> Result<u64, StoreError> { Ok(u64::try_from(r.int(i)?.unwrap_or(0)).unwrap_or(0)) };
-    Ok(super::UsageSummary { requests: count(0)?, tokens_in: count(1)?, tokens_out: count(2)?, cost_usd: r.real(3)?.unwrap_or(0.0) })
+    let count = u64::try_from(r.int(0)?.unwrap_or(0)).unwrap_or(0);
+    // Sums are `DOUBLE PRECISION` (see `schema::SUMMED_TOKENS_IN`); `as` saturates (NaN → 0).
+    let sum = |i| -> Result<u64, StoreError> { Ok(r.real(i)?.unwrap_or(0.0) as u64) };
+    Ok(super::UsageSummary { requests: count, tokens_in: sum(1)?, tokens_out: sum(2)?, cost_usd: r.real(3)?.unwrap_or(0.0) })
 }
 
 /// `WHERE …` for a usage filter (cursor included when `with_cursor`), with its parameters.
@@ -340,7 +342,10 @@ pub fn usage_summary_query(f: &UsageFilter) -> (String, Vec<Param>) {
     let (w, params) = usage_where(f, false);
     (
         format!(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT), CAST(COALESCE(SUM(tokens_out), 0) AS BIGINT), CAST(COALESCE(SUM(cost_total), 0) AS DOUBLE PRECISION) FROM usage_records{w}"
+            "SELECT COUNT(*), CAST(COALESCE({}, 0) AS DOUBLE PRECISION), CAST(COALESCE({}, 0) AS DOUBLE PRECISION), CAST(COALESCE({}, 0) AS DOUBLE PRECISION) FROM usage_records{w}",
+            schema::SUMMED_TOKENS_IN,
+            schema::SUMMED_TOKENS_OUT,
+            schema::SUMMED_COST
         ),
         params,
     )

@@ -106,7 +106,26 @@ pub const USAGE_NCOLS: usize = 23;
 /// Rows per multi-row `INSERT` (23 parameters each, well under both databases' limits).
 pub const USAGE_ROWS_PER_INSERT: usize = 200;
 
-pub const SPEND_SINCE: &str = "SELECT project_id, SUM(cost_total) FROM usage_records WHERE ts_ms >= $1 AND instance <> $2 AND project_id IS NOT NULL GROUP BY project_id";
+/// One record's cost as summed: clamped to `[0, 1e15]` USD, so no stored value (however it got
+/// there: an old record of an absurd upstream report, a hand edit) can overflow a sum —
+/// PostgreSQL raises an error when a `DOUBLE PRECISION` sum overflows. Summed in
+/// `DOUBLE PRECISION` on both backends; see also [`SUMMED_TOKENS_IN`].
+macro_rules! summed_cost {
+    () => {
+        "SUM(CASE WHEN cost_total > CAST(1e15 AS DOUBLE PRECISION) THEN CAST(1e15 AS DOUBLE PRECISION) WHEN cost_total < 0 THEN CAST(0 AS DOUBLE PRECISION) ELSE cost_total END)"
+    };
+}
+/// The cost sum of [`summed_cost!`].
+pub const SUMMED_COST: &str = summed_cost!();
+/// Token sums in `DOUBLE PRECISION` (exact to 2^53 ≈ 9·10^15 tokens, then rounded), never an
+/// integer sum: SQLite's and PostgreSQL's `BIGINT` sums fail with "integer overflow" past
+/// `i64::MAX`, which a few records of absurd upstream counts (stored before they were
+/// validated) reach. Converted to `u64` with saturation when read.
+pub const SUMMED_TOKENS_IN: &str = "SUM(CAST(tokens_in AS DOUBLE PRECISION))";
+/// As [`SUMMED_TOKENS_IN`], for completion tokens.
+pub const SUMMED_TOKENS_OUT: &str = "SUM(CAST(tokens_out AS DOUBLE PRECISION))";
+
+pub const SPEND_SINCE: &str = concat!("SELECT project_id, ", summed_cost!(), " FROM usage_records WHERE ts_ms >= $1 AND instance <> $2 AND project_id IS NOT NULL GROUP BY project_id");
 
 pub const PRICE_COLS: &str = "ts_ms, deployment, price_input, price_output, usd_per_mwh, stale";
 /// Columns in [`PRICE_COLS`].
