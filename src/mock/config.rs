@@ -32,6 +32,10 @@ pub struct MockConfig {
     pub require_bearer: Option<String>,
     /// Model ids listed by `GET /v1/models`. Chat completions accept any model regardless.
     pub models: Vec<String>,
+    /// If set, the `usage` object reported (non-stream body and final stream chunk) instead of
+    /// the real counts — e.g. `{"prompt_tokens": 18446744073709551615, …}`, to test that joule
+    /// treats upstream numbers as untrusted.
+    pub reported_usage: Option<serde_json::Value>,
 }
 
 impl Default for MockConfig {
@@ -46,6 +50,7 @@ impl Default for MockConfig {
             multiline_data: false,
             require_bearer: None,
             models: vec!["mock-model".to_owned()],
+            reported_usage: None,
         }
     }
 }

@@ -205,6 +205,7 @@ where
             .stream_options
             .and_then(|options| options.include_usage)
             .unwrap_or(false),
+        reported_usage: cfg.reported_usage.clone(),
     };
     if parsed.stream.unwrap_or(false) {
         stream(conn, &completion, cfg, keep_alive).await
@@ -365,6 +366,8 @@ struct Completion {
     tokens: u32,
     prompt_tokens: u64,
     include_usage: bool,
+    /// [`MockConfig::reported_usage`].
+    reported_usage: Option<Value>,
 }
 
 impl Completion {
@@ -378,6 +381,9 @@ impl Completion {
     }
 
     fn usage(&self) -> Value {
+        if let Some(u) = &self.reported_usage {
+            return u.clone();
+        }
         let completion_tokens = u64::from(self.tokens);
         json!({
             "prompt_tokens": self.prompt_tokens,
