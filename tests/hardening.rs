@@ -177,3 +177,69 @@ async fn upstream_4xx_documents_still_pass_through() {
     let page = metrics_containing(&gw, "joule_requests_total{").await;
     assert!(!page.contains("joule_upstream_failures_total{"), "{page}");
 }
+
+/// Numbers from an upstream are untrusted input (item 6): a usage report of `u64::MAX` tokens
+/// (or negative, fractional, non-numeric counts, or more than `MAX_USAGE_TOKENS`) is not
+/// believed — the client gets the answer without a computed `usage.cost`, the usage record
+/// has no tokens, no cost and the outcome `upstream_usage_invalid`, the deployment is counted
+/// as failing (`kind="invalid_usage"`), and the usage summary keeps answering 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_upstream_usage_is_not_charged_or_stored() {
+    let max = u64::MAX;
+    let reports = [
+        serde_json::json!({"prompt_tokens": max, "completion_tokens": max, "total_tokens": max}),
+        serde_json::json!({"prompt_tokens": 10_000_001, "completion_tokens": 1}),
+        serde_json::json!({"prompt_tokens": -5, "completion_tokens": 3}),
+        serde_json::json!({"prompt_tokens": 5, "completion_tokens": 2.5}),
+        serde_json::json!({"prompt_tokens": "5", "completion_tokens": 3}),
+    ];
+    let bad = mock(MockConfig { reported_usage: Some(reports[0].clone()), ..Default::default() }).await;
+    let gw = gateway_with(&[&bad], "[store]\nflush_interval_ms = 20\n").await;
+    let c = client();
+    let mut n = 0;
+    for report in &reports {
+        bad.set_config(MockConfig { reported_usage: Some(report.clone()), ..Default::default() });
+        let resp = gw.chat(&c, chat_body(MODEL, false)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{report}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["object"], "chat.completion", "{v}");
+        assert!(v["usage"].get("cost").is_none(), "no cost from {report}: {v}");
+        n += 1;
+    }
+    // The same in a stream's usage chunk.
+    bad.set_config(MockConfig { reported_usage: Some(reports[0].clone()), ..Default::default() });
+    let mut body = chat_body(MODEL, true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let got = read_sse(gw.chat(&c, body).send().await.unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(got.data().last().copied(), Some("[DONE]"), "{:?}", got.data());
+    let usage: Vec<_> = got.json().into_iter().filter(|e| e["usage"].is_object()).collect();
+    assert_eq!(usage.len(), 1, "{:?}", got.data());
+    assert!(usage[0]["usage"].get("cost").is_none(), "{}", usage[0]);
+    n += 1;
+    metrics_containing(&gw, &failures("dep0", "invalid_usage", n)).await;
+
+    let admin = |path: &str| c.get(format!("{}/admin{path}", gw.admin())).bearer_auth(ADMIN_TOKEN).send();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let resp = admin("/usage").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        let records = v["records"].as_array().cloned().unwrap_or_default();
+        if records.len() as u64 == n {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "expected {n} records: {v}\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for r in &records {
+        assert_eq!(r["outcome"], "upstream_usage_invalid", "{r}");
+        assert!(r["tokens_in"].is_null() && r["tokens_out"].is_null(), "{r}");
+        assert_eq!(r["cost_total"], 0.0, "{r}");
+    }
+    for query in ["", &format!("?model={MODEL}"), "?status=200"] {
+        let resp = admin(&format!("/usage/summary{query}")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{query}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!((v["requests"].as_u64(), v["tokens_in"].as_u64(), v["cost_usd"].as_f64()), (Some(n), Some(0), Some(0.0)), "{query}: {v}");
+    }
+}

@@ -197,7 +197,7 @@ pub struct Chunk {
     /// It is an error object (`{"error": …}`): the upstream failed mid-stream.
     pub error: bool,
     /// Its `usage` (prompt, completion tokens), if present.
-    pub usage: Option<(u64, u64)>,
+    pub usage: Option<Usage>,
     /// The usage-only chunk (`choices: []` with `usage`), which reaches the client only if it
     /// asked for usage.
     pub usage_only: bool,
@@ -222,10 +222,38 @@ pub fn classify(data: &str) -> StreamEvent {
     })
 }
 
-/// `usage.prompt_tokens` and `usage.completion_tokens` of a chat document or chunk.
-pub fn usage_of(v: &serde_json::Value) -> Option<(u64, u64)> {
-    let u = v.get("usage")?;
-    Some((u.get("prompt_tokens")?.as_u64()?, u.get("completion_tokens")?.as_u64()?))
+/// The most tokens one request may report per direction (prompt, completion): 10 million,
+/// beyond any context window served today. Upstream numbers are untrusted input: a usage
+/// above it is not believed (see [`Usage::Invalid`]).
+pub const MAX_USAGE_TOKENS: u64 = 10_000_000;
+
+/// The error label of a request whose upstream reported unbelievable usage: it goes into
+/// the usage record's `outcome`, and the deployment is counted as failing
+/// (`joule_upstream_failures_total{kind="invalid_usage"}`, its breaker).
+pub const USAGE_INVALID: &str = "upstream_usage_invalid";
+
+/// What an upstream said a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// Prompt and completion tokens, each a non-negative integer within [`MAX_USAGE_TOKENS`].
+    Tokens(u64, u64),
+    /// A token count that is negative, fractional, not a number, or above
+    /// [`MAX_USAGE_TOKENS`]: no tokens are recorded and no cost is computed from it.
+    Invalid,
+}
+
+/// `usage.prompt_tokens` and `usage.completion_tokens` of a chat document or chunk: `None`
+/// without a usage object or with either count absent (or `null`), [`Usage::Invalid`] when a
+/// count is present but not believable. The one place upstream usage numbers are read.
+pub fn usage_of(v: &serde_json::Value) -> Option<Usage> {
+    let u = v.get("usage").filter(|u| !u.is_null())?;
+    let count = |k: &str| u.get(k).filter(|x| !x.is_null());
+    let (p, c) = (count("prompt_tokens")?, count("completion_tokens")?);
+    let valid = |x: &serde_json::Value| x.as_u64().filter(|n| *n <= MAX_USAGE_TOKENS);
+    Some(match (valid(p), valid(c)) {
+        (Some(p), Some(c)) => Usage::Tokens(p, c),
+        _ => Usage::Invalid,
+    })
 }
 
 /// True for a chunk carrying generated content (not the role-only first chunk).
@@ -283,6 +311,29 @@ mod tests {
         let r = inspect(body).unwrap();
         assert!(r.include_usage);
         assert_eq!(r.upstream_body(body, "m"), body.to_vec());
+    }
+
+    #[test]
+    fn upstream_usage_is_validated() {
+        let u = |s: &str| usage_of(&serde_json::from_str(s).unwrap());
+        assert_eq!(u(r#"{"usage":{"prompt_tokens":3,"completion_tokens":0}}"#), Some(Usage::Tokens(3, 0)));
+        assert_eq!(u(r#"{"usage":{"prompt_tokens":10000000,"completion_tokens":10000000}}"#), Some(Usage::Tokens(MAX_USAGE_TOKENS, MAX_USAGE_TOKENS)));
+        for absent in [r#"{}"#, r#"{"usage":null}"#, r#"{"usage":{}}"#, r#"{"usage":{"prompt_tokens":3}}"#, r#"{"usage":{"prompt_tokens":3,"completion_tokens":null}}"#] {
+            assert_eq!(u(absent), None, "{absent}");
+        }
+        for bad in [
+            r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615}}"#,
+            r#"{"usage":{"prompt_tokens":10000001,"completion_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":-1}}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2.0}}"#,
+            r#"{"usage":{"prompt_tokens":1e300,"completion_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":"5","completion_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":true,"completion_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":99999999999999999999999}}"#,
+        ] {
+            assert_eq!(u(bad), Some(Usage::Invalid), "{bad}");
+        }
     }
 
     #[test]

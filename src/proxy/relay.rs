@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{Downstream, DownstreamError, Record, ResponseHead, World};
-use crate::api::chat::{self, classify, ChatRequest, StreamEvent};
+use crate::api::chat::{self, classify, ChatRequest, StreamEvent, Usage};
 use crate::api::error::stream_error_event;
 use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
@@ -43,6 +43,27 @@ fn with_cost(doc: &[u8], quote: &Quote, tokens: (u64, u64), rec: &mut Record) ->
     insert_cost(doc, &cost)
 }
 
+/// Records the usage an upstream reported, returning the tokens to charge: none for an
+/// unbelievable report, which flags the record (`upstream_usage_invalid`) instead — the client
+/// gets the upstream's usage object without `cost`.
+fn record_usage(usage: Usage, rec: &mut Record) -> Option<(u64, u64)> {
+    match usage {
+        Usage::Tokens(p, c) => {
+            rec.prompt_tokens = Some(p);
+            rec.completion_tokens = Some(c);
+            Some((p, c))
+        }
+        Usage::Invalid => {
+            rec.prompt_tokens = None;
+            rec.completion_tokens = None;
+            rec.cost = None;
+            rec.error = Some(chat::USAGE_INVALID);
+            tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), "upstream reported invalid usage");
+            None
+        }
+    }
+}
+
 /// How forwarding one batch of events ended.
 enum Flow {
     Continue,
@@ -75,9 +96,7 @@ async fn forward_items(
             rec.first_token_at = Some(Instant::now());
         }
         let mut with_cost_event = None;
-        if let Some((p, c)) = chunk.usage {
-            rec.prompt_tokens = Some(p);
-            rec.completion_tokens = Some(c);
+        if let Some((p, c)) = chunk.usage.and_then(|u| record_usage(u, rec)) {
             // Only this event is re-encoded, with `cost` added to its usage.
             with_cost_event = with_cost(data.as_bytes(), quote, (p, c), rec)
                 .and_then(|b| String::from_utf8(b).ok())
@@ -130,9 +149,7 @@ pub async fn relay(
             // whole by `upstream::send`: nothing can fail here but the client.
             let mut bytes = bytes;
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                if let Some((p, c)) = chat::usage_of(&v) {
-                    rec.prompt_tokens = Some(p);
-                    rec.completion_tokens = Some(c);
+                if let Some((p, c)) = chat::usage_of(&v).and_then(|u| record_usage(u, rec)) {
                     if (200..300).contains(&status) {
                         if let Some(b) = with_cost(&bytes, &quote, (p, c), rec) {
                             bytes = Bytes::from(b);
