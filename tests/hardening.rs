@@ -192,6 +192,8 @@ async fn absurd_upstream_usage_is_not_charged_or_stored() {
         serde_json::json!({"prompt_tokens": -5, "completion_tokens": 3}),
         serde_json::json!({"prompt_tokens": 5, "completion_tokens": 2.5}),
         serde_json::json!({"prompt_tokens": "5", "completion_tokens": 3}),
+        // An upstream's own `cost` is not passed off as joule's.
+        serde_json::json!({"prompt_tokens": max, "completion_tokens": 1, "cost": 1.8e13}),
     ];
     let bad = mock(MockConfig { reported_usage: Some(reports[0].clone()), ..Default::default() }).await;
     let gw = gateway_with(&[&bad], "[store]\nflush_interval_ms = 20\n").await;
@@ -217,6 +219,7 @@ async fn absurd_upstream_usage_is_not_charged_or_stored() {
     assert!(usage[0]["usage"].get("cost").is_none(), "{}", usage[0]);
     n += 1;
     metrics_containing(&gw, &failures("dep0", "invalid_usage", n)).await;
+    assert_eq!(deployment_state(&gw, "dep0").await["failures"], n, "counted against the deployment");
 
     let admin = |path: &str| c.get(format!("{}/admin{path}", gw.admin())).bearer_auth(ADMIN_TOKEN).send();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -57,6 +57,17 @@ impl Cost {
 /// other byte as it was. `None` when the document has no usage object. A `cost` the upstream
 /// put there itself is replaced (only the usage object is then re-serialised).
 pub fn insert_cost(doc: &[u8], cost: &Cost) -> Option<Vec<u8>> {
+    set_cost(doc, Some(cost))
+}
+
+/// Removes a `cost` the upstream put into the top-level `usage` object itself (which the client
+/// would take for joule's), for answers joule computes no cost for. `None` when there is none
+/// (the document is then unchanged); otherwise only the usage object is re-serialised.
+pub fn remove_cost(doc: &[u8]) -> Option<Vec<u8>> {
+    set_cost(doc, None)
+}
+
+fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(doc).ok()?;
     let top: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> = serde_json::from_str(text).ok()?;
     let usage = top.get("usage")?.get();
@@ -65,10 +76,17 @@ pub fn insert_cost(doc: &[u8], cost: &Cost) -> Option<Vec<u8>> {
     }
     let start = usage.as_ptr() as usize - text.as_ptr() as usize;
     let end = start + usage.len();
-    let cost_json = cost.to_json();
-    let mut out = Vec::with_capacity(doc.len() + cost_json.len() + 10);
+    let cost_json = cost.map(Cost::to_json);
+    let mut out = Vec::with_capacity(doc.len() + cost_json.as_ref().map_or(0, String::len) + 10);
     out.extend_from_slice(&doc[..start]);
     let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(usage).ok()?;
+    let Some(cost_json) = cost_json else {
+        let mut fields = fields;
+        fields.remove("cost")?;
+        out.extend_from_slice(serde_json::to_string(&fields).ok()?.as_bytes());
+        out.extend_from_slice(&doc[end..]);
+        return Some(out);
+    };
     if fields.contains_key("cost") {
         let mut fields = fields;
         fields.insert("cost".into(), serde_json::from_str(&cost_json).ok()?);
@@ -133,5 +151,10 @@ mod tests {
         assert!(insert_cost(br#"{"usage":null}"#, &c).is_none());
         assert!(insert_cost(br#"{"choices":[]}"#, &c).is_none());
         assert!(insert_cost(b"not json", &c).is_none());
+        // An upstream's own cost is removed where joule computes none.
+        let removed = remove_cost(br#"{"usage":{"cost":1e13,"prompt_tokens":-1}, "z":[1, 2.50]}"#).unwrap();
+        assert_eq!(String::from_utf8(removed).unwrap(), r#"{"usage":{"prompt_tokens":-1}, "z":[1, 2.50]}"#);
+        assert!(remove_cost(br#"{"usage":{"prompt_tokens":-1}}"#).is_none());
+        assert!(remove_cost(br#"{"usage":null}"#).is_none());
     }
 }

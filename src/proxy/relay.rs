@@ -12,7 +12,7 @@ use crate::api::chat::{self, classify, ChatRequest, StreamEvent, Usage};
 use crate::api::error::stream_error_event;
 use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
-use crate::pricing::cost::{insert_cost, Cost};
+use crate::pricing::cost::{insert_cost, remove_cost, Cost};
 use crate::routing::RouteDecision;
 use crate::upstream::{Answer, AnswerBody};
 
@@ -96,11 +96,14 @@ async fn forward_items(
             rec.first_token_at = Some(Instant::now());
         }
         let mut with_cost_event = None;
-        if let Some((p, c)) = chunk.usage.and_then(|u| record_usage(u, rec)) {
-            // Only this event is re-encoded, with `cost` added to its usage.
-            with_cost_event = with_cost(data.as_bytes(), quote, (p, c), rec)
-                .and_then(|b| String::from_utf8(b).ok())
-                .map(|data| SseItem::Event { event: event.clone(), data });
+        if let Some(usage) = chunk.usage {
+            // Only this event is re-encoded, with `cost` added to its usage (or an upstream's
+            // own `cost` removed when its usage is not believed).
+            let doc = match record_usage(usage, rec) {
+                Some(tokens) => with_cost(data.as_bytes(), quote, tokens, rec),
+                None => remove_cost(data.as_bytes()),
+            };
+            with_cost_event = doc.and_then(|b| String::from_utf8(b).ok()).map(|data| SseItem::Event { event: event.clone(), data });
         }
         if chunk.usage_only && !req.include_usage {
             continue;
@@ -149,11 +152,14 @@ pub async fn relay(
             // whole by `upstream::send`: nothing can fail here but the client.
             let mut bytes = bytes;
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                if let Some((p, c)) = chat::usage_of(&v).and_then(|u| record_usage(u, rec)) {
-                    if (200..300).contains(&status) {
-                        if let Some(b) = with_cost(&bytes, &quote, (p, c), rec) {
-                            bytes = Bytes::from(b);
-                        }
+                if let Some(usage) = chat::usage_of(&v) {
+                    let doc = match record_usage(usage, rec) {
+                        Some(tokens) if (200..300).contains(&status) => with_cost(&bytes, &quote, tokens, rec),
+                        Some(_) => None,
+                        None => remove_cost(&bytes),
+                    };
+                    if let Some(b) = doc {
+                        bytes = Bytes::from(b);
                     }
                 }
             }
