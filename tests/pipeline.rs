@@ -490,6 +490,7 @@ fn a_client_that_stops_sending_gets_408_and_a_broken_body_400() {
     let v = resp.json();
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     assert_eq!(v["error"]["message"], "The request body could not be read.", "{v}");
+    assert!(client.closed_after, "after a broken or malformed body the framing is lost: the connection must close");
     assert_eq!(rec.status, 400);
 
     assert_eq!(rig.mocks[0].requests(), 0);

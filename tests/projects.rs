@@ -359,21 +359,11 @@ async fn every_outcome_is_recorded_and_shutdown_flushes() {
     expect_error(c.post(format!("{}/chat/completions", gw.base())).json(&chat_body(MODEL, false)).send().await.unwrap(), 401, None).await;
 
     // The disconnect is noticed when the next event cannot be written (≤ 250 ms at 4 tok/s).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.logs().contains("client_disconnected") {
-        assert!(Instant::now() < deadline, "disconnect not logged:\n{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    logged(&gw, "client_disconnected").await;
     let status = gw.terminate(Duration::from_secs(20)).expect("exits");
     assert!(status.success(), "{status}\n{}", gw.logs());
 
-    let db = gw.dir.path().join("joule.db");
-    let records = std::thread::spawn(move || {
-        let store = joule::store::Store::open(&joule::store::StoreLocation::Sqlite(db)).unwrap();
-        store.wait(store.usage(joule::store::UsageFilter { limit: 100, ..Default::default() })).unwrap().records
-    })
-    .join()
-    .unwrap();
+    let records = stored_records(&gw);
     let mut outcomes: Vec<(u16, String)> = records.iter().map(|r| (r.status, r.outcome.clone())).collect();
     outcomes.sort();
     assert_eq!(
@@ -391,6 +381,69 @@ async fn every_outcome_is_recorded_and_shutdown_flushes() {
     assert!(records.iter().all(|r| r.key_id.as_deref() == Some("config:test") && r.project_id.is_none()));
     let cut = records.iter().find(|r| r.outcome == "upstream_stream_interrupted").unwrap();
     assert!(cut.tokens_in.is_none() && cut.deployment.as_deref() == Some("dep2"), "{cut:?}");
+}
+
+/// The usage records in the SQLite store of a gateway that has exited.
+fn stored_records(gw: &Gateway) -> Vec<joule::usage::UsageRecord> {
+    let db = gw.dir.path().join("joule.db");
+    std::thread::spawn(move || {
+        let store = joule::store::Store::open(&joule::store::StoreLocation::Sqlite(db)).unwrap();
+        store.wait(store.usage(joule::store::UsageFilter { limit: 100, ..Default::default() })).unwrap().records
+    })
+    .join()
+    .unwrap()
+}
+
+/// Waits (bounded) until the gateway's log contains `needle`.
+async fn logged(gw: &Gateway, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains(needle) {
+        assert!(Instant::now() < deadline, "not logged: {needle}\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ctrl-C (SIGINT) drains and flushes like SIGTERM: a stream in flight is finished, and the
+/// records queued for a writer whose interval is far longer than the test are in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_and_flushes_like_sigterm() {
+    let ok = mock(MockConfig { ttft_ms: 1, ..Default::default() }).await;
+    let slow = mock(MockConfig { ttft_ms: 1, tokens_per_s: 20.0, tokens: 10, ..Default::default() }).await;
+    let extra = format!("{}\n[store]\nflush_interval_ms = 600000\nbatch_size = 10000\n", catalog(&[(MODEL, &ok), ("slow", &slow)]));
+    let mut gw = Gateway::start(&extra).await;
+    let c = client();
+    assert_eq!(gw.chat(&c, chat_body(MODEL, false)).send().await.unwrap().status(), 200);
+    let mut r = gw.chat(&c, chat_body("slow", true)).send().await.unwrap();
+    assert!(r.chunk().await.unwrap().is_some(), "the stream has started");
+    gw.signal("INT");
+    let got = read_sse(r, Duration::from_secs(10)).await;
+    assert!(got.ended_cleanly && got.data().last() == Some(&"[DONE]"), "the stream in flight is finished: {:?}", got.data());
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{status}\n{}", gw.logs());
+    assert!(gw.logs().contains(r#""message":"shutdown complete""#), "{}", gw.logs());
+    let mut outcomes: Vec<(u16, String)> = stored_records(&gw).iter().map(|r| (r.status, r.outcome.clone())).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, [(200, "ok".to_string()), (200, "ok".to_string())]);
+}
+
+/// A second Ctrl-C during the drain exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_exits_without_waiting_for_the_drain() {
+    // 400 tokens at 4 per second: in flight far longer than the test's grace period (10 s).
+    let slow = mock(MockConfig { ttft_ms: 1, tokens_per_s: 4.0, tokens: 400, ..Default::default() }).await;
+    let mut gw = Gateway::start(&format!("{}\n[store]\nflush_interval_ms = 600000\n", catalog(&[("slow", &slow)]))).await;
+    let c = client();
+    let mut r = gw.chat(&c, chat_body("slow", true)).send().await.unwrap();
+    assert!(r.chunk().await.unwrap().is_some(), "the stream has started");
+    gw.signal("INT");
+    logged(&gw, "shutting down: draining").await;
+    let second = Instant::now();
+    gw.signal("INT");
+    let status = gw.wait_exit(Duration::from_secs(5)).expect("exits at once");
+    assert_eq!(status.code(), Some(130), "{status}\n{}", gw.logs());
+    assert!(second.elapsed() < Duration::from_secs(5));
+    assert!(!gw.logs().contains(r#""message":"shutdown complete""#), "{}", gw.logs());
+    drop(r);
 }
 
 fn pg_store(url: &str) -> String {

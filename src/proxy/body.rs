@@ -8,12 +8,24 @@ use crate::api::error::ApiError;
 
 /// Reads the whole request body: 413 once it exceeds `limit` bytes (at once when the declared
 /// `content_length` does), 408 when it has not arrived within `timeout`, 400 when the client's
-/// stream breaks. On any error part of the body may be left unread: the connection must not be
-/// reused.
+/// stream breaks or its framing is malformed (a bad chunk size, a chunk without its CRLF).
+///
+/// On any error part of the body may be left unread, or the framing is lost: the bytes that
+/// follow cannot be trusted to start the next request (the shape of a request-smuggling
+/// desync). So every error marks the connection [`Downstream::close_after`] here, before the
+/// caller answers: no caller can forget it.
 ///
 /// # Errors
 /// [`ApiError::BodyTooLarge`], [`ApiError::BodyTimeout`] or [`ApiError::InvalidRequest`].
 pub async fn read_body(io: &mut dyn Downstream, content_length: Option<u64>, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    let read = read_whole(io, content_length, limit, timeout).await;
+    if read.is_err() {
+        io.close_after();
+    }
+    read
+}
+
+async fn read_whole(io: &mut dyn Downstream, content_length: Option<u64>, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     if content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
@@ -49,6 +61,12 @@ mod tests {
     struct Client {
         chunks: Vec<&'static [u8]>,
         then: Option<Result<(), ()>>,
+        /// `close_after` was called.
+        closed: bool,
+    }
+
+    fn client(chunks: Vec<&'static [u8]>, then: Option<Result<(), ()>>) -> Client {
+        Client { chunks, then, closed: false }
     }
 
     #[async_trait]
@@ -69,26 +87,37 @@ mod tests {
         async fn send_body(&mut self, _: Bytes, _: bool) -> Result<(), DownstreamError> {
             Ok(())
         }
-        fn close_after(&mut self) {}
+        fn close_after(&mut self) {
+            self.closed = true;
+        }
     }
 
     const T: Duration = Duration::from_secs(5);
 
     #[tokio::test]
     async fn reads_within_the_limit_and_refuses_beyond_it() {
-        let mut c = Client { chunks: vec![b"ab", b"cd"], then: Some(Ok(())) };
+        let mut c = client(vec![b"ab", b"cd"], Some(Ok(())));
         assert_eq!(read_body(&mut c, None, 4, T).await.unwrap(), b"abcd");
-        let mut c = Client { chunks: vec![b"ab", b"cde"], then: Some(Ok(())) };
+        assert!(!c.closed, "a body read to its end leaves the connection reusable");
+        let mut c = client(vec![b"ab", b"cde"], Some(Ok(())));
         assert_eq!(read_body(&mut c, None, 4, T).await.unwrap_err(), ApiError::BodyTooLarge { limit: 4 });
-        let mut c = Client { chunks: vec![], then: Some(Ok(())) };
+        assert!(c.closed);
+        let mut c = client(vec![], Some(Ok(())));
         assert_eq!(read_body(&mut c, Some(5), 4, T).await.unwrap_err(), ApiError::BodyTooLarge { limit: 4 }, "declared length");
-        let mut c = Client { chunks: vec![b"ab"], then: Some(Err(())) };
+        assert!(c.closed);
+    }
+
+    #[tokio::test]
+    async fn a_broken_or_malformed_body_closes_the_connection() {
+        let mut c = client(vec![b"ab"], Some(Err(())));
         assert_eq!(read_body(&mut c, None, 4, T).await.unwrap_err().status(), 400);
+        assert!(c.closed, "the bytes after a framing error must not be read as the next request");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out() {
-        let mut c = Client { chunks: vec![b"ab"], then: None };
+        let mut c = client(vec![b"ab"], None);
         assert_eq!(read_body(&mut c, None, 4, T).await.unwrap_err(), ApiError::BodyTimeout);
+        assert!(c.closed);
     }
 }

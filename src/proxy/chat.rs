@@ -13,7 +13,6 @@ use super::route::{rank, resolve};
 use super::{observe, send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::access::Principal;
 use crate::api::chat;
-use crate::api::error::ApiError;
 use crate::routing::wasm::explain::explain_json;
 use crate::upstream;
 
@@ -31,14 +30,10 @@ pub async fn handle(
 ) -> Result<(), DownstreamError> {
     rec.principal = Some(principal.clone());
     let limits = &world.limits;
+    // On an error `read_body` has already marked the connection to close after this answer.
     let body = match read_body(io, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await {
         Ok(b) => b,
-        Err(e) => {
-            if matches!(e, ApiError::BodyTooLarge { .. } | ApiError::BodyTimeout) {
-                io.close_after();
-            }
-            return send_error(io, rec, &e).await;
-        }
+        Err(e) => return send_error(io, rec, &e).await,
     };
     let req = match chat::inspect(&body) {
         Ok(r) => r,

@@ -43,7 +43,16 @@ fn io_err(e: Box<pingora::Error>) -> DownstreamError {
 #[async_trait]
 impl Downstream for SessionIo<'_> {
     async fn read_body(&mut self) -> Result<Option<Bytes>, DownstreamError> {
-        self.session.read_request_body().await.map_err(io_err)
+        match self.session.read_request_body().await {
+            Ok(chunk) => Ok(chunk),
+            Err(e) => {
+                // pingora marks a body it failed to parse (a bad chunk size, a chunk without
+                // its CRLF) as done and would reuse the connection: the bytes after the error
+                // would be read as the next request. Never reuse a connection whose body broke.
+                self.session.set_keepalive(None);
+                Err(io_err(e))
+            }
+        }
     }
 
     async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError> {

@@ -1,11 +1,13 @@
 //! Server wiring: the pingora `Server`, its API and admin listeners (cleartext and rustls
 //! TLS with HTTP/2 by ALPN), and graceful shutdown.
 //!
-//! Shutdown: on SIGTERM pingora stops accepting and signals its services; the drain service
+//! Shutdown: on SIGTERM — and on SIGINT (Ctrl-C), which pingora alone treats as a fast exit
+//! that skips all of this — pingora stops accepting and signals its services; the drain service
 //! here then waits until no request is in flight, or the configured grace period has passed,
 //! and exits. (Pingora alone would always sleep the whole grace period — 300 s by default.)
 //! Before exiting it flushes the usage queue, so every finished request's record is in the
-//! store (or, if the store is down, in the spill file) when the process ends.
+//! store (or, if the store is down, in the spill file) when the process ends. A second SIGINT
+//! during the drain exits at once (status 130), as Ctrl-C twice should.
 
 pub mod adapter;
 pub mod reload;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::config::Settings;
@@ -64,6 +66,40 @@ fn check_bind(settings: &Settings) -> Result<(), StartError> {
         std::net::TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
     }
     Ok(())
+}
+
+/// pingora's signal handling with SIGINT as a graceful terminate, like SIGTERM: SIGQUIT hands
+/// the listeners over (graceful upgrade), SIGTERM and SIGINT drain, flush and exit; a second
+/// SIGINT exits at once.
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut quit, mut term, mut int) = match (signal(SignalKind::quit()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(q), Ok(t), Ok(i)) => (q, t, i),
+            (q, t, i) => {
+                let e = [q.err(), t.err(), i.err()].into_iter().flatten().next().map(|e| e.to_string());
+                tracing::error!(error = ?e, "cannot listen for shutdown signals; exiting");
+                return ShutdownSignal::FastShutdown;
+            }
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => {
+                tracing::info!("SIGINT received: draining as for SIGTERM (a second SIGINT exits at once)");
+                // The server's runtime keeps running through the grace period.
+                tokio::spawn(async move {
+                    int.recv().await;
+                    tracing::warn!("second SIGINT: exiting without draining");
+                    std::process::exit(130);
+                });
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
 }
 
 struct Drain {
@@ -175,7 +211,7 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
     Ok((Gateway::from_parts(parts), feeds))
 }
 
-/// Runs the gateway until SIGTERM/SIGINT. Must be called outside any tokio runtime. With the
+/// Runs the gateway until SIGTERM/SIGINT (both drain; see the module doc). Must be called outside any tokio runtime. With the
 /// `config` file the settings came from, `SIGHUP` and `POST /admin/reload` reload it.
 ///
 /// # Errors
@@ -256,5 +292,6 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
     if let Some(a) = settings.server.admin_listen {
         tracing::info!("admin listening on http://{a} (/metrics, /healthz, /admin/…)");
     }
-    server.run_forever();
+    server.run(RunArgs { shutdown_signal: Box::new(Signals) });
+    std::process::exit(0)
 }

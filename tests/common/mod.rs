@@ -107,8 +107,17 @@ impl Gateway {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.pid();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        self.signal("TERM");
+        self.wait_exit(within)
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`…).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         let child = self.child.as_mut()?;
         loop {
