@@ -211,7 +211,8 @@ pub struct Directory {
     pub keys: Vec<ApiKey>,
 }
 
-fn clip(s: &str) -> String {
+/// The first 64 characters of `s`, for echoing input in messages.
+pub fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 

@@ -147,11 +147,10 @@ pub async fn relay(
         rec.ttft = Some(first.duration_since(answer.sent_at));
     }
     let (mut prefetched, mut parser, mut rest) = match answer.body {
-        AnswerBody::Full(bytes) => {
+        AnswerBody::Full { mut bytes, doc } => {
             // Non-stream answer (or an upstream error document for a stream request), read
-            // whole by `upstream::send`: nothing can fail here but the client.
-            let mut bytes = bytes;
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            // and parsed whole by `upstream::send`: nothing can fail here but the client.
+            if let Some(v) = doc {
                 if let Some(usage) = chat::usage_of(&v) {
                     let doc = match record_usage(usage, rec) {
                         Some(tokens) if (200..300).contains(&status) => with_cost(&bytes, &quote, tokens, rec),

@@ -32,6 +32,7 @@ use crate::pricing::history::Frame;
 use crate::secret::Secret;
 use crate::clock::now_ms;
 use crate::access::{DirectorySource, SourceError};
+use crate::access::directory::clip;
 pub use crate::access::{
     check_id, check_name, generate_key, random_hex, ApiKey, BudgetPeriod, Directory, InvalidInput, NewKey, Project, ProjectChanges, KEY_PREFIX, MAX_ID, MAX_NAME,
 };
@@ -203,10 +204,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store({})", self.kind)
     }
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 impl Store {

@@ -126,8 +126,9 @@ pub struct Attempt {
 /// The body of an answer.
 pub enum AnswerBody {
     /// A complete (non-SSE) answer, read whole: a JSON document for a 2xx, the upstream's
-    /// error document as sent for any other status.
-    Full(Bytes),
+    /// error document as sent for any other status; `doc` is the body parsed (once, here), if
+    /// it is JSON.
+    Full { bytes: Bytes, doc: Option<serde_json::Value> },
     /// An SSE stream: the events read before the first content token (held back until the
     /// deployment proved it answers), and the rest of the stream.
     Stream { prefetched: Vec<SseItem>, parser: SseParser, rest: BoxStream<'static, reqwest::Result<Bytes>> },
@@ -272,10 +273,8 @@ async fn attempt(
     if !(request.stream && sse) {
         let deadline = tokio::time::Instant::from_std(sent_at + route.request_timeout);
         let bytes = read_answer(resp, route.max_answer_bytes, deadline).await?;
-        if success && !is_json_object(&bytes) {
-            return Err(AttemptFailure::UnreadableAnswer);
-        }
-        return Ok((status, content_type, AnswerBody::Full(bytes), None));
+        let doc = parse_answer(&bytes, success)?;
+        return Ok((status, content_type, AnswerBody::Full { bytes, doc }, None));
     }
     // Hold the stream back until its first content token (or its end): until then the client
     // has seen nothing and another deployment can still take over.
@@ -334,9 +333,14 @@ async fn read_answer(mut resp: reqwest::Response, limit: usize, deadline: tokio:
     }
 }
 
-/// True when `bytes` is one JSON object (what a chat completion is).
-fn is_json_object(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+/// The answer parsed, if it is JSON. A 2xx answer must be one JSON object (what a chat
+/// completion is); other statuses pass through whatever they hold.
+fn parse_answer(bytes: &[u8], success: bool) -> Result<Option<serde_json::Value>, AttemptFailure> {
+    let doc = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    if success && !doc.as_ref().is_some_and(serde_json::Value::is_object) {
+        return Err(AttemptFailure::UnreadableAnswer);
+    }
+    Ok(doc)
 }
 
 fn all_failed(model: &Model, attempts: &[Attempt]) -> ApiError {
@@ -409,22 +413,23 @@ mod tests {
         assert_eq!(read_answer(undeclared, 10, soon()).await, Err(AttemptFailure::AnswerTooLarge { limit: 10 }));
     }
 
+    #[test]
+    fn only_a_json_object_is_a_readable_answer() {
+        for ok in [&b"{}"[..], b" \r\n{\"choices\":[]}\n"] {
+            assert!(parse_answer(ok, true).is_ok_and(|d| d.is_some()), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [&b""[..], b"   ", b"{{{garbage", b"<html><body>502</body></html>", b"[]", b"\"ok\"", b"1", b"null", b"{\"a\":1", b"{} {}"] {
+            assert_eq!(parse_answer(bad, true), Err(AttemptFailure::UnreadableAnswer), "{}", String::from_utf8_lossy(bad));
+            assert!(parse_answer(bad, false).is_ok(), "an error document passes through");
+        }
+    }
+
     #[tokio::test]
     async fn a_broken_or_stalled_answer_fails() {
         assert_eq!(read_answer(streamed(&[b"{\"a\""], "break"), 100, soon()).await, Err(AttemptFailure::BrokenAnswer));
         let started = Instant::now();
         assert_eq!(read_answer(streamed(&[b"{\"a\""], "stall"), 100, soon()).await, Err(AttemptFailure::AnswerTimeout));
         assert!(started.elapsed() < Duration::from_secs(5));
-    }
-
-    #[test]
-    fn only_a_json_object_is_a_readable_answer() {
-        for ok in [&b"{}"[..], b" \r\n{\"choices\":[]}\n"] {
-            assert!(is_json_object(ok), "{}", String::from_utf8_lossy(ok));
-        }
-        for bad in [&b""[..], b"   ", b"{{{garbage", b"<html><body>502</body></html>", b"[]", b"\"ok\"", b"1", b"null", b"{\"a\":1", b"{} {}"] {
-            assert!(!is_json_object(bad), "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[test]
