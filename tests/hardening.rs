@@ -246,3 +246,40 @@ async fn absurd_upstream_usage_is_not_charged_or_stored() {
         assert_eq!((v["requests"].as_u64(), v["tokens_in"].as_u64(), v["cost_usd"].as_f64()), (Some(n), Some(0), Some(0.0)), "{query}: {v}");
     }
 }
+
+/// Bounded memory per request (item 5): an SSE event that never ends — 1 KiB `data:` lines
+/// as fast as the upstream can write them and never a blank line — is capped like one long
+/// line (8 MiB). After the first content token the client's stream ends with an
+/// `upstream_stream_invalid` error event; before it, the next deployment takes over. Either
+/// way the gateway's memory stays bounded (before the cap, each such stream grew without end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_sse_event_is_capped() {
+    let endless = mock(MockConfig { failure: Failure::EndlessEvent { after_tokens: 2 }, tokens_per_s: 0.0, ..Default::default() }).await;
+    let gw = gateway_with(&[&endless], "").await;
+    // Warm up (first request allocates pools), then measure.
+    let resp = gw.chat(&client(), chat_body(MODEL, false)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let before = gw.rss_kib();
+    let streams = 4;
+    let runs = (0..streams).map(|_| async {
+        let resp = gw.chat(&client(), chat_body(MODEL, true)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        read_sse(resp, Duration::from_secs(60)).await
+    });
+    for got in futures_util::future::join_all(runs).await {
+        let last = got.json().last().cloned().unwrap_or_default();
+        assert_eq!(last["error"]["code"], "upstream_stream_invalid", "{:?}", got.data());
+        assert_eq!(got.content_times().len(), 2, "the tokens before the endless event were forwarded");
+    }
+    let grown = gw.rss_kib().saturating_sub(before);
+    // 4 streams × (8 MiB event + 8 MiB joined data + read chunks), with allocator slack.
+    assert!(grown < 160 * 1024, "RSS grew by {grown} KiB for {streams} capped streams");
+    drop(gw);
+
+    // Before the first content token: not a stream the client has seen, so the spare answers.
+    let early = mock(MockConfig { failure: Failure::EndlessEvent { after_tokens: 0 }, tokens_per_s: 0.0, ..Default::default() }).await;
+    let good = mock(MockConfig::default()).await;
+    let gw = gateway_with(&[&early, &good], "").await;
+    answered_by_dep1(&gw, true, "endless event before the first token").await;
+    metrics_containing(&gw, &failures("dep0", "early_stream_failure", 1)).await;
+}

@@ -903,6 +903,7 @@ fn parse_failure_accepts_the_unusable_answer_forms() {
         ("EMPTY", Failure::EmptyAnswer),
         ("truncate:10", Failure::TruncatedAnswer { sent_bytes: 10 }),
         ("silent-body", Failure::SilentBody),
+        ("endless-event:2", Failure::EndlessEvent { after_tokens: 2 }),
     ];
     for (text, expected) in cases {
         assert_eq!(parse_failure(text), Ok(expected), "{text}");

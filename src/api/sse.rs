@@ -1,7 +1,9 @@
 //! Server-sent events: an incremental parser for upstream streams (`\n`, `\r\n` and `\r` line
 //! ends, comments, multi-line `data:`, events split across reads) and the encoder for what we
 //! send downstream. The parser keeps only the unfinished tail of the input, so a stream is
-//! forwarded event by event as it arrives.
+//! forwarded event by event as it arrives. One event — its unfinished line, its `data:` lines
+//! so far, its `event:` name and comment — is capped as a whole, so an upstream that never ends
+//! an event (many `data:` lines and no blank line) cannot grow memory past the cap.
 
 /// One parsed SSE item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +17,9 @@ pub enum SseItem {
 /// Why a stream could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
-    #[error("upstream sent an SSE line longer than {0} bytes")]
-    LineTooLong(usize),
+    /// One event (multi-line `data:` included) or one unfinished line is over the cap.
+    #[error("upstream sent an SSE event larger than {0} bytes")]
+    EventTooLarge(usize),
     #[error("upstream sent an SSE line that is not UTF-8")]
     NotUtf8,
 }
@@ -28,25 +31,39 @@ pub struct SseParser {
     data: Option<String>,
     event: Option<String>,
     comment: Option<String>,
-    max_line: usize,
+    max_event: usize,
 }
+
+/// Default cap on one event: 8 MiB, far above any chat chunk (a tool call's arguments arrive
+/// in many small deltas), small enough that 1 000 broken upstreams cannot exhaust memory.
+pub const DEFAULT_MAX_EVENT: usize = 8 * 1024 * 1024;
 
 impl Default for SseParser {
     fn default() -> Self {
-        Self::new(8 * 1024 * 1024)
+        Self::new(DEFAULT_MAX_EVENT)
     }
 }
 
 impl SseParser {
-    /// A parser refusing lines longer than `max_line` bytes (protects memory from a broken upstream).
-    pub fn new(max_line: usize) -> Self {
-        SseParser { buf: Vec::new(), data: None, event: None, comment: None, max_line }
+    /// A parser refusing any event (with all its lines so far, and any unfinished line) over
+    /// `max_event` bytes: protects memory from a broken upstream.
+    pub fn new(max_event: usize) -> Self {
+        SseParser { buf: Vec::new(), data: None, event: None, comment: None, max_event }
+    }
+
+    /// Bytes held for the event being assembled.
+    fn pending(&self) -> usize {
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.buf.len() + len(&self.data) + len(&self.event) + len(&self.comment)
     }
 
     /// Feeds bytes; complete items are appended to `out` in order.
     ///
+    /// What one call holds beyond the cap is at most `chunk.len()`: the check runs once per
+    /// call, after the complete lines are consumed.
+    ///
     /// # Errors
-    /// A line over the limit or not UTF-8.
+    /// An event over the cap, or a line that is not UTF-8.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseItem>) -> Result<(), SseError> {
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
@@ -67,8 +84,8 @@ impl SseParser {
             start = next;
         }
         self.buf.drain(..start);
-        if self.buf.len() > self.max_line {
-            return Err(SseError::LineTooLong(self.max_line));
+        if self.pending() > self.max_event {
+            return Err(SseError::EventTooLarge(self.max_event));
         }
         Ok(())
     }
@@ -199,8 +216,34 @@ mod tests {
         let mut out = Vec::new();
         p.feed(b"data: abc", &mut out).unwrap();
         assert!(out.is_empty() && p.has_partial());
-        assert_eq!(p.feed(&[b'x'; 32], &mut out), Err(SseError::LineTooLong(16)));
+        assert_eq!(p.feed(&[b'x'; 32], &mut out), Err(SseError::EventTooLarge(16)));
         let mut p = SseParser::default();
         assert_eq!(p.feed(b"data: \xff\n\n", &mut out), Err(SseError::NotUtf8));
+    }
+
+    #[test]
+    fn an_event_of_many_short_lines_is_capped_like_one_long_line() {
+        let mut p = SseParser::new(64);
+        let mut out = Vec::new();
+        // Each line is short; the event never ends.
+        let mut fed = 0;
+        let err = loop {
+            match p.feed(b"data: 0123456789\n", &mut out) {
+                Ok(()) => fed += 1,
+                Err(e) => break e,
+            }
+            assert!(fed < 100, "the cap never fired");
+        };
+        assert_eq!(err, SseError::EventTooLarge(64));
+        assert!(out.is_empty());
+        // Events that end stay within the cap however many there are.
+        let mut p = SseParser::new(64);
+        for _ in 0..1000 {
+            p.feed(b"data: 0123456789\ndata: 0123456789\n\n", &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 1000);
+        // A long event name or comment counts too.
+        let mut p = SseParser::new(64);
+        assert!(p.feed(&[b"event: ".as_slice(), &[b'e'; 40], b"\n", b"data: ", &[b'd'; 30], b"\n"].concat(), &mut out).is_err());
     }
 }

@@ -109,6 +109,13 @@ pub enum Failure {
     /// Send the response headers (with the whole completion's `content-length`, or the SSE
     /// headers of a stream), then nothing at all, holding the connection open.
     SilentBody,
+    /// Streaming: after `after_tokens` content chunks, `data:` lines of 1 KiB each, as fast as
+    /// the connection takes them and never a blank line, so the event never ends; until the
+    /// client goes away. Non-streaming: normal.
+    EndlessEvent {
+        /// Content chunks sent before the endless event.
+        after_tokens: u32,
+    },
 }
 
 /// Default `retry-after` for `429` given without seconds.
@@ -116,7 +123,7 @@ const DEFAULT_RETRY_AFTER_S: u64 = 1;
 
 /// Parses a failure mode from its CLI form:
 /// `none | refuse | 500 | 429[:SECS] | slow-headers:MS | drop:N | garbage:N | html | empty |
-/// truncate:N | silent-body`
+/// truncate:N | silent-body | endless-event:N`
 /// (case-insensitive; `429` alone means `retry-after: 1`).
 pub fn parse_failure(s: &str) -> Result<Failure, String> {
     let s = s.trim().to_ascii_lowercase();
@@ -161,8 +168,11 @@ pub fn parse_failure(s: &str) -> Result<Failure, String> {
             sent_bytes: count("byte count")?,
         }),
         "silent-body" => no_arg(Failure::SilentBody),
+        "endless-event" => Ok(Failure::EndlessEvent {
+            after_tokens: count("token count")?,
+        }),
         other => Err(format!(
-            "unknown failure `{other}`; expected none|refuse|500|429[:secs]|slow-headers:MS|drop:N|garbage:N|html|empty|truncate:N|silent-body"
+            "unknown failure `{other}`; expected none|refuse|500|429[:secs]|slow-headers:MS|drop:N|garbage:N|html|empty|truncate:N|silent-body|endless-event:N"
         )),
     }
 }
@@ -189,6 +199,7 @@ impl fmt::Display for Failure {
             Self::EmptyAnswer => f.write_str("empty"),
             Self::TruncatedAnswer { sent_bytes } => write!(f, "truncate:{sent_bytes}"),
             Self::SilentBody => f.write_str("silent-body"),
+            Self::EndlessEvent { after_tokens } => write!(f, "endless-event:{after_tokens}"),
         }
     }
 }

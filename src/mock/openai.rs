@@ -191,7 +191,8 @@ where
         | Failure::DropMidStream { .. }
         | Failure::GarbageSse { .. }
         | Failure::TruncatedAnswer { .. }
-        | Failure::SilentBody => {}
+        | Failure::SilentBody
+        | Failure::EndlessEvent { .. } => {}
     }
     let completion = Completion {
         id: format!("chatcmpl-mock{:016x}", rand::random::<u64>()),
@@ -277,9 +278,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let cutoff = match cfg.failure {
-        Failure::DropMidStream { after_tokens } | Failure::GarbageSse { after_tokens } => {
-            Some(after_tokens)
-        }
+        Failure::DropMidStream { after_tokens }
+        | Failure::GarbageSse { after_tokens }
+        | Failure::EndlessEvent { after_tokens } => Some(after_tokens),
         _ => None,
     };
     // The garbage case ends the body cleanly and then closes; announce it so pooling clients
@@ -324,6 +325,13 @@ where
             sse.send_lines(conn, &["{{{garbage"]).await?;
             conn.finish_chunked().await?;
             return Ok(Next::Close);
+        }
+        Failure::EndlessEvent { .. } => {
+            let line = format!("data: {}{}", "x".repeat(1018), cfg.sse_framing.eol());
+            loop {
+                // Ends with an error once the client has gone away.
+                conn.write_chunk(line.as_bytes()).await?;
+            }
         }
         _ => {}
     }

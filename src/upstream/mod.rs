@@ -282,6 +282,10 @@ async fn attempt(
     let mut rest = resp.bytes_stream().boxed();
     let mut parser = SseParser::default();
     let mut prefetched = Vec::new();
+    // Complete events held back are bounded like one event (the unfinished one is bounded by
+    // the parser): an upstream that streams endless events without content (role-only
+    // deltas, comments) is committed to, not buffered until the TTFT deadline.
+    let mut held = 0usize;
     loop {
         let chunk = match tokio::time::timeout_at(deadline, rest.next()).await {
             Err(_) => return Err(AttemptFailure::TtftTimeout),
@@ -293,6 +297,10 @@ async fn attempt(
             return Err(AttemptFailure::EarlyStreamFailure);
         }
         for item in &prefetched[before..] {
+            held += match item {
+                SseItem::Event { data, .. } => data.len(),
+                SseItem::Comment(c) => c.len(),
+            };
             let SseItem::Event { data, .. } = item else { continue };
             match classify(data) {
                 StreamEvent::Done => return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None)),
@@ -304,6 +312,9 @@ async fn attempt(
                 }
                 StreamEvent::Chunk(_) => {}
             }
+        }
+        if held > crate::api::sse::DEFAULT_MAX_EVENT {
+            return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None));
         }
     }
 }
