@@ -1,5 +1,6 @@
-//! Issue 11 ("Hardening"), item 1: framing errors close the connection — the real binary,
-//! spoken to over raw TCP so the test controls every byte.
+//! Issue 11 ("Hardening"), the protocol classes — the real binary, spoken to over raw TCP so
+//! the test controls every byte. Item 1: framing errors close the connection; item 2:
+//! `Expect: 100-continue` is answered (or refused with the final status) before the body.
 //!
 //! A chunked request body with malformed framing is answered 400 (the OpenAI-shaped JSON
 //! error) and the connection is closed after it: the bytes that follow the broken body must
@@ -202,4 +203,95 @@ async fn a_well_formed_chunked_body_keeps_the_connection_for_the_next_request() 
     assert_eq!(v["object"], "chat.completion", "{v}");
     assert!(c.text().ends_with(r#"{"status":"ok"}"#), "{:?}", c.text());
     assert_eq!(m.requests(), 1);
+}
+
+/// Reads from `s` until `bytes` hold a complete head (`\r\n\r\n`), bounded by [`BOUND`].
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            other => panic!("no head within {BOUND:?}: {other:?}, got {:?}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Issue 11, item 2: `Expect: 100-continue` is answered as soon as the checks that need no
+/// body pass, so curl and clients like it do not wait out their own timeout (curl: 1 s)
+/// before sending a long context. The client here never sends the body until it has the
+/// `100 Continue`: without it the test fails at [`BOUND`], not after a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body() {
+    let (_m, gw) = gateway().await;
+    let body = serde_json::to_string(&chat_body(MODEL, false)).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: joule\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_head(&mut s).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim:?}");
+    assert_eq!(interim.matches("\r\n\r\n").count(), 1, "only the interim head before the body: {interim:?}");
+    // The body; once it is answered, a second request on the same connection: it stays
+    // reusable.
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !has_complete_response(&rest) {
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: joule\r\nConnection: close\r\n\r\n").await.unwrap();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut rest)).await.expect("answered and closed").unwrap();
+    let c = Conversation { bytes: rest, closed: true };
+    assert_eq!(c.statuses(), vec![200, 200], "{:?}", c.text());
+    let (_, v) = c.first();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+
+    // A body that turns out bad after `100 Continue` is still judged on its content.
+    let bad = r#"{"model":"no-such-model","messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: joule\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        bad.len()
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 100 Continue\r\n"));
+    s.write_all(bad.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut rest)).await.expect("answered").unwrap();
+    let c = Conversation { bytes: rest, closed: true };
+    assert_eq!(c.statuses(), vec![404], "{:?}", c.text());
+    assert_eq!(c.first().1["error"]["code"], "model_not_found");
+}
+
+/// A request refused by what needs no body gets its final status at once, never `100
+/// Continue`, and the connection closes (the announced body is not coming).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_refused_without_the_body() {
+    let (_m, gw) = gateway().await;
+    let head = |method: &str, path: &str, token: Option<&str>, len: u64| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        format!("{method} {path} HTTP/1.1\r\nHost: joule\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n")
+    };
+    let cases = [
+        ("no key", gw.port, head("POST", "/v1/chat/completions", None, 100), 401),
+        ("wrong key", gw.port, head("POST", "/v1/chat/completions", Some("sk-wrong"), 100), 401),
+        ("unknown path", gw.port, head("POST", "/v1/nothing-here", Some(KEY), 100), 404),
+        ("wrong method", gw.port, head("POST", "/v1/models", Some(KEY), 100), 405),
+        ("declared length over the limit", gw.port, head("POST", "/v1/chat/completions", Some(KEY), 64 * 1024 * 1024), 413),
+        ("admin, no token", gw.admin_port, head("POST", "/admin/plugins", None, 100), 401),
+    ];
+    for (case, port, head, status) in cases {
+        let c = converse(port, &head, None).await;
+        assert!(!c.text().contains(" 100 Continue"), "{case}: {:?}", c.text());
+        assert_eq!(c.statuses(), vec![status], "{case}: {:?}", c.text());
+        assert!(c.closed, "{case}: the connection must close: {:?}", c.text());
+        assert!(c.first().1["error"]["message"].is_string(), "{case}");
+    }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use super::Downstream;
 use crate::api::error::ApiError;
 
-/// Reads the whole request body: 413 once it exceeds `limit` bytes (at once when the declared
-/// `content_length` does), 408 when it has not arrived within `timeout`, 400 when the client's
+/// Reads the whole request body, first letting a client that waits on `Expect: 100-continue`
+/// send it ([`Downstream::accept_body`]): 413 once it exceeds `limit` bytes (at once, without
+/// `100 Continue`, when the declared `content_length` does), 408 when it has not arrived within `timeout`, 400 when the client's
 /// stream breaks or its framing is malformed (a bad chunk size, a chunk without its CRLF).
 ///
 /// On any error part of the body may be left unread, or the framing is lost: the bytes that
@@ -28,6 +29,12 @@ pub async fn read_body(io: &mut dyn Downstream, content_length: Option<u64>, lim
 async fn read_whole(io: &mut dyn Downstream, content_length: Option<u64>, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     if content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
+    }
+    // Everything that can refuse the request without its body has passed (the caller
+    // authenticated it; its declared length fits): a client waiting on `Expect:
+    // 100-continue` may send it now, instead of after its own timeout (curl's is 1 s).
+    if io.accept_body().await.is_err() {
+        return Err(ApiError::invalid("The request body could not be read.", None));
     }
     // A declared length is only a claim: reserve at most 64 KiB up front, so a client that
     // announces a large body and stalls holds no more than that; the rest grows as it arrives.

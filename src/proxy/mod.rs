@@ -227,6 +227,13 @@ pub trait Downstream: Send {
     async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError>;
     /// The connection must not be reused after this response (unread body left behind).
     fn close_after(&mut self);
+    /// The handler is about to read the body: a client that sent `Expect: 100-continue` and
+    /// is waiting gets `100 Continue` now. Called only once the checks that need no body
+    /// (path, method, authentication, declared length) have passed; a request refused by
+    /// them is answered with its final status without it. Default: nothing to send.
+    async fn accept_body(&mut self) -> Result<(), DownstreamError> {
+        Ok(())
+    }
 }
 
 /// Writes an OpenAI-shaped error response.

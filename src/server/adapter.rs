@@ -32,6 +32,15 @@ pub struct Ctx {
 
 struct SessionIo<'a> {
     session: &'a mut Session,
+    /// The client sent `Expect: 100-continue` and has not had `100 Continue` yet.
+    awaits_continue: bool,
+}
+
+/// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1). HTTP/2 clients are not
+/// held back by it in practice, and pingora's h2 session cannot send an informational head.
+fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 // pingora hands its errors over boxed; taking the box keeps `map_err(io_err)` direct.
@@ -75,6 +84,17 @@ impl Downstream for SessionIo<'_> {
     fn close_after(&mut self) {
         self.session.set_keepalive(None);
     }
+
+    async fn accept_body(&mut self) -> Result<(), DownstreamError> {
+        if std::mem::take(&mut self.awaits_continue) {
+            // pingora turns keep-alive off for any head written before the request body is
+            // done, the interim `100` included; it says nothing about the final answer.
+            let keepalive = self.session.get_keepalive();
+            self.session.write_continue_response().await.map_err(io_err)?;
+            self.session.set_keepalive(keepalive);
+        }
+        Ok(())
+    }
 }
 
 fn request_head(session: &Session) -> RequestHead {
@@ -110,11 +130,17 @@ impl ProxyHttp for JouleProxy {
         let head = request_head(session);
         ctx.method = head.method.to_string();
         ctx.path = head.path.chars().take(200).collect();
-        let mut io = SessionIo { session };
+        let awaits_continue = expects_continue(session.req_header());
+        let mut io = SessionIo { session, awaits_continue };
         let result = match self.role {
             Role::Api => proxy::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
             Role::Admin => admin::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
         };
+        if io.awaits_continue {
+            // Answered without `100 Continue`: the client may never send the body it
+            // announced, and draining it for reuse would wait on a body that is not coming.
+            io.session.set_keepalive(None);
+        }
         if let Err(e) = result {
             // The client went away or broke the protocol: nothing more can be sent.
             tracing::debug!(request_id = %ctx.rec.request_id, error = %e, "downstream failed");
