@@ -57,6 +57,9 @@ pub struct Metrics {
     pub limit_rejections: IntCounterVec,
     /// Config reloads by `result`: `success` | `failure`.
     pub config_reloads: IntCounterVec,
+    /// Client connections the gateway ended before a handler ran, by `reason`:
+    /// `head_timeout` | `idle_timeout` | `malformed_head`.
+    pub connections_closed: IntCounterVec,
     /// Strategy plugins.
     pub strategy: StrategyMetrics,
 }
@@ -207,6 +210,14 @@ impl Metrics {
             config_reloads.with_label_values(&[result]);
         }
         registry.register(Box::new(config_reloads.clone()))?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new("joule_connections_closed_total", "Client connections ended before a handler ran, by reason"),
+            &["reason"],
+        )?;
+        for reason in ["head_timeout", "idle_timeout", "malformed_head"] {
+            connections_closed.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(connections_closed.clone()))?;
         let strategy = StrategyMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
@@ -231,6 +242,7 @@ impl Metrics {
             usage_dropped,
             limit_rejections,
             config_reloads,
+            connections_closed,
             strategy,
         })
     }

@@ -283,3 +283,49 @@ async fn an_endless_sse_event_is_capped() {
     answered_by_dep1(&gw, true, "endless event before the first token").await;
     metrics_containing(&gw, &failures("dep0", "early_stream_failure", 1)).await;
 }
+
+/// Bounded memory per request (item 5): JSON is never built into a tree on the request path,
+/// so a hostile shape costs no more than its bytes. Bodies and answers of 8 MiB made of the
+/// smallest values (`0,0,0,…` — 2 bytes each, which a JSON tree stores in 32) are checked and
+/// forwarded with the gateway's peak memory growing by a small multiple of their size, not the
+/// ~40× a tree took (one 16 MiB `stream_options` of zeros used to take +615 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_json_shapes_cost_no_more_than_their_bytes() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let zeros = |n: usize| format!("[{}0]", "0,".repeat(n / 2));
+    // The answer's usage object carries 8 MiB of zeros beside valid counts: parsed for usage,
+    // and rewritten for the cost.
+    let usage = serde_json::from_str::<serde_json::Value>(&format!(r#"{{"prompt_tokens":1,"completion_tokens":2,"cost":{0},"junk":{0}}}"#, zeros(SIZE / 2))).unwrap();
+    let m = mock(MockConfig { reported_usage: Some(usage), tokens_per_s: 0.0, ttft_ms: 0, ..Default::default() }).await;
+    let gw = gateway_with(&[&m], &format!("[limits]\nmax_body_bytes = {}\nmax_answer_bytes = {}\n", SIZE + 4096, 2 * SIZE)).await;
+    let send = |body: String| {
+        let c = client();
+        let url = format!("{}/chat/completions", gw.base());
+        async move { c.post(url).bearer_auth(KEY).header("content-type", "application/json").body(body).send().await.unwrap() }
+    };
+    // Warm up every path once with small shapes, then take the peak.
+    let small = r#"{"model":"llama-hard","messages":[{"role":"user","content":"hi"}]}"#.to_string();
+    assert_eq!(send(small).await.status(), 200);
+    let before = gw.peak_rss_kib();
+    let cases = [
+        ("stream_options of zeros", format!(r#"{{"model":"{MODEL}","stream":true,"messages":[{{"role":"user","content":"hi"}}],"stream_options":{{"x":{}}}}}"#, zeros(SIZE)), 200),
+        ("messages of zeros", format!(r#"{{"model":"{MODEL}","messages":{}}}"#, zeros(SIZE)), 400),
+        ("an unknown member of zeros", format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user"}}],"x":{}}}"#, zeros(SIZE)), 200),
+        ("many small members", format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user"}}],{}"z":0}}"#, (0..SIZE / 12).map(|i| format!(r#""k{i}":0,"#)).collect::<String>()), 200),
+    ];
+    for (case, body, status) in cases {
+        let resp = send(body).await;
+        assert_eq!(resp.status(), status, "{case}");
+        let bytes = resp.bytes().await.unwrap();
+        if status == 200 && !case.starts_with("stream") {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["usage"]["cost"]["total"].as_f64().map(|t| t > 0.0), Some(true), "{case}: joule's cost replaced the upstream's");
+            assert!(v["usage"]["junk"].is_array(), "{case}: the rest of usage passes through");
+        }
+        let grown = gw.peak_rss_kib().saturating_sub(before);
+        println!("{case}: peak RSS +{grown} KiB");
+        // Body, its upstream copy, the answer and its cost-inserted copy: 4 × 8 MiB, plus
+        // allocator slack.
+        assert!(grown < 48 * 1024, "{case}: peak memory grew by {grown} KiB for an {SIZE}-byte shape");
+    }
+}

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
@@ -26,10 +26,28 @@ pub struct ChatRequest {
     object_end: usize,
 }
 
-/// Where `stream_options` sits in the body, and its members when it is an object.
-type StreamOptions = (Range<usize>, Option<serde_json::Map<String, serde_json::Value>>);
+/// Where `stream_options` sits in the body, as far as the rewrite needs to know.
+#[derive(Debug, Clone)]
+enum StreamOptions {
+    /// `null`: replaced whole.
+    Null(Range<usize>),
+    /// An object: `open` is just after its `{`, `include_usage` the span of that member's
+    /// value if present, `empty` when it has no members.
+    Object { open: usize, include_usage: Option<Range<usize>>, empty: bool },
+}
 
-struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// The top-level members joule reads, borrowed from the body. Every other member is skipped
+/// by the parser without being built, so inspecting a body costs no memory beyond a few
+/// references, however the body is shaped.
+#[derive(Default)]
+struct TopLevel<'a> {
+    model: Option<&'a RawValue>,
+    messages: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+    /// A member joule reads given twice: which one.
+    duplicate: Option<&'static str>,
+}
 
 impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -40,16 +58,67 @@ impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut v = Vec::new();
+                let mut top = TopLevel::default();
                 while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    let val: &'de RawValue = map.next_value()?;
-                    v.push((k, val));
+                    let (slot, name) = match k.as_ref() {
+                        "model" => (&mut top.model, "model"),
+                        "messages" => (&mut top.messages, "messages"),
+                        "stream" => (&mut top.stream, "stream"),
+                        "stream_options" => (&mut top.stream_options, "stream_options"),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    let value: &'de RawValue = map.next_value()?;
+                    if slot.replace(value).is_some() {
+                        top.duplicate.get_or_insert(name);
+                    }
                 }
-                Ok(TopLevel(v))
+                Ok(top)
             }
         }
         d.deserialize_map(V)
     }
+}
+
+/// `messages` checked element by element as the parser passes them (never collected): the
+/// number of messages, or the index of the first one that is not an object with a string
+/// `role`.
+struct MessagesCheck(Result<usize, usize>);
+
+impl<'de> serde::Deserialize<'de> for MessagesCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MessagesCheck;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut count = 0;
+                let mut bad = None;
+                while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                    if bad.is_none() && !is_message(raw) {
+                        bad = Some(count);
+                    }
+                    count += 1;
+                }
+                Ok(MessagesCheck(bad.map_or(Ok(count), Err)))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// An object with a string `role` (other members skipped unbuilt).
+fn is_message(raw: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        role: Option<Cow<'a, str>>,
+    }
+    raw.get().starts_with('{') && matches!(serde_json::from_str::<Msg>(raw.get()), Ok(Msg { role: Some(_) }))
 }
 
 fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
@@ -62,74 +131,97 @@ fn type_error(param: &'static str, expected: &str) -> ApiError {
     ApiError::invalid(format!("Invalid type for '{param}': expected {expected}."), Some(param))
 }
 
+/// `stream_options`: `null` or an object whose `include_usage` is absent, `null` or a boolean.
+fn stream_options_of(body: &[u8], raw: &RawValue) -> Result<(bool, StreamOptions), ApiError> {
+    let text = raw.get();
+    if text == "null" {
+        return Ok((false, StreamOptions::Null(span_of(body, raw))));
+    }
+    /// The raw `include_usage` member (`null` included); a duplicate fails the parse.
+    struct Opts<'a> {
+        include_usage: Option<&'a RawValue>,
+    }
+    impl<'de> serde::Deserialize<'de> for Opts<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Opts<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut include_usage = None;
+                    while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                        if k == "include_usage" {
+                            let raw: &'de RawValue = map.next_value()?;
+                            if include_usage.replace(raw).is_some() {
+                                return Err(serde::de::Error::duplicate_field("include_usage"));
+                            }
+                        } else {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    Ok(Opts { include_usage })
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let not_object = || type_error("stream_options", "an object");
+    let opts: Opts = serde_json::from_str(text).map_err(|_| not_object())?;
+    let include = match opts.include_usage.map(RawValue::get) {
+        None | Some("null") => false,
+        Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(type_error("stream_options.include_usage", "a boolean")),
+    };
+    let span = span_of(body, raw);
+    let empty = text[1..].trim_start().starts_with('}');
+    Ok((include, StreamOptions::Object { open: span.start + 1, include_usage: opts.include_usage.map(|r| span_of(body, r)), empty }))
+}
+
 /// Parses and checks a chat-completions body.
+///
+/// Memory: the body's own bytes plus a constant; nothing of the body is built into a tree.
 ///
 /// # Errors
 /// 400 `invalid_request_error` for invalid JSON, a non-object body, a missing or non-string
 /// `model`, missing/empty/non-array `messages` or messages without a string `role`, a
-/// non-boolean `stream`, a non-object `stream_options`, or a duplicated top-level key.
+/// non-boolean `stream`, a non-object `stream_options`, or a duplicated `model`, `messages`,
+/// `stream` or `stream_options` (the members joule reads; an upstream could read the other
+/// copy). Duplicates of other members pass through as sent.
 pub fn inspect(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let top: TopLevel = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!("We could not parse the JSON body of your request: {e}."), None)
     })?;
-    let mut model = None;
-    let mut messages = None;
-    let mut stream = None;
-    let mut stream_options = None;
-    let mut seen = std::collections::HashSet::new();
-    for (k, v) in &top.0 {
-        if !seen.insert(k.as_ref()) {
-            return Err(ApiError::invalid(format!("Duplicate key '{k}' in the request body."), None));
-        }
-        match k.as_ref() {
-            "model" => model = Some(*v),
-            "messages" => messages = Some(*v),
-            "stream" => stream = Some(*v),
-            "stream_options" => stream_options = Some(*v),
-            _ => {}
-        }
+    if let Some(k) = top.duplicate {
+        return Err(ApiError::invalid(format!("Duplicate key '{k}' in the request body."), None));
     }
-    let model_raw = model.ok_or_else(|| ApiError::invalid("Missing required parameter: 'model'.", Some("model")))?;
+    let model_raw = top.model.ok_or_else(|| ApiError::invalid("Missing required parameter: 'model'.", Some("model")))?;
     let model_name: String = serde_json::from_str(model_raw.get()).map_err(|_| type_error("model", "a string"))?;
-    let messages = messages.ok_or_else(|| ApiError::invalid("Missing required parameter: 'messages'.", Some("messages")))?;
-    let list: Vec<&RawValue> = serde_json::from_str(messages.get()).map_err(|_| type_error("messages", "an array"))?;
-    if list.is_empty() {
-        return Err(ApiError::invalid("'messages' must contain at least one message.", Some("messages")));
-    }
-    #[derive(serde::Deserialize)]
-    struct Msg<'a> {
-        #[serde(borrow)]
-        role: Option<Cow<'a, str>>,
-    }
-    for (i, m) in list.iter().enumerate() {
-        match serde_json::from_str::<Msg>(m.get()) {
-            Ok(Msg { role: Some(_) }) => {}
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("Invalid 'messages[{i}]': expected an object with a string 'role'."),
-                    Some("messages"),
-                ))
-            }
+    let messages = top.messages.ok_or_else(|| ApiError::invalid("Missing required parameter: 'messages'.", Some("messages")))?;
+    match serde_json::from_str::<MessagesCheck>(messages.get()).map_err(|_| type_error("messages", "an array"))?.0 {
+        Ok(0) => return Err(ApiError::invalid("'messages' must contain at least one message.", Some("messages"))),
+        Ok(_) => {}
+        Err(i) => {
+            return Err(ApiError::invalid(
+                format!("Invalid 'messages[{i}]': expected an object with a string 'role'."),
+                Some("messages"),
+            ))
         }
     }
-    let stream_flag = match stream {
+    let stream_flag = match top.stream {
         None => false,
         Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
             Ok(b) => b.unwrap_or(false),
             Err(_) => return Err(type_error("stream", "a boolean")),
         },
     };
-    let (include_usage, stream_options) = match stream_options {
+    let (include_usage, stream_options) = match top.stream_options {
         None => (false, None),
         Some(raw) => {
-            let parsed: Option<serde_json::Map<String, serde_json::Value>> =
-                serde_json::from_str(raw.get()).map_err(|_| type_error("stream_options", "an object"))?;
-            let include = match parsed.as_ref().and_then(|m| m.get("include_usage")) {
-                None | Some(serde_json::Value::Null) => false,
-                Some(serde_json::Value::Bool(b)) => *b,
-                Some(_) => return Err(type_error("stream_options.include_usage", "a boolean")),
-            };
-            (include, Some((span_of(body, raw), parsed)))
+            let (include, at) = stream_options_of(body, raw)?;
+            (include, Some(at))
         }
     };
     let object_end = body.iter().rposition(|&b| b == b'}').unwrap_or(body.len());
@@ -150,18 +242,15 @@ impl ChatRequest {
         let model_json = serde_json::Value::String(upstream_model.to_string()).to_string();
         let mut edits: Vec<(Range<usize>, Vec<u8>)> = vec![(self.model_span.clone(), model_json.into_bytes())];
         if self.stream && !self.include_usage {
-            match &self.stream_options {
-                Some((span, map)) => {
-                    let mut map = map.clone().unwrap_or_default();
-                    map.insert("include_usage".into(), serde_json::Value::Bool(true));
-                    let json = serde_json::Value::Object(map).to_string();
-                    edits.push((span.clone(), json.into_bytes()));
+            let on = br#""include_usage":true"#;
+            edits.push(match &self.stream_options {
+                Some(StreamOptions::Null(span)) => (span.clone(), [&b"{"[..], on, b"}"].concat()),
+                Some(StreamOptions::Object { include_usage: Some(value), .. }) => (value.clone(), b"true".to_vec()),
+                Some(StreamOptions::Object { open, include_usage: None, empty }) => {
+                    (*open..*open, if *empty { on.to_vec() } else { [on, &b","[..]].concat() })
                 }
-                None => edits.push((
-                    self.object_end..self.object_end,
-                    br#","stream_options":{"include_usage":true}"#.to_vec(),
-                )),
-            }
+                None => (self.object_end..self.object_end, br#","stream_options":{"include_usage":true}"#.to_vec()),
+            });
         }
         edits.sort_by_key(|(r, _)| r.start);
         let mut out = Vec::with_capacity(body.len() + 64);
@@ -188,10 +277,11 @@ pub enum StreamEvent {
     Chunk(Chunk),
 }
 
-/// A parsed chunk and what matters about it.
-#[derive(Debug)]
+/// What joule reads of an upstream chat document (a whole answer) or chunk (one stream
+/// event). Read from the text with every other member skipped unbuilt, so a hostile document
+/// costs no memory beyond its own bytes (a tree of values can take 16× more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
-    pub value: serde_json::Value,
     /// It carries generated content (text, tool calls or a refusal), not just a role.
     pub content: bool,
     /// It is an error object (`{"error": …}`): the upstream failed mid-stream.
@@ -208,18 +298,114 @@ pub fn classify(data: &str) -> StreamEvent {
     if data.trim() == "[DONE]" {
         return StreamEvent::Done;
     }
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
-        return StreamEvent::Malformed;
-    };
-    let usage_only = value.get("choices").and_then(|c| c.as_array()).is_some_and(|c| c.is_empty())
-        && value.get("usage").is_some_and(|u| !u.is_null());
-    StreamEvent::Chunk(Chunk {
-        content: has_content(&value),
-        error: value.get("error").is_some(),
-        usage: usage_of(&value),
-        usage_only,
-        value,
-    })
+    match read_doc(data.as_bytes()) {
+        Some(chunk) => StreamEvent::Chunk(chunk),
+        None => StreamEvent::Malformed,
+    }
+}
+
+/// Reads an upstream chat document or chunk; `None` when it is not one JSON object.
+pub fn read_doc(text: &[u8]) -> Option<Chunk> {
+    let top: DocMembers = serde_json::from_slice(text).ok()?;
+    let usage = top.usage.and_then(usage_of);
+    let choices = top.choices.map(RawValue::get);
+    let usage_only = choices.is_some_and(|c| c.starts_with('[') && c[1..].trim_start().starts_with(']'))
+        && top.usage.is_some_and(|u| u.get() != "null");
+    Some(Chunk { content: choices.is_some_and(any_content), error: top.error, usage, usage_only })
+}
+
+/// The top-level members of an upstream document joule reads (the last of duplicates, as a
+/// JSON tree would keep).
+#[derive(Default)]
+struct DocMembers<'a> {
+    choices: Option<&'a RawValue>,
+    usage: Option<&'a RawValue>,
+    error: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for DocMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DocMembers<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut doc = DocMembers::default();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "choices" => doc.choices = Some(map.next_value()?),
+                        "usage" => doc.usage = Some(map.next_value()?),
+                        "error" => {
+                            map.next_value::<IgnoredAny>()?;
+                            doc.error = true;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(doc)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Whether any choice of a `choices` array carries content, read choice by choice (never
+/// collected).
+fn any_content(choices: &str) -> bool {
+    struct Any(bool);
+    impl<'de> serde::Deserialize<'de> for Any {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Any;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an array")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any, A::Error> {
+                    let mut any = false;
+                    while let Some(choice) = seq.next_element::<&'de RawValue>()? {
+                        any = any || choice_has_content(choice.get());
+                    }
+                    Ok(Any(any))
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
+    serde_json::from_str::<Any>(choices).is_ok_and(|a| a.0)
+}
+
+/// A choice whose `delta` has non-empty text content, tool calls or a non-empty refusal.
+fn choice_has_content(choice: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow)]
+        delta: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow)]
+        content: Option<&'a RawValue>,
+        #[serde(borrow)]
+        tool_calls: Option<&'a RawValue>,
+        #[serde(borrow)]
+        refusal: Option<&'a RawValue>,
+    }
+    let object = |t: &str| t.starts_with('{');
+    let text = |r: Option<&RawValue>| r.is_some_and(|r| r.get().starts_with('"') && r.get() != "\"\"");
+    if !object(choice) {
+        return false;
+    }
+    let Ok(Choice { delta: Some(delta) }) = serde_json::from_str::<Choice>(choice) else { return false };
+    if !object(delta.get()) {
+        return false;
+    }
+    serde_json::from_str::<Delta>(delta.get())
+        .is_ok_and(|d| text(d.content) || d.tool_calls.is_some() || text(d.refusal))
 }
 
 /// The most tokens one request may report per direction (prompt, completion): 10 million,
@@ -242,29 +428,26 @@ pub enum Usage {
     Invalid,
 }
 
-/// `usage.prompt_tokens` and `usage.completion_tokens` of a chat document or chunk: `None`
-/// without a usage object or with either count absent (or `null`), [`Usage::Invalid`] when a
-/// count is present but not believable. The one place upstream usage numbers are read.
-pub fn usage_of(v: &serde_json::Value) -> Option<Usage> {
-    let u = v.get("usage").filter(|u| !u.is_null())?;
-    let count = |k: &str| u.get(k).filter(|x| !x.is_null());
-    let (p, c) = (count("prompt_tokens")?, count("completion_tokens")?);
-    let valid = |x: &serde_json::Value| x.as_u64().filter(|n| *n <= MAX_USAGE_TOKENS);
+/// `prompt_tokens` and `completion_tokens` of a `usage` member: `None` for `null`, a
+/// non-object, or either count absent (or `null`); [`Usage::Invalid`] when a count is present
+/// but not believable. The one place upstream usage numbers are read.
+fn usage_of(usage: &RawValue) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Counts<'a> {
+        #[serde(borrow)]
+        prompt_tokens: Option<&'a RawValue>,
+        #[serde(borrow)]
+        completion_tokens: Option<&'a RawValue>,
+    }
+    if !usage.get().starts_with('{') {
+        return None;
+    }
+    let counts: Counts = serde_json::from_str(usage.get()).ok()?;
+    let (p, c) = (counts.prompt_tokens?, counts.completion_tokens?);
+    let valid = |x: &RawValue| serde_json::from_str::<u64>(x.get()).ok().filter(|n| *n <= MAX_USAGE_TOKENS);
     Some(match (valid(p), valid(c)) {
         (Some(p), Some(c)) => Usage::Tokens(p, c),
         _ => Usage::Invalid,
-    })
-}
-
-/// True for a chunk carrying generated content (not the role-only first chunk).
-fn has_content(v: &serde_json::Value) -> bool {
-    v.get("choices").and_then(|c| c.as_array()).is_some_and(|choices| {
-        choices.iter().any(|c| {
-            let d = &c["delta"];
-            d.get("content").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty())
-                || d.get("tool_calls").is_some_and(|t| !t.is_null())
-                || d.get("refusal").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty())
-        })
     })
 }
 
@@ -314,8 +497,69 @@ mod tests {
     }
 
     #[test]
+    fn stream_options_are_spliced_not_rebuilt() {
+        for (opts, kept) in [
+            ("{}", serde_json::json!({})),
+            ("{ }", serde_json::json!({})),
+            ("{\"include_usage\":null}", serde_json::json!({})),
+            ("{ \"k\" : [1, {\"a\":2}] }", serde_json::json!({"k":[1,{"a":2}]})),
+            ("{\"k\":2,\"include_usage\":false,\"z\":\"\\u00e9\"}", serde_json::json!({"k":2,"z":"é"})),
+            ("null", serde_json::json!({})),
+        ] {
+            let body = format!("{{\"model\":\"m\",\"stream\":true,\"stream_options\":{opts},\"messages\":[{{\"role\":\"user\"}}]}}");
+            let out = inspect(body.as_bytes()).unwrap().upstream_body(body.as_bytes(), "u");
+            let v = json(&out);
+            let mut want = kept.as_object().unwrap().clone();
+            want.insert("include_usage".into(), true.into());
+            assert_eq!(v["stream_options"], serde_json::Value::Object(want), "{opts} → {}", String::from_utf8_lossy(&out));
+            assert_eq!(v["model"], "u");
+        }
+        for bad in ["[true]", "3", "\"x\"", "{\"include_usage\":1}", "{\"include_usage\":true,\"include_usage\":false}"] {
+            let body = format!("{{\"model\":\"m\",\"stream_options\":{bad},\"messages\":[{{\"role\":\"user\"}}]}}");
+            assert_eq!(inspect(body.as_bytes()).unwrap_err().status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_are_checked_one_by_one() {
+        let check = |m: &str| inspect(format!("{{\"model\":\"m\",\"messages\":{m}}}").as_bytes()).map(|_| ()).map_err(|e| String::from_utf8(e.body()).unwrap());
+        assert!(check("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}]").is_ok());
+        assert!(check("[{\"role\":\"user\"},0]").unwrap_err().contains("messages[1]"));
+        assert!(check("[[\"user\"]]").unwrap_err().contains("messages[0]"), "an array is not a message object");
+        assert!(check("[{\"role\":\"user\"},{\"role\":7},{\"x\":1}]").unwrap_err().contains("messages[1]"));
+        assert!(check("[]").unwrap_err().contains("at least one"));
+        // Duplicates of members joule does not read pass through; of those it reads, not.
+        assert!(inspect(br#"{"model":"m","x":1,"x":2,"messages":[{"role":"user"}]}"#).is_ok());
+        assert!(inspect(br#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream":false}"#).is_err());
+    }
+
+    #[test]
+    fn chunks_are_classified_without_building_them() {
+        let c = |s: &str| match classify(s) {
+            StreamEvent::Chunk(c) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+        assert!(!c(role).content);
+        assert!(c(r#"{"choices":[{"delta":{"content":"hi"}}]}"#).content);
+        assert!(c(r#"{"choices":[{"delta":{}},{"delta":{"tool_calls":[{"index":0}]}}]}"#).content);
+        assert!(c(r#"{"choices":[{"delta":{"refusal":"no"}}]}"#).content);
+        assert!(!c(r#"{"choices":[{"delta":{"tool_calls":null,"refusal":""}}]}"#).content);
+        assert!(!c(r#"{"choices":[{"delta":["content"]},0,"x"]}"#).content, "odd shapes carry nothing");
+        assert!(!c(r#"{"choices":{"delta":{"content":"x"}}}"#).content);
+        let u = c(r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
+        assert!(u.usage_only && u.usage == Some(Usage::Tokens(1, 2)));
+        assert!(!c(r#"{"choices":[ ],"usage":null}"#).usage_only);
+        assert!(c(r#"{"error":{"message":"x"}}"#).error);
+        for bad in ["[1]", "\"x\"", "{\"a\":", "{} x", ""] {
+            assert!(matches!(classify(bad), StreamEvent::Malformed), "{bad}");
+        }
+        assert!(matches!(classify(" [DONE] "), StreamEvent::Done));
+    }
+
+    #[test]
     fn upstream_usage_is_validated() {
-        let u = |s: &str| usage_of(&serde_json::from_str(s).unwrap());
+        let u = |s: &str| read_doc(s.as_bytes()).unwrap().usage;
         assert_eq!(u(r#"{"usage":{"prompt_tokens":3,"completion_tokens":0}}"#), Some(Usage::Tokens(3, 0)));
         assert_eq!(u(r#"{"usage":{"prompt_tokens":10000000,"completion_tokens":10000000}}"#), Some(Usage::Tokens(MAX_USAGE_TOKENS, MAX_USAGE_TOKENS)));
         for absent in [r#"{}"#, r#"{"usage":null}"#, r#"{"usage":{}}"#, r#"{"usage":{"prompt_tokens":3}}"#, r#"{"usage":{"prompt_tokens":3,"completion_tokens":null}}"#] {

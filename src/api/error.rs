@@ -25,6 +25,11 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     /// 408: the client was too slow sending its body.
     BodyTimeout,
+    /// 408: the client did not finish its request line and headers within the head deadline.
+    HeadTimeout,
+    /// 400: the request line or headers could not be parsed (pingora refused them before any
+    /// handler ran: malformed, or over its 1 MiB head limit).
+    MalformedHead,
     /// 502: every deployment failed (connect errors, 5xx, garbage).
     UpstreamFailed { message: String },
     /// 503: every deployment refused with 429/503, or none is available.
@@ -75,7 +80,8 @@ impl ApiError {
             ApiError::ModelNotAllowed { .. } => 403,
             ApiError::ModelNotFound { .. } | ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::BodyTimeout => 408,
+            ApiError::BodyTimeout | ApiError::HeadTimeout => 408,
+            ApiError::MalformedHead => 400,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Internal => 500,
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => 429,
@@ -99,6 +105,8 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::BodyTimeout => "body_timeout",
+            ApiError::HeadTimeout => "head_timeout",
+            ApiError::MalformedHead => "malformed_head",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::Internal => "internal",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -157,6 +165,18 @@ impl ApiError {
             ApiError::BodyTimeout => {
                 ("Timed out reading the request body.".into(), "invalid_request_error", None, Some("request_timeout"))
             }
+            ApiError::HeadTimeout => (
+                "Timed out reading the request line and headers.".into(),
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
+            ),
+            ApiError::MalformedHead => (
+                "The request line or headers could not be parsed as HTTP/1.1 (malformed, or larger than 1 MiB).".into(),
+                "invalid_request_error",
+                None,
+                Some("malformed_request"),
+            ),
             ApiError::BodyTooLarge { limit } => (
                 format!("Request body is larger than the limit of {limit} bytes."),
                 "invalid_request_error",

@@ -24,6 +24,11 @@ pub struct RawLimits {
     pub max_answer_bytes: Option<u64>,
     /// Reading the client's request body. Default 30000.
     pub client_body_timeout_ms: Option<u64>,
+    /// Reading one request head (line and headers), from its first byte. Default 10000.
+    pub client_header_timeout_ms: Option<u64>,
+    /// A client connection with no request on it (new, or keep-alive between requests).
+    /// Default 60000.
+    pub client_idle_timeout_ms: Option<u64>,
 }
 
 /// Validates `[limits]`. A zero is a problem (`must be > 0`); the value is kept as given.
@@ -44,6 +49,8 @@ pub(super) fn limits(p: &mut Problems, l: &RawLimits) -> ExchangeLimits {
             ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
             ("request_timeout_ms", l.request_timeout_ms),
             ("client_body_timeout_ms", l.client_body_timeout_ms),
+            ("client_header_timeout_ms", l.client_header_timeout_ms),
+            ("client_idle_timeout_ms", l.client_idle_timeout_ms),
         ],
     );
     ExchangeLimits {
@@ -54,5 +61,7 @@ pub(super) fn limits(p: &mut Problems, l: &RawLimits) -> ExchangeLimits {
         request_timeout: ms(l.request_timeout_ms, 600_000),
         max_answer_bytes: usize::try_from(max_answer).unwrap_or(usize::MAX),
         client_body_timeout: ms(l.client_body_timeout_ms, 30_000),
+        client_header_timeout: ms(l.client_header_timeout_ms, 10_000),
+        client_idle_timeout: ms(l.client_idle_timeout_ms, 60_000),
     }
 }

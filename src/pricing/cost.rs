@@ -3,6 +3,10 @@
 //! energy and how much the routing fee. Also the byte-level insertion of that object into an
 //! upstream's usage object, so the rest of the upstream JSON reaches the client as sent.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -55,23 +59,37 @@ impl Cost {
 
 /// Inserts `"cost": {…}` into the top-level `usage` object of a JSON document, leaving every
 /// other byte as it was. `None` when the document has no usage object. A `cost` the upstream
-/// put there itself is replaced (only the usage object is then re-serialised).
+/// put there itself is replaced (only the usage object is then rewritten, member by member).
 pub fn insert_cost(doc: &[u8], cost: &Cost) -> Option<Vec<u8>> {
     set_cost(doc, Some(cost))
 }
 
 /// Removes a `cost` the upstream put into the top-level `usage` object itself (which the client
 /// would take for joule's), for answers joule computes no cost for. `None` when there is none
-/// (the document is then unchanged); otherwise only the usage object is re-serialised.
+/// (the document is then unchanged); otherwise only the usage object is rewritten.
 pub fn remove_cost(doc: &[u8]) -> Option<Vec<u8>> {
     set_cost(doc, None)
 }
 
 fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(doc).ok()?;
-    let top: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> = serde_json::from_str(text).ok()?;
-    let usage = top.get("usage")?.get();
+    let mut usage = None;
+    // The last `usage` member, as a JSON tree would keep it.
+    visit_members(text, |k, v| {
+        if k == "usage" {
+            usage = Some(v);
+        }
+    })?;
+    let usage = usage?.get();
     if !usage.starts_with('{') {
+        return None;
+    }
+    let (mut members, mut has_cost) = (0usize, false);
+    visit_members(usage, |k, _| {
+        members += 1;
+        has_cost |= k == "cost";
+    })?;
+    if cost.is_none() && !has_cost {
         return None;
     }
     let start = usage.as_ptr() as usize - text.as_ptr() as usize;
@@ -79,30 +97,63 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
     let cost_json = cost.map(Cost::to_json);
     let mut out = Vec::with_capacity(doc.len() + cost_json.as_ref().map_or(0, String::len) + 10);
     out.extend_from_slice(&doc[..start]);
-    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(usage).ok()?;
-    let Some(cost_json) = cost_json else {
-        let mut fields = fields;
-        fields.remove("cost")?;
-        out.extend_from_slice(serde_json::to_string(&fields).ok()?.as_bytes());
-        out.extend_from_slice(&doc[end..]);
-        return Some(out);
-    };
-    if fields.contains_key("cost") {
-        let mut fields = fields;
-        fields.insert("cost".into(), serde_json::from_str(&cost_json).ok()?);
-        out.extend_from_slice(serde_json::to_string(&fields).ok()?.as_bytes());
-    } else {
+    if has_cost {
+        // Rewritten member by member (values as sent), without the upstream's `cost`.
+        out.push(b'{');
+        let mut first = true;
+        visit_members(usage, |k, v| {
+            if k != "cost" {
+                if !std::mem::take(&mut first) {
+                    out.push(b',');
+                }
+                out.extend_from_slice(serde_json::to_string(&k).unwrap_or_default().as_bytes());
+                out.push(b':');
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        })?;
+        if let Some(c) = &cost_json {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"cost\":");
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.push(b'}');
+    } else if let Some(c) = &cost_json {
         // `usage` ends with `}`; insert before it.
         out.extend_from_slice(&doc[start..end - 1]);
-        if !fields.is_empty() {
+        if members > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"\"cost\":");
-        out.extend_from_slice(cost_json.as_bytes());
+        out.extend_from_slice(c.as_bytes());
         out.push(b'}');
     }
     out.extend_from_slice(&doc[end..]);
     Some(out)
+}
+
+/// Calls `f` with each member of the JSON object `text` in order, its value borrowed raw:
+/// nothing is collected, so a document of any shape costs no memory beyond its bytes. `None`
+/// when `text` is not one JSON object.
+fn visit_members<'a>(text: &'a str, f: impl FnMut(Cow<'a, str>, &'a RawValue)) -> Option<()> {
+    struct V<F>(F);
+    impl<'de, F: FnMut(Cow<'de, str>, &'de RawValue)> Visitor<'de> for V<F> {
+        type Value = ();
+        fn expecting(&self, out: &mut fmt::Formatter) -> fmt::Result {
+            out.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                let v: &'de RawValue = map.next_value()?;
+                (self.0)(k, v);
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(V(f)).ok()?;
+    de.end().ok()
 }
 
 #[cfg(test)]

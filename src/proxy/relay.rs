@@ -150,8 +150,8 @@ pub async fn relay(
         AnswerBody::Full { mut bytes, doc } => {
             // Non-stream answer (or an upstream error document for a stream request), read
             // and parsed whole by `upstream::send`: nothing can fail here but the client.
-            if let Some(v) = doc {
-                if let Some(usage) = chat::usage_of(&v) {
+            if let Some(d) = doc {
+                if let Some(usage) = d.usage {
                     let doc = match record_usage(usage, rec) {
                         Some(tokens) if (200..300).contains(&status) => with_cost(&bytes, &quote, tokens, rec),
                         Some(_) => None,

@@ -11,6 +11,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+use super::guard;
 use crate::admin;
 use crate::proxy::{self, Downstream, DownstreamError, Gateway, InFlight, Record, RequestHead, ResponseHead};
 
@@ -127,6 +128,7 @@ impl ProxyHttp for JouleProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx._in_flight = Some(self.gateway.enter());
+        guard::head_received(session.stream());
         let head = request_head(session);
         ctx.method = head.method.to_string();
         ctx.path = head.path.chars().take(200).collect();
@@ -155,7 +157,8 @@ impl ProxyHttp for JouleProxy {
         Ok(true)
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        guard::request_done(session.stream());
         proxy::finish::finish(&self.gateway, self.role, &ctx.rec, &ctx.method, &ctx.path);
     }
 }

@@ -10,6 +10,7 @@
 //! during the drain exits at once (status 130), as Ctrl-C twice should.
 
 pub mod adapter;
+pub mod guard;
 pub mod reload;
 
 
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::proxy::HttpProxy;
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -243,11 +246,7 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut api = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        JouleProxy { gateway: gw.clone(), role: Role::Api },
-        "joule api",
-    );
+    let mut api = guarded_service(&server.configuration, &gw, Role::Api, "joule api");
     for addr in &settings.server.listen {
         api.add_tcp(&addr.to_string());
     }
@@ -265,11 +264,7 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
     server.add_service(api);
 
     if let Some(addr) = settings.server.admin_listen {
-        let mut admin = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            JouleProxy { gateway: gw.clone(), role: Role::Admin },
-            "joule admin",
-        );
+        let mut admin = guarded_service(&server.configuration, &gw, Role::Admin, "joule admin");
         admin.threads = Some(1);
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
@@ -294,4 +289,10 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
     }
     server.run(RunArgs { shutdown_signal: Box::new(Signals) });
     std::process::exit(0)
+}
+
+/// A listening service for `role`, its connections behind the [`guard`].
+fn guarded_service(conf: &Arc<ServerConf>, gw: &Arc<Gateway>, role: Role, name: &str) -> Service<guard::Guarded<HttpProxy<JouleProxy>>> {
+    let proxy = pingora::proxy::http_proxy(conf, JouleProxy { gateway: gw.clone(), role });
+    Service::new(name.to_string(), guard::Guarded { inner: Arc::new(proxy), gateway: gw.clone() })
 }

@@ -20,7 +20,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
-use crate::api::chat::{classify, ChatRequest, StreamEvent};
+use crate::api::chat::{classify, read_doc, ChatRequest, Chunk, StreamEvent};
 use crate::api::error::ApiError;
 use crate::api::sse::{SseItem, SseParser};
 use crate::catalog::{Catalog, Model};
@@ -50,6 +50,13 @@ pub struct ExchangeLimits {
     pub max_answer_bytes: usize,
     /// Reading the client's request body. Default 30 s.
     pub client_body_timeout: Duration,
+    /// Reading one request head (line and headers), from its first byte. Default 10 s; past
+    /// it the client gets 408 and the connection closes.
+    pub client_header_timeout: Duration,
+    /// An open client connection with no request on it: a new one that sends nothing, or a
+    /// keep-alive one between requests. Default 60 s; past it the connection is closed
+    /// quietly (pingora itself would keep an idle HTTP/1.1 keep-alive connection forever).
+    pub client_idle_timeout: Duration,
 }
 
 
@@ -128,7 +135,7 @@ pub enum AnswerBody {
     /// A complete (non-SSE) answer, read whole: a JSON document for a 2xx, the upstream's
     /// error document as sent for any other status; `doc` is the body parsed (once, here), if
     /// it is JSON.
-    Full { bytes: Bytes, doc: Option<serde_json::Value> },
+    Full { bytes: Bytes, doc: Option<Chunk> },
     /// An SSE stream: the events read before the first content token (held back until the
     /// deployment proved it answers), and the rest of the stream.
     Stream { prefetched: Vec<SseItem>, parser: SseParser, rest: BoxStream<'static, reqwest::Result<Bytes>> },
@@ -344,11 +351,11 @@ async fn read_answer(mut resp: reqwest::Response, limit: usize, deadline: tokio:
     }
 }
 
-/// The answer parsed, if it is JSON. A 2xx answer must be one JSON object (what a chat
-/// completion is); other statuses pass through whatever they hold.
-fn parse_answer(bytes: &[u8], success: bool) -> Result<Option<serde_json::Value>, AttemptFailure> {
-    let doc = serde_json::from_slice::<serde_json::Value>(bytes).ok();
-    if success && !doc.as_ref().is_some_and(serde_json::Value::is_object) {
+/// What joule reads of the answer, if it is a JSON object. A 2xx answer must be one (what a
+/// chat completion is); other statuses pass through whatever they hold.
+fn parse_answer(bytes: &[u8], success: bool) -> Result<Option<Chunk>, AttemptFailure> {
+    let doc = read_doc(bytes);
+    if success && doc.is_none() {
         return Err(AttemptFailure::UnreadableAnswer);
     }
     Ok(doc)
