@@ -1,0 +1,75 @@
+// The properties the fuzz targets check, shared with `tests/fuzz_regressions.rs`, which runs
+// them over the seeds and every input a fuzzing run ever found (`fuzz/regressions/`), so a
+// finding stays fixed in the ordinary test suite.
+
+use joule::api::chat::{classify, inspect, read_doc};
+use joule::api::sse::{encode, SseItem, SseParser};
+use joule::pricing::cost::{insert_cost, remove_cost, Cost};
+
+/// The request inspector and the upstream body rewrite, on any bytes a client sends. Never
+/// panics; a body it accepts is rewritten into valid JSON naming the upstream model, with
+/// `stream_options.include_usage` on for streams, which it accepts again.
+pub fn check_inspect(data: &[u8]) {
+    let Ok(req) = inspect(data) else { return };
+    let out = req.upstream_body(data, "up/\"model\"");
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+        panic!("rewrite of an accepted body is not JSON ({e}): {:?}", String::from_utf8_lossy(&out))
+    });
+    assert_eq!(v["model"], "up/\"model\"");
+    if req.stream {
+        assert_eq!(v["stream_options"]["include_usage"], true, "{}", String::from_utf8_lossy(&out));
+    }
+    let again = inspect(&out).expect("the rewrite is itself acceptable");
+    assert_eq!(again.stream, req.stream);
+}
+
+const CAP: usize = 4096;
+
+fn parse(chunks: &[&[u8]]) -> Option<Vec<SseItem>> {
+    let mut p = SseParser::new(CAP);
+    let mut out = Vec::new();
+    for c in chunks {
+        p.feed(c, &mut out).ok()?;
+    }
+    p.finish(&mut out);
+    Some(out)
+}
+
+/// The SSE parser and the chunk classifier, on any bytes an upstream streams (the first byte
+/// picks a split point). Never panics; where the whole input parses, the split input parses
+/// to the same items; each item survives encode → parse unchanged.
+pub fn check_sse(data: &[u8]) {
+    let Some((&seed, input)) = data.split_first() else { return };
+    let whole = parse(&[input]);
+    let cut = usize::from(seed) * input.len() / 256;
+    let split = parse(&[&input[..cut], &input[cut..]]);
+    if let (Some(w), Some(s)) = (&whole, &split) {
+        assert_eq!(w, s, "split at {cut}");
+    }
+    for item in whole.iter().flatten() {
+        if let SseItem::Event { data, .. } = item {
+            let _ = classify(data);
+        }
+        let back = parse(&[&encode(item)]).expect("an encoded item parses");
+        assert_eq!(back.as_slice(), std::slice::from_ref(item));
+    }
+}
+
+/// What joule reads of and writes into an upstream's JSON answer: the usage reader and the
+/// `usage.cost` insertion and removal. Never panics; a rewrite is valid JSON with joule's cost
+/// in place (or none at all), and reads the same usage as the original.
+pub fn check_upstream_doc(data: &[u8]) {
+    let doc = read_doc(data);
+    let cost = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, currency: "USD" };
+    if let Some(out) = insert_cost(data, &cost) {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+        assert_eq!(v["usage"]["cost"]["total"], 1.5, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(read_doc(&out).map(|d| d.usage), doc.map(|d| d.usage));
+    }
+    if let Some(out) = remove_cost(data) {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+        assert!(v["usage"].get("cost").is_none(), "{}", String::from_utf8_lossy(&out));
+    }
+}
