@@ -12,6 +12,14 @@ use joule::pricing::cost::{insert_cost, remove_cost, Cost};
 pub fn check_inspect(data: &[u8]) {
     let Ok(req) = inspect(data) else { return };
     let out = req.upstream_body(data, "up/\"model\"");
+    let again = inspect(&out).expect("the rewrite is itself acceptable");
+    assert_eq!(again.stream, req.stream);
+    assert_eq!(again.model, "up/\"model\"");
+    // JSON allows numbers a tree cannot hold (`1e999999`); members joule does not read pass
+    // through as sent, so the rewrite is checked as a tree only when the body is one.
+    if !is_tree(data) {
+        return;
+    }
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
         panic!("rewrite of an accepted body is not JSON ({e}): {:?}", String::from_utf8_lossy(&out))
     });
@@ -19,8 +27,10 @@ pub fn check_inspect(data: &[u8]) {
     if req.stream {
         assert_eq!(v["stream_options"]["include_usage"], true, "{}", String::from_utf8_lossy(&out));
     }
-    let again = inspect(&out).expect("the rewrite is itself acceptable");
-    assert_eq!(again.stream, req.stream);
+}
+
+fn is_tree(data: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(data).is_ok()
 }
 
 const CAP: usize = 4096;
@@ -61,11 +71,18 @@ pub fn check_sse(data: &[u8]) {
 pub fn check_upstream_doc(data: &[u8]) {
     let doc = read_doc(data);
     let cost = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, currency: "USD" };
+    let tree = is_tree(data);
     if let Some(out) = insert_cost(data, &cost) {
+        assert_eq!(read_doc(&out).map(|d| d.usage), doc.map(|d| d.usage));
+        if !tree {
+            return;
+        }
         let v: serde_json::Value =
             serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
         assert_eq!(v["usage"]["cost"]["total"], 1.5, "{}", String::from_utf8_lossy(&out));
-        assert_eq!(read_doc(&out).map(|d| d.usage), doc.map(|d| d.usage));
+    }
+    if !tree {
+        return;
     }
     if let Some(out) = remove_cost(data) {
         let v: serde_json::Value =

@@ -191,7 +191,12 @@ fn stream_options_of(body: &[u8], raw: &RawValue) -> Result<(bool, StreamOptions
 /// `stream` or `stream_options` (the members joule reads; an upstream could read the other
 /// copy). Duplicates of other members pass through as sent.
 pub fn inspect(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let top: TopLevel = serde_json::from_slice(body).map_err(|e| {
+    // Members joule does not read are skipped without looking into their strings, so UTF-8
+    // (which JSON text must be) is checked for the whole body here, in one fast pass.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::invalid(format!("We could not parse the JSON body of your request: it is not UTF-8 (byte {}).", e.valid_up_to()), None)
+    })?;
+    let top: TopLevel = serde_json::from_str(text).map_err(|e| {
         ApiError::invalid(format!("We could not parse the JSON body of your request: {e}."), None)
     })?;
     if let Some(k) = top.duplicate {
@@ -304,9 +309,10 @@ pub fn classify(data: &str) -> StreamEvent {
     }
 }
 
-/// Reads an upstream chat document or chunk; `None` when it is not one JSON object.
+/// Reads an upstream chat document or chunk; `None` when it is not one JSON object in UTF-8.
 pub fn read_doc(text: &[u8]) -> Option<Chunk> {
-    let top: DocMembers = serde_json::from_slice(text).ok()?;
+    // UTF-8 for the whole text: skipped members are not looked into (see `inspect`).
+    let top: DocMembers = serde_json::from_str(std::str::from_utf8(text).ok()?).ok()?;
     let usage = top.usage.and_then(usage_of);
     let choices = top.choices.map(RawValue::get);
     let usage_only = choices.is_some_and(|c| c.starts_with('[') && c[1..].trim_start().starts_with(']'))
@@ -594,6 +600,7 @@ mod tests {
             (br#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "'stream'"),
             (br#"{"model":"m","messages":[{"role":"user"}],"stream_options":3}"#, "stream_options"),
             (br#"{"model":"m","model":"n","messages":[{"role":"user"}]}"#, "Duplicate"),
+            (b"{\"model\":\"m\",\"x\":\"\xde\",\"messages\":[{\"role\":\"user\"}]}", "UTF-8"),
         ] {
             let e = inspect(body).unwrap_err();
             assert_eq!(e.status(), 400);
