@@ -1,12 +1,14 @@
-//! Integration tests of `joule::mock`, the in-repo OpenAI-compatible mock upstream: response
-//! shapes, stream timing, every failure mode byte by byte, SSE framing variants, large bodies,
-//! keep-alive and TLS.
+//! Integration tests of `joule::mock`, the in-repo OpenAI- and Anthropic-compatible mock
+//! upstream: response shapes, stream timing, every failure mode byte by byte, SSE framing
+//! variants, large bodies, keep-alive and TLS; Anthropic's messages, named events, tool use and
+//! error shapes; the `joule mock` flags.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use joule::mock::{parse_failure, Failure, MockConfig, MockServer, SseFraming, TestCa};
+use clap::Parser;
+use joule::mock::{parse_failure, Failure, MockApi, MockConfig, MockServer, SseFraming, TestCa};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,8 +56,13 @@ fn client() -> reqwest::Client {
 
 /// A raw POST of `body` to `/v1/chat/completions` with `connection: close`.
 fn raw_post(body: &[u8], extra_headers: &str) -> Vec<u8> {
+    raw_post_to("/v1/chat/completions", body, extra_headers)
+}
+
+/// A raw POST of `body` to `path` with `connection: close`.
+fn raw_post_to(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
     let mut request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\n\
          content-length: {}\r\n{extra_headers}connection: close\r\n\r\n",
         body.len()
     )
@@ -161,16 +168,24 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 // SSE parsing as a spec-following client would do it.
 
-/// Incremental SSE parser: LF or CRLF lines, comments, multi-line `data:` joined with `\n`.
+/// Incremental SSE parser: LF or CRLF lines, comments, `event:` names, multi-line `data:`
+/// joined with `\n`.
 #[derive(Default)]
 struct SseParser {
     pending: Vec<u8>,
     data: Vec<String>,
+    name: Option<String>,
 }
 
 impl SseParser {
     /// Feeds bytes; returns the data of every event completed by them.
     fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.push_named(bytes).into_iter().map(|(_, data)| data).collect()
+    }
+
+    /// Feeds bytes; returns the name (`message` when none was given, as the SSE specification
+    /// says) and data of every event completed by them.
+    fn push_named(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         while let Some(newline) = self.pending.iter().position(|&b| b == b'\n') {
@@ -182,9 +197,13 @@ impl SseParser {
             let line = String::from_utf8(line).expect("UTF-8 SSE line");
             if line.is_empty() {
                 if !self.data.is_empty() {
-                    events.push(self.data.join("\n"));
+                    let name = self.name.take().unwrap_or_else(|| "message".to_owned());
+                    events.push((name, self.data.join("\n")));
                     self.data.clear();
                 }
+                self.name = None;
+            } else if let Some(value) = line.strip_prefix("event:") {
+                self.name = Some(value.strip_prefix(' ').unwrap_or(value).to_owned());
             } else if let Some(value) = line.strip_prefix("data:") {
                 self.data
                     .push(value.strip_prefix(' ').unwrap_or(value).to_owned());
@@ -233,6 +252,20 @@ async fn timed_stream(server: &MockServer, body: Vec<u8>) -> TimedStream {
         .expect("send");
     let status = response.status();
     let headers = response.headers().clone();
+    let events = timed_events(response)
+        .await
+        .into_iter()
+        .map(|(at, _, data)| (at, data))
+        .collect();
+    TimedStream {
+        status,
+        headers,
+        events,
+    }
+}
+
+/// Reads a streamed body, timestamping every SSE event (name and data) on arrival.
+async fn timed_events(response: reqwest::Response) -> Vec<(Instant, String, String)> {
     let mut parser = SseParser::default();
     let mut events = Vec::new();
     let mut bytes = response.bytes_stream();
@@ -242,13 +275,14 @@ async fn timed_stream(server: &MockServer, body: Vec<u8>) -> TimedStream {
     {
         let chunk = chunk.expect("stream chunk");
         let now = Instant::now();
-        events.extend(parser.push(&chunk).into_iter().map(|e| (now, e)));
+        events.extend(
+            parser
+                .push_named(&chunk)
+                .into_iter()
+                .map(|(name, data)| (now, name, data)),
+        );
     }
-    TimedStream {
-        status,
-        headers,
-        events,
-    }
+    events
 }
 
 fn untimed(stream: TimedStream) -> Vec<String> {
@@ -876,6 +910,7 @@ fn parse_failure_accepts_the_cli_forms() {
         ("slow-headers:250", Failure::SlowHeaders { delay_ms: 250 }),
         ("drop:5", Failure::DropMidStream { after_tokens: 5 }),
         ("GARBAGE:2", Failure::GarbageSse { after_tokens: 2 }),
+        ("529", Failure::Overloaded),
     ];
     for (text, expected) in cases {
         assert_eq!(parse_failure(text), Ok(expected), "{text}");
@@ -886,6 +921,7 @@ fn parse_failure_accepts_the_cli_forms() {
         "drop",
         "drop:x",
         "500:1",
+        "529:1",
         "slow-headers",
         "explode",
         "drop:-1",
@@ -912,4 +948,578 @@ fn parse_failure_accepts_the_unusable_answer_forms() {
     for bad in ["html:1", "empty:0", "truncate", "truncate:x", "silent-body:5"] {
         assert!(parse_failure(bad).is_err(), "{bad} should be rejected");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic mode.
+
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+fn anthropic_config(tokens: u32) -> MockConfig {
+    MockConfig {
+        api: MockApi::Anthropic,
+        ..config(tokens)
+    }
+}
+
+/// A Messages request; the members of `extra` are added, or removed when `null`.
+fn messages_body(extra: Value) -> Vec<u8> {
+    let mut body = json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hello"}],
+        "temperature": 0.2,
+    });
+    if let (Some(fields), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        for (name, value) in extra {
+            if value.is_null() {
+                fields.remove(name);
+            } else {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    serde_json::to_vec(&body).expect("serialize request")
+}
+
+/// A POST to the mock's `/v1/messages` with `anthropic-version` (and `x-api-key` if given).
+fn messages_post(server: &MockServer, key: Option<&str>, body: Vec<u8>) -> reqwest::RequestBuilder {
+    let request = client()
+        .post(format!("{}/messages", server.base_url()))
+        .header("content-type", "application/json")
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .body(body);
+    match key {
+        Some(key) => request.header("x-api-key", key),
+        None => request,
+    }
+}
+
+fn weather_tools() -> Value {
+    json!([
+        {"name": "get_weather", "description": "Weather of a city",
+         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        {"name": "get_time", "input_schema": {"type": "object"}},
+    ])
+}
+
+/// A named SSE event, timestamped on arrival, with its data parsed as JSON.
+struct NamedEvent {
+    at: Instant,
+    name: String,
+    data: Value,
+}
+
+/// Streams a Messages request and returns the response head and its named events.
+async fn named_stream(
+    server: &MockServer,
+    body: Vec<u8>,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Vec<NamedEvent>) {
+    let response = messages_post(server, None, body).send().await.expect("send");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let events = timed_events(response)
+        .await
+        .into_iter()
+        .map(|(at, name, data)| NamedEvent {
+            at,
+            name,
+            data: serde_json::from_str(&data).expect("JSON event"),
+        })
+        .collect();
+    (status, headers, events)
+}
+
+fn names(events: &[NamedEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn anthropic_non_stream_message_has_anthropic_shape() {
+    let server = MockServer::start(MockConfig {
+        api: MockApi::Anthropic,
+        ttft_ms: 30,
+        tokens_per_s: 100.0,
+        tokens: 4,
+        require_bearer: Some("sk-ant-upstream".to_owned()),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("start");
+    let body = messages_body(json!({}));
+    let started = Instant::now();
+    let response = messages_post(&server, Some("sk-ant-upstream"), body.clone())
+        .send()
+        .await
+        .expect("send");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let message = json_of(response).await;
+
+    // ttft 30 ms + 4 tokens at 100/s = 70 ms before the response, as in OpenAI mode.
+    assert!(elapsed >= Duration::from_millis(70), "answered after {elapsed:?}");
+    assert!(message["id"].as_str().is_some_and(|id| id.starts_with("msg_")));
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["model"], "claude-mock");
+    assert_eq!(
+        message["content"],
+        json!([{"type": "text", "text": "tok0 tok1 tok2 tok3"}])
+    );
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["stop_sequence"], Value::Null);
+    assert_eq!(
+        message["usage"],
+        json!({
+            "input_tokens": (body.len() / 4) as u64,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 4,
+        })
+    );
+    assert_eq!(server.requests(), 1);
+    let recorded = server.last_request().expect("recorded");
+    assert_eq!(recorded.path, "/v1/messages");
+    assert_eq!(recorded.header("x-api-key"), Some("sk-ant-upstream"));
+    assert_eq!(recorded.header("anthropic-version"), Some(ANTHROPIC_VERSION));
+    assert_eq!(&recorded.body[..], &body[..]);
+
+    // `reported_usage` replaces the usage object.
+    let absurd = json!({"input_tokens": u64::MAX, "output_tokens": u64::MAX});
+    server.set_config(MockConfig {
+        reported_usage: Some(absurd.clone()),
+        ..anthropic_config(2)
+    });
+    let message = json_of(
+        messages_post(&server, None, messages_body(json!({})))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(message["usage"], absurd);
+}
+
+#[tokio::test]
+async fn anthropic_max_tokens_cuts_the_text() {
+    let server = MockServer::start(anthropic_config(5)).await.expect("start");
+    let message = json_of(
+        messages_post(&server, None, messages_body(json!({"max_tokens": 2})))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(message["content"][0]["text"], "tok0 tok1");
+    assert_eq!(message["stop_reason"], "max_tokens");
+    assert_eq!(message["usage"]["output_tokens"], 2);
+
+    // A budget of exactly the configured length is not a cut.
+    let message = json_of(
+        messages_post(&server, None, messages_body(json!({"max_tokens": 5})))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(message["stop_reason"], "end_turn");
+
+    let (_, _, events) =
+        named_stream(&server, messages_body(json!({"max_tokens": 2, "stream": true}))).await;
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.name == "content_block_delta")
+        .map(|e| &e.data)
+        .collect();
+    assert_eq!(deltas.len(), 2);
+    let delta = events
+        .iter()
+        .find(|e| e.name == "message_delta")
+        .expect("message_delta");
+    assert_eq!(delta.data["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(delta.data["usage"]["output_tokens"], 2);
+}
+
+#[tokio::test]
+async fn anthropic_stream_events_are_ordered_and_paced() {
+    let server = MockServer::start(MockConfig {
+        api: MockApi::Anthropic,
+        ttft_ms: 100,
+        tokens_per_s: 10.0,
+        tokens: 5,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("start");
+    let body = messages_body(json!({"stream": true}));
+    let (status, headers, events) = named_stream(&server, body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert!(headers.get("content-length").is_none());
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(["content_block_delta"; 5]);
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names(&events), expected);
+    for event in &events {
+        assert_eq!(event.data["type"], event.name.as_str(), "type matches the event name");
+    }
+
+    let start = &events[0].data["message"];
+    assert!(start["id"].as_str().is_some_and(|id| id.starts_with("msg_")));
+    assert_eq!(start["type"], "message");
+    assert_eq!(start["role"], "assistant");
+    assert_eq!(start["content"], json!([]));
+    assert_eq!(start["model"], "claude-mock");
+    assert_eq!(start["stop_reason"], Value::Null);
+    assert_eq!(start["usage"]["input_tokens"], (body.len() / 4) as u64);
+    assert_eq!(start["usage"]["output_tokens"], 1);
+    assert_eq!(
+        events[1].data["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    assert_eq!(events[1].data["index"], 0);
+
+    let deltas = &events[3..8];
+    let text: String = deltas
+        .iter()
+        .map(|e| {
+            assert_eq!(e.data["index"], 0);
+            assert_eq!(e.data["delta"]["type"], "text_delta");
+            e.data["delta"]["text"].as_str().expect("text")
+        })
+        .collect();
+    assert_eq!(text, "tok0 tok1 tok2 tok3 tok4");
+    let ttft = deltas[0].at - events[0].at;
+    assert!(ttft >= Duration::from_millis(80), "first token after {ttft:?}");
+    // 10 tokens/s: each delta arrives on its own, about 100 ms after the previous one.
+    for pair in deltas.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(80), "deltas {gap:?} apart");
+    }
+    let delta = &events[9].data;
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta["delta"]["stop_sequence"], Value::Null);
+    assert_eq!(delta["usage"]["output_tokens"], 5);
+    assert_eq!(events[8].data["index"], 0);
+}
+
+#[tokio::test]
+async fn anthropic_tool_use_answers_with_a_tool_block() {
+    let server = MockServer::start(anthropic_config(3)).await.expect("start");
+    let ask = |choice: Value| {
+        let body = messages_body(json!({"tools": weather_tools(), "tool_choice": choice}));
+        let request = messages_post(&server, None, body);
+        async move { json_of(request.send().await.expect("send")).await }
+    };
+
+    let message = ask(json!({"type": "tool", "name": "get_time"})).await;
+    assert_eq!(message["stop_reason"], "tool_use");
+    let block = &message["content"][0];
+    assert_eq!(message["content"].as_array().map(Vec::len), Some(1));
+    assert_eq!(block["type"], "tool_use");
+    assert!(block["id"].as_str().is_some_and(|id| id.starts_with("toolu_")));
+    assert_eq!(block["name"], "get_time");
+    assert_eq!(block["input"], json!({"arg": "value"}));
+    assert!(message["usage"]["output_tokens"].as_u64().is_some_and(|n| n > 0));
+
+    let message = ask(json!({"type": "any"})).await;
+    assert_eq!(message["content"][0]["name"], "get_weather", "the first tool");
+    // `auto` (and no choice at all) leaves the model free: the mock writes text.
+    let message = ask(json!({"type": "auto"})).await;
+    assert_eq!(message["content"][0]["type"], "text");
+    assert_eq!(message["stop_reason"], "end_turn");
+
+    // `tool_use` forces a call whenever tools are offered, unless the choice is `none`.
+    server.set_config(MockConfig {
+        tool_use: true,
+        ..anthropic_config(3)
+    });
+    let message = ask(json!({"type": "auto"})).await;
+    assert_eq!(message["content"][0]["name"], "get_weather");
+    let message = ask(json!({"type": "none"})).await;
+    assert_eq!(message["content"][0]["type"], "text");
+    let without_tools = json_of(
+        messages_post(&server, None, messages_body(json!({})))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(without_tools["content"][0]["type"], "text");
+}
+
+#[tokio::test]
+async fn anthropic_streamed_tool_input_arrives_in_pieces() {
+    let server = MockServer::start(anthropic_config(3)).await.expect("start");
+    let body = messages_body(json!({
+        "stream": true,
+        "tools": weather_tools(),
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+    }));
+    let (status, _, events) = named_stream(&server, body).await;
+    assert_eq!(status, 200);
+    let start = &events[1];
+    assert_eq!(start.name, "content_block_start");
+    let block = &start.data["content_block"];
+    assert_eq!(block["type"], "tool_use");
+    assert_eq!(block["name"], "get_weather");
+    assert!(block["id"].as_str().is_some_and(|id| id.starts_with("toolu_")));
+    assert_eq!(block["input"], json!({}));
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter(|e| e.name == "content_block_delta")
+        .map(|e| {
+            assert_eq!(e.data["delta"]["type"], "input_json_delta");
+            e.data["delta"]["partial_json"].as_str().expect("partial_json")
+        })
+        .collect();
+    assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+    assert!(
+        pieces.iter().all(|piece| serde_json::from_str::<Value>(piece).is_err()),
+        "no piece is JSON on its own"
+    );
+    let input: Value = serde_json::from_str(&pieces.concat()).expect("joined input is JSON");
+    assert_eq!(input, json!({"arg": "value"}));
+    let delta = events
+        .iter()
+        .find(|e| e.name == "message_delta")
+        .expect("message_delta");
+    assert_eq!(delta.data["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta.data["usage"]["output_tokens"], pieces.len());
+    assert_eq!(events.last().map(|e| e.name.as_str()), Some("message_stop"));
+}
+
+#[tokio::test]
+async fn anthropic_errors_have_anthropic_shape() {
+    let server = MockServer::start(MockConfig {
+        require_bearer: Some("sk-ant".to_owned()),
+        models: vec!["claude-a".to_owned(), "claude-b".to_owned()],
+        ..anthropic_config(1)
+    })
+    .await
+    .expect("start");
+    let base = server.base_url();
+    let is_error = |error: &Value, kind: &str| {
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["type"], kind, "{error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    };
+
+    // The key goes in `x-api-key`: missing, wrong, or sent as a bearer token, it is refused.
+    for key in [None, Some("sk-wrong")] {
+        let response = messages_post(&server, key, messages_body(json!({})))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 401);
+        is_error(&json_of(response).await, "authentication_error");
+    }
+    let response = messages_post(&server, None, messages_body(json!({})))
+        .bearer_auth("sk-ant")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 401);
+
+    // `anthropic-version` is required.
+    let response = client()
+        .post(format!("{base}/messages"))
+        .header("x-api-key", "sk-ant")
+        .body(messages_body(json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    is_error(&json_of(response).await, "invalid_request_error");
+
+    // So are `max_tokens` and `messages`, and the body must be JSON.
+    for (body, mentions) in [
+        (messages_body(json!({"max_tokens": null})), "max_tokens"),
+        (messages_body(json!({"messages": null})), "messages"),
+        (messages_body(json!({"max_tokens": "many"})), ""),
+        (b"{not json".to_vec(), ""),
+    ] {
+        let response = messages_post(&server, Some("sk-ant"), body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 400);
+        let error = json_of(response).await;
+        is_error(&error, "invalid_request_error");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains(mentions)));
+    }
+
+    // The OpenAI route does not exist here.
+    let response = client()
+        .post(format!("{base}/chat/completions"))
+        .header("x-api-key", "sk-ant")
+        .body(chat_body("m", false, false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    is_error(&json_of(response).await, "not_found_error");
+
+    // Models, in Anthropic's list shape.
+    let response = client()
+        .get(format!("{base}/models"))
+        .header("x-api-key", "sk-ant")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let models = json_of(response).await;
+    assert_eq!(models["data"][0]["type"], "model");
+    assert_eq!(models["data"][1]["id"], "claude-b");
+    assert_eq!(models["has_more"], false);
+    assert_eq!(models["first_id"], "claude-a");
+    assert_eq!(models["last_id"], "claude-b");
+    assert_eq!(server.requests(), 8, "only POST /v1/messages counts");
+}
+
+#[tokio::test]
+async fn anthropic_path_is_404_in_openai_mode() {
+    let server = MockServer::start(config(1)).await.expect("start");
+    let response = messages_post(&server, None, messages_body(json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    let error = json_of(response).await;
+    assert_eq!(error["error"]["code"], "unknown_url");
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test]
+async fn overloaded_answers_529_in_each_shape() {
+    let server = MockServer::start(MockConfig {
+        failure: Failure::Overloaded,
+        ..anthropic_config(2)
+    })
+    .await
+    .expect("start");
+    for stream in [false, true] {
+        let response = messages_post(&server, None, messages_body(json!({"stream": stream})))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 529);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            json_of(response).await,
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        );
+    }
+
+    server.set_config(MockConfig {
+        failure: Failure::Overloaded,
+        ..config(2)
+    });
+    let response = client()
+        .post(format!("{}/chat/completions", server.base_url()))
+        .body(chat_body("m", true, false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 529);
+    let error = json_of(response).await;
+    assert_eq!(error["error"]["type"], "server_error");
+    assert!(error["error"]["message"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn anthropic_failures_take_anthropic_shape() {
+    let server = MockServer::start(MockConfig {
+        failure: Failure::Status500,
+        ..anthropic_config(4)
+    })
+    .await
+    .expect("start");
+    let response = messages_post(&server, None, messages_body(json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 500);
+    assert_eq!(json_of(response).await["error"]["type"], "api_error");
+
+    server.set_config(MockConfig {
+        failure: Failure::Status429 { retry_after_s: 9 },
+        ..anthropic_config(4)
+    });
+    let response = messages_post(&server, None, messages_body(json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "9");
+    assert_eq!(json_of(response).await["error"]["type"], "rate_limit_error");
+
+    // Mid-stream drop: the opening events and two deltas, then no terminating chunk.
+    let version = format!("anthropic-version: {ANTHROPIC_VERSION}\r\n");
+    let stream_body = messages_body(json!({"stream": true}));
+    server.set_config(MockConfig {
+        failure: Failure::DropMidStream { after_tokens: 2 },
+        ..anthropic_config(4)
+    });
+    let raw = raw_exchange(server.addr(), &raw_post_to("/v1/messages", &stream_body, &version)).await;
+    let (body, complete) = RawResponse::parse(&raw).dechunk();
+    assert!(!complete, "no terminating chunk");
+    let mut parser = SseParser::default();
+    let events = parser.push_named(&body);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta"]
+    );
+
+    // Garbage: a malformed delta, then a well-framed end of body and a close.
+    server.set_config(MockConfig {
+        failure: Failure::GarbageSse { after_tokens: 1 },
+        ..anthropic_config(4)
+    });
+    let raw = raw_exchange(server.addr(), &raw_post_to("/v1/messages", &stream_body, &version)).await;
+    let response = RawResponse::parse(&raw);
+    assert_eq!(response.header("connection"), Some("close"));
+    let (body, complete) = response.dechunk();
+    assert!(complete);
+    assert!(body.ends_with(b"event: content_block_delta\ndata: {{{garbage\n\n"));
+
+    // HTML instead of a message.
+    server.set_config(MockConfig {
+        failure: Failure::HtmlAnswer,
+        ..anthropic_config(4)
+    });
+    let response = messages_post(&server, None, messages_body(json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .is_ok_and(|v| v.starts_with("text/html")));
+    assert_eq!(server.requests(), 5);
+}
+
+#[test]
+fn mock_command_parses_api_and_anthropic_flags() {
+    let config_of = |args: &[&str]| {
+        let cli = joule::cli::Cli::try_parse_from(args.iter().copied()).expect("parses");
+        match cli.command {
+            joule::cli::Command::Mock(args) => args.config().expect("valid flags"),
+            _ => panic!("not the mock command"),
+        }
+    };
+    let cfg = config_of(&["joule", "mock", "--api", "anthropic", "--failure", "529", "--tool-use"]);
+    assert_eq!(cfg.api, MockApi::Anthropic);
+    assert_eq!(cfg.failure, Failure::Overloaded);
+    assert!(cfg.tool_use);
+    let cfg = config_of(&["joule", "mock"]);
+    assert_eq!(cfg.api, MockApi::OpenAi);
+    assert!(!cfg.tool_use);
+    assert_eq!(config_of(&["joule", "mock", "--api", "OpenAI"]).api, MockApi::OpenAi);
+    assert!(joule::cli::Cli::try_parse_from(["joule", "mock", "--api", "gemini"]).is_err());
+    assert_eq!("anthropic".parse::<MockApi>(), Ok(MockApi::Anthropic));
+    assert_eq!(MockApi::Anthropic.to_string(), "anthropic");
 }

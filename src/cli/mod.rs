@@ -45,7 +45,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run the gateway with simulated GPU backends and a demo catalog (offline).
     Demo(serve::DemoArgs),
-    /// Run one simulated OpenAI-compatible GPU backend (for tests and benchmarks).
+    /// Run one simulated OpenAI- or Anthropic-compatible GPU backend (for tests and benchmarks).
     Mock(serve::MockArgs),
     /// Print the SHA-256 to put in `[[keys]] sha256` for an API key.
     HashKey(serve::HashKeyArgs),

@@ -59,13 +59,33 @@ pub struct MockArgs {
     tokens_per_s: f64,
     #[arg(long, default_value_t = 16)]
     tokens: u32,
-    /// none | refuse | 500 | 429[:secs] | slow-headers:MS | drop:N | garbage:N | html | empty |
-    /// truncate:N | silent-body
+    /// none | refuse | 500 | 429[:secs] | 529 | slow-headers:MS | drop:N | garbage:N | html |
+    /// empty | truncate:N | silent-body | endless-event:N
     #[arg(long, default_value = "none")]
     failure: String,
-    /// Require `Authorization: Bearer <this>`.
+    /// Require this key: `Authorization: Bearer <key>` (openai) or `x-api-key: <key>`
+    /// (anthropic).
     #[arg(long)]
     require_bearer: Option<String>,
+    /// The API to speak: openai (`POST /v1/chat/completions`) or anthropic
+    /// (`POST /v1/messages`).
+    #[arg(long, default_value = "openai")]
+    api: crate::mock::MockApi,
+    /// Anthropic: answer with a `tool_use` block whenever the request offers tools.
+    #[arg(long)]
+    tool_use: bool,
+}
+
+impl MockArgs {
+    /// The mock configuration these flags describe.
+    ///
+    /// # Errors
+    /// The failure mode does not parse.
+    pub fn config(self) -> anyhow::Result<crate::mock::MockConfig> {
+        let MockArgs { listen: _, ttft_ms, tokens_per_s, tokens, failure, require_bearer, api, tool_use } = self;
+        let failure = crate::mock::parse_failure(&failure).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(crate::mock::MockConfig { api, ttft_ms, tokens_per_s, tokens, failure, require_bearer, tool_use, ..Default::default() })
+    }
 }
 
 /// `joule hash-key`.
@@ -135,9 +155,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// # Errors
 /// The failure mode does not parse or the listener cannot bind.
 pub fn mock(args: MockArgs) -> anyhow::Result<()> {
-    let MockArgs { listen, ttft_ms, tokens_per_s, tokens, failure, require_bearer } = args;
-    let failure = crate::mock::parse_failure(&failure).map_err(|e| anyhow::anyhow!(e))?;
-    let cfg = crate::mock::MockConfig { ttft_ms, tokens_per_s, tokens, failure, require_bearer, ..Default::default() };
+    let listen = args.listen;
+    let cfg = args.config()?;
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     rt.block_on(async move {
         let server = crate::mock::MockServer::bind(listen, cfg).await.context("binding mock")?;

@@ -1,6 +1,7 @@
-//! Configuration of the mock upstream: how fast it "generates", how it frames SSE, whether it
-//! demands credentials, and which failure it simulates. Also owns the CLI-friendly parsers
-//! ([`parse_failure`], [`SseFraming`]'s `FromStr`) used by `joule mock`.
+//! Configuration of the mock upstream: which API it speaks, how fast it "generates", how it
+//! frames SSE, whether it demands credentials, and which failure it simulates. Also owns the
+//! CLI-friendly parsers ([`parse_failure`], the `FromStr` of [`SseFraming`] and of
+//! [`MockApi`]) used by `joule mock`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +11,8 @@ use std::str::FromStr;
 /// next request on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MockConfig {
+    /// The API the mock speaks: OpenAI chat completions, or Anthropic messages.
+    pub api: MockApi,
     /// Delay before the first content token (streaming) or before the whole response
     /// (non-streaming), in milliseconds.
     pub ttft_ms: u64,
@@ -27,20 +30,26 @@ pub struct MockConfig {
     /// with `\n`, and the split is made after a `,` outside any string, so the result is still
     /// valid JSON).
     pub multiline_data: bool,
-    /// If set, every request must carry `Authorization: Bearer <this>`; otherwise it gets an
-    /// OpenAI-shaped 401.
+    /// If set, every request must carry this key — as `Authorization: Bearer <key>` with
+    /// [`MockApi::OpenAi`], as `x-api-key: <key>` with [`MockApi::Anthropic`]; otherwise it gets
+    /// a 401 in the API's error shape.
     pub require_bearer: Option<String>,
-    /// Model ids listed by `GET /v1/models`. Chat completions accept any model regardless.
+    /// Model ids listed by `GET /v1/models`. Generation accepts any model regardless.
     pub models: Vec<String>,
-    /// If set, the `usage` object reported (non-stream body and final stream chunk) instead of
-    /// the real counts — e.g. `{"prompt_tokens": 18446744073709551615, …}`, to test that joule
+    /// If set, the `usage` object reported (non-stream body and final stream chunk; with
+    /// [`MockApi::Anthropic`], the usage of `message_start` and `message_delta`) instead of the
+    /// real counts — e.g. `{"prompt_tokens": 18446744073709551615, …}`, to test that joule
     /// treats upstream numbers as untrusted.
     pub reported_usage: Option<serde_json::Value>,
+    /// [`MockApi::Anthropic`] only: answer with a `tool_use` block whenever the request offers
+    /// `tools` (and its `tool_choice` is not `none`), as if `tool_choice` forced a tool.
+    pub tool_use: bool,
 }
 
 impl Default for MockConfig {
     fn default() -> Self {
         Self {
+            api: MockApi::OpenAi,
             ttft_ms: 20,
             tokens_per_s: 200.0,
             tokens: 16,
@@ -51,15 +60,51 @@ impl Default for MockConfig {
             require_bearer: None,
             models: vec!["mock-model".to_owned()],
             reported_usage: None,
+            tool_use: false,
         }
+    }
+}
+
+/// The API a [`MockServer`](super::MockServer) speaks. Each answers only its own routes: the
+/// other API's generation path is a 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MockApi {
+    /// OpenAI: `POST /v1/chat/completions`, `Authorization: Bearer`, OpenAI-shaped errors.
+    #[default]
+    OpenAi,
+    /// Anthropic: `POST /v1/messages`, `x-api-key` and `anthropic-version` headers,
+    /// `{"type":"error",…}` errors, named SSE events.
+    Anthropic,
+}
+
+impl FromStr for MockApi {
+    type Err = String;
+
+    /// Accepts `openai` or `anthropic` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "openai" => Ok(Self::OpenAi),
+            "anthropic" => Ok(Self::Anthropic),
+            other => Err(format!("unknown API `{other}`; expected openai|anthropic")),
+        }
+    }
+}
+
+impl fmt::Display for MockApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+        })
     }
 }
 
 /// A failure mode of the mock upstream.
 ///
 /// [`Failure::Refuse`] acts on connections (and on any request arriving on an already open
-/// one); the other modes act on `POST /v1/chat/completions` only, after authentication and
-/// after the body has been parsed as JSON.
+/// one); the other modes act on the generation route only (`POST /v1/chat/completions`, or
+/// `POST /v1/messages` with [`MockApi::Anthropic`]), after authentication and after the body
+/// has been checked. Error bodies, streams and garbage take the shape of the configured API.
 ///
 /// The `Display` form is the one [`parse_failure`] accepts, so the two round-trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,27 +114,32 @@ pub enum Failure {
     None,
     /// Accept the TCP connection, then close it at once without a response.
     Refuse,
-    /// Answer 500 with an OpenAI-shaped error body.
+    /// Answer 500 with an error body (`api_error` in Anthropic mode).
     Status500,
-    /// Answer 429 with a `retry-after` header and an OpenAI-shaped error body.
+    /// Answer 429 with a `retry-after` header and an error body (`rate_limit_error`).
     Status429 {
         /// Value of the `retry-after` header, in seconds.
         retry_after_s: u64,
     },
+    /// Answer 529, Anthropic's "overloaded" status, with an `overloaded_error` body (in OpenAI
+    /// mode an OpenAI-shaped `server_error` body).
+    Overloaded,
     /// Wait before sending the response headers, then respond normally.
     SlowHeaders {
         /// Extra delay before the response headers, in milliseconds.
         delay_ms: u64,
     },
-    /// Streaming: send the headers, the role chunk and `after_tokens` content chunks, then drop
+    /// Streaming: send the headers, the opening events (role chunk; or `message_start`,
+    /// `content_block_start` and `ping`) and `after_tokens` content events, then drop
     /// the connection (no finish chunk, no `[DONE]`, no terminating HTTP chunk).
     /// Non-streaming: drop the connection right after the response headers.
     DropMidStream {
         /// Content chunks sent before the connection is dropped.
         after_tokens: u32,
     },
-    /// Streaming: after `after_tokens` content chunks send a `data: {{{garbage` event, end the
-    /// HTTP body and close the connection (announced with `connection: close`).
+    /// Streaming: after `after_tokens` content chunks send a `data: {{{garbage` event (named
+    /// `content_block_delta` in Anthropic mode), end the HTTP body and close the connection
+    /// (announced with `connection: close`).
     /// Non-streaming: a 200 whose body is `{{{garbage`.
     GarbageSse {
         /// Content chunks sent before the garbage event.
@@ -122,7 +172,7 @@ pub enum Failure {
 const DEFAULT_RETRY_AFTER_S: u64 = 1;
 
 /// Parses a failure mode from its CLI form:
-/// `none | refuse | 500 | 429[:SECS] | slow-headers:MS | drop:N | garbage:N | html | empty |
+/// `none | refuse | 500 | 429[:SECS] | 529 | slow-headers:MS | drop:N | garbage:N | html | empty |
 /// truncate:N | silent-body | endless-event:N`
 /// (case-insensitive; `429` alone means `retry-after: 1`).
 pub fn parse_failure(s: &str) -> Result<Failure, String> {
@@ -153,6 +203,7 @@ pub fn parse_failure(s: &str) -> Result<Failure, String> {
                 Some(_) => number("seconds")?,
             },
         }),
+        "529" => no_arg(Failure::Overloaded),
         "slow-headers" => Ok(Failure::SlowHeaders {
             delay_ms: number("milliseconds")?,
         }),
@@ -172,7 +223,7 @@ pub fn parse_failure(s: &str) -> Result<Failure, String> {
             after_tokens: count("token count")?,
         }),
         other => Err(format!(
-            "unknown failure `{other}`; expected none|refuse|500|429[:secs]|slow-headers:MS|drop:N|garbage:N|html|empty|truncate:N|silent-body|endless-event:N"
+            "unknown failure `{other}`; expected none|refuse|500|429[:secs]|529|slow-headers:MS|drop:N|garbage:N|html|empty|truncate:N|silent-body|endless-event:N"
         )),
     }
 }
@@ -192,6 +243,7 @@ impl fmt::Display for Failure {
             Self::Refuse => f.write_str("refuse"),
             Self::Status500 => f.write_str("500"),
             Self::Status429 { retry_after_s } => write!(f, "429:{retry_after_s}"),
+            Self::Overloaded => f.write_str("529"),
             Self::SlowHeaders { delay_ms } => write!(f, "slow-headers:{delay_ms}"),
             Self::DropMidStream { after_tokens } => write!(f, "drop:{after_tokens}"),
             Self::GarbageSse { after_tokens } => write!(f, "garbage:{after_tokens}"),

@@ -435,6 +435,8 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        // Not in the IANA registry: Anthropic's "overloaded".
+        529 => "Overloaded",
         _ => "Unknown",
     }
 }

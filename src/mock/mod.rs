@@ -1,8 +1,9 @@
-//! An in-process mock of an OpenAI-compatible GPU backend, for integration tests, benchmarks
-//! and the demo (`joule mock`).
+//! An in-process mock of an OpenAI- or Anthropic-compatible GPU backend, for integration
+//! tests, benchmarks and the demo (`joule mock`, `--api openai|anthropic`).
 //!
 //! The server speaks HTTP/1.1 directly on tokio TCP (optionally under rustls) with `httparse`,
-//! so every byte on the wire — including broken ones — is under the test's control:
+//! so every byte on the wire — including broken ones — is under the test's control. With
+//! [`MockApi::OpenAi`] (the default):
 //!
 //! - `POST /v1/chat/completions`: a `chat.completion`, or with `"stream": true` an SSE stream
 //!   of `chat.completion.chunk` events (role chunk, one chunk per token, finish chunk, usage
@@ -11,9 +12,20 @@
 //! - `GET /v1/models`: the list of [`MockConfig::models`];
 //! - anything else: an OpenAI-shaped 404.
 //!
-//! [`Failure`] injects refused connections, error statuses, slow headers, streams dropped
-//! mid-way, garbage events, and unusable answers (HTML, empty, truncated, headers then
-//! silence). Every request is recorded ([`MockServer::last_request`]) so tests
+//! With [`MockApi::Anthropic`]:
+//!
+//! - `POST /v1/messages` (`x-api-key` checked like the bearer above, `anthropic-version` and
+//!   `max_tokens` required): a `message` with one text block of the same tokens, cut at
+//!   `max_tokens` (`stop_reason` `max_tokens`), or a `tool_use` block when the request forces
+//!   a tool (or [`MockConfig::tool_use`]); with `"stream": true` the named events
+//!   `message_start`, `content_block_start`, `ping`, one `content_block_delta` per token paced
+//!   as above (`input_json_delta` pieces for a tool call), `content_block_stop`,
+//!   `message_delta`, `message_stop`;
+//! - `GET /v1/models`: Anthropic's model list; anything else: a 404 `not_found_error`.
+//!
+//! [`Failure`] injects refused connections, error statuses (500, 429, Anthropic's 529
+//! overloaded), slow headers, streams dropped mid-way, garbage events, and unusable answers
+//! (HTML, empty, truncated, headers then silence), with error bodies in the API's shape. Every request is recorded ([`MockServer::last_request`]) so tests
 //! can check byte-exact bodies and the credentials a gateway injected. [`TestCa`] issues
 //! certificates for upstreams over TLS.
 //!
@@ -28,12 +40,15 @@
 //! # Ok(()) }
 //! ```
 
+mod anthropic;
 mod config;
+mod error;
+mod generate;
 mod http;
 mod openai;
 mod server;
 mod tls;
 
-pub use config::{parse_failure, Failure, MockConfig, SseFraming};
+pub use config::{parse_failure, Failure, MockApi, MockConfig, SseFraming};
 pub use server::{MockServer, RecordedRequest};
 pub use tls::{TestCa, TlsError, TlsIdentity};

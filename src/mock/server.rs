@@ -1,6 +1,7 @@
 //! The mock server's lifecycle and shared state: binding, the accept loop (which owns every
-//! connection task, so dropping the server stops them all), the live configuration, the request
-//! counter and the last recorded request.
+//! connection task, so dropping the server stops them all), the connection loop with what every
+//! request goes through whichever API is spoken (recording, counting, refusal, the key check),
+//! the live configuration, the request counter and the last recorded request.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,11 +15,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use super::config::{Failure, MockConfig};
-use super::http::{self, Request};
-use super::openai;
-use super::tls::TlsIdentity;
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::config::{Failure, MockApi, MockConfig};
+use super::error::{ApiError, CONTENT_TYPE_JSON};
+use super::generate::Next;
+use super::http::{self, Conn, Request};
+use super::tls::TlsIdentity;
+use super::{anthropic, openai};
+
+/// Both APIs list their models here (in their own shapes).
+const MODELS_PATH: &str = "/v1/models";
 /// How long a TLS client may take to complete its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -78,7 +85,7 @@ impl Shared {
         self.config.load_full()
     }
 
-    /// Counts one chat-completion request (or one refused connection).
+    /// Counts one generation request (or one refused connection).
     pub(crate) fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -93,7 +100,7 @@ impl Shared {
     }
 }
 
-/// An in-process, OpenAI-compatible upstream listening on a local port. Dropping it (or calling
+/// An in-process OpenAI- or Anthropic-compatible upstream listening on a local port. Dropping it (or calling
 /// [`shutdown`](Self::shutdown)) stops the listener and every open connection.
 #[derive(Debug)]
 pub struct MockServer {
@@ -152,8 +159,10 @@ impl MockServer {
         self.addr
     }
 
-    /// The OpenAI base URL: `http://127.0.0.1:PORT/v1`, or `https://localhost:PORT/v1` for TLS
+    /// The base URL: `http://127.0.0.1:PORT/v1`, or `https://localhost:PORT/v1` for TLS
     /// (matching the names [`TestCa::issue_localhost`](super::TestCa::issue_localhost) covers).
+    /// Both APIs live under it: `{base_url}/chat/completions`, or `{base_url}/messages` with
+    /// [`MockApi::Anthropic`].
     pub fn base_url(&self) -> String {
         let port = self.addr.port();
         if self.tls {
@@ -176,7 +185,8 @@ impl MockServer {
         MockConfig::clone(&self.shared.config())
     }
 
-    /// Number of chat-completion requests received, including those answered with a failure;
+    /// Number of generation requests received (`POST /v1/chat/completions`, or
+    /// `POST /v1/messages` with [`MockApi::Anthropic`]), including those answered with a failure;
     /// with [`Failure::Refuse`], every refused connection counts as one.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -233,13 +243,117 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, tls: Option<TlsAcceptor>)
         tracing::debug!(error = %e, "mock upstream: set_nodelay failed");
     }
     match tls {
-        None => openai::serve_connection(stream, &shared).await,
+        None => serve_connection(stream, &shared).await,
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => openai::serve_connection(stream, &shared).await,
+                Ok(Ok(stream)) => serve_connection(stream, &shared).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "mock upstream: TLS handshake failed"),
                 Err(_) => tracing::debug!("mock upstream: TLS handshake timed out"),
             }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on one connection until the client leaves, a response requires
+/// closing, or the transport fails. The API is read from the configuration at each request, so
+/// [`MockServer::set_config`] may switch it between requests.
+async fn serve_connection<S>(io: S, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Conn::new(io);
+    loop {
+        let request = match conn.read_request().await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "mock upstream: unreadable request");
+                if let Some(status) = e.status() {
+                    let error = ApiError::invalid_request(status, e.to_string());
+                    let api = shared.config().api;
+                    if error.send(&mut conn, api, &[], false).await.is_ok() {
+                        close(&mut conn).await;
+                    }
+                }
+                return;
+            }
+        };
+        let cfg = shared.config();
+        match respond(&mut conn, &request, &cfg, shared).await {
+            Ok(Next::KeepAlive) if request.keep_alive => {}
+            Ok(Next::KeepAlive | Next::Close) => return close(&mut conn).await,
+            Ok(Next::Abort) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "mock upstream: connection failed");
+                return;
+            }
+        }
+    }
+}
+
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>) {
+    if let Err(e) = conn.shutdown().await {
+        tracing::debug!(error = %e, "mock upstream: shutdown failed");
+    }
+}
+
+/// Records and counts the request, applies [`Failure::Refuse`] and the key check, then routes
+/// it: the configured API's generation path, `GET /v1/models`, or a 404 in the API's shape.
+async fn respond<S>(
+    conn: &mut Conn<S>,
+    request: &Request,
+    cfg: &MockConfig,
+    shared: &Shared,
+) -> io::Result<Next>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let generation_path = match cfg.api {
+        MockApi::OpenAi => openai::CHAT_PATH,
+        MockApi::Anthropic => anthropic::MESSAGES_PATH,
+    };
+    if request.method == "POST" && request.path() == generation_path {
+        shared.count_request();
+    }
+    shared.record(request);
+    if cfg.failure == Failure::Refuse {
+        return Ok(Next::Abort);
+    }
+    if let Some(expected) = &cfg.require_bearer {
+        let key = match cfg.api {
+            MockApi::OpenAi => openai::credential(request),
+            MockApi::Anthropic => anthropic::credential(request),
+        };
+        if key != Some(expected.as_str()) {
+            ApiError::authentication(cfg.api)
+                .send(conn, cfg.api, &[], request.keep_alive)
+                .await?;
+            return Ok(Next::KeepAlive);
+        }
+    }
+    let keep_alive = request.keep_alive;
+    match (request.method.as_str(), request.path()) {
+        ("POST", path) if path == generation_path => match cfg.api {
+            MockApi::OpenAi => openai::chat(conn, request, cfg).await,
+            MockApi::Anthropic => anthropic::messages(conn, request, cfg).await,
+        },
+        // No `anthropic-version` check on the listing: health probes list models with whatever
+        // headers they were given, and the listing does not depend on the version.
+        ("GET", MODELS_PATH) => {
+            let models = match cfg.api {
+                MockApi::OpenAi => openai::models(cfg),
+                MockApi::Anthropic => anthropic::models(cfg),
+            };
+            let body = models.to_string();
+            let response = http::full_response(200, &[CONTENT_TYPE_JSON], body.as_bytes(), keep_alive);
+            conn.write(&response).await?;
+            Ok(Next::KeepAlive)
+        }
+        (method, _) => {
+            ApiError::unknown_url(method, &request.target)
+                .send(conn, cfg.api, &[], keep_alive)
+                .await?;
+            Ok(Next::KeepAlive)
         }
     }
 }
