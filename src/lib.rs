@@ -18,6 +18,7 @@ pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod store;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
 
