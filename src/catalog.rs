@@ -75,6 +75,18 @@ pub struct Provider {
     pub ca_file: Option<PathBuf>,
     /// Fraction added to list prices (default 0.05).
     pub routing_fee: f64,
+    /// The wire format it speaks.
+    pub api: ProviderApi,
+}
+
+/// The wire format of a provider's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderApi {
+    /// OpenAI chat completions at `{base_url}/chat/completions`, `Authorization: Bearer`.
+    OpenAi,
+    /// Anthropic Messages at `{base_url}/messages`, `x-api-key` and `anthropic-version`
+    /// (default `2023-06-01`); requests and answers are translated (`crate::translate`).
+    Anthropic { version: String },
 }
 
 /// Where a deployment runs.
@@ -96,6 +108,9 @@ pub enum DeploymentKind {
         /// Index into [`Catalog::providers`].
         provider: usize,
         list_price: TokenPrice,
+        /// `max_tokens` sent when the client names none, for APIs that require it
+        /// (Anthropic). Default 4096.
+        default_max_tokens: u32,
     },
 }
 
@@ -218,7 +233,7 @@ impl Catalog {
                 TokenPrice { input: base_price.input.max(floor.input), output: base_price.output.max(floor.output) },
                 TokenPrice::default(),
             ),
-            DeploymentKind::Provider { provider, list_price } => {
+            DeploymentKind::Provider { provider, list_price, .. } => {
                 let rate = self.providers.get(*provider).map_or(0.0, |p| p.routing_fee);
                 (
                     TokenPrice { input: list_price.input * (1.0 + rate), output: list_price.output * (1.0 + rate) },

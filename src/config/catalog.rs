@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::problems::{resolve, Env, Problems};
 use crate::catalog::{
-    Catalog, Category, DataCenter, Deployment, DeploymentKind, GpuProfile, Model, Prior, Provider, TokenPrice,
+    Catalog, Category, DataCenter, Deployment, DeploymentKind, GpuProfile, Model, Prior, Provider, ProviderApi, TokenPrice,
 };
 
 /// `[[data_centers]]`: a site of ours.
@@ -41,6 +41,10 @@ pub struct RawProvider {
     pub ca_file: Option<String>,
     /// Fraction added to list prices, 0 to 1. Default 0.05.
     pub routing_fee: Option<f64>,
+    /// `openai` (default) or `anthropic`.
+    pub api: Option<String>,
+    /// `anthropic-version` header of an `anthropic` provider. Default `2023-06-01`.
+    pub anthropic_version: Option<String>,
 }
 
 /// `[[models]]`: a public model id and its deployments.
@@ -92,6 +96,9 @@ pub struct RawDeployment {
     /// Hosted: lowest $/Mtok when energy is negative. Default 0.
     pub floor_price_input: Option<f64>,
     pub floor_price_output: Option<f64>,
+    /// Provider route: `max_tokens` sent when the client names none, for APIs that require it
+    /// (Anthropic), > 0. Default 4096.
+    pub max_tokens: Option<u32>,
 }
 
 /// A GPU profile: every field required, > 0.
@@ -188,7 +195,26 @@ fn providers(p: &mut Problems, raw: &[RawProvider], base: &Path, env: Env<'_>) -
         if !(fee.is_finite() && (0.0..=1.0).contains(&fee)) {
             p.add(format!("{path}.routing_fee"), format!("must be between 0 and 1, got {fee}"));
         }
-        out.push(Provider { id: pr.id.clone(), base_url, api_key, ca_file, routing_fee: fee });
+        let api = match pr.api.as_deref() {
+            None | Some("openai") => {
+                if pr.anthropic_version.is_some() {
+                    p.add(format!("{path}.anthropic_version"), "only for api = \"anthropic\"");
+                }
+                ProviderApi::OpenAi
+            }
+            Some("anthropic") => {
+                let version = pr.anthropic_version.clone().unwrap_or_else(|| "2023-06-01".into());
+                if version.is_empty() || !version.bytes().all(|b| b.is_ascii_graphic()) {
+                    p.add(format!("{path}.anthropic_version"), "must be a non-empty header value without spaces");
+                }
+                ProviderApi::Anthropic { version }
+            }
+            Some(other) => {
+                p.add(format!("{path}.api"), format!("unknown API `{other}`; expected openai or anthropic"));
+                ProviderApi::OpenAi
+            }
+        };
+        out.push(Provider { id: pr.id.clone(), base_url, api_key, ca_file, routing_fee: fee, api });
     }
     out
 }
@@ -283,6 +309,9 @@ fn hosted(p: &mut Problems, dpath: &str, dc: &str, d: &RawDeployment, scope: &Sc
             None
         }
     };
+    if d.max_tokens.is_some() {
+        p.add(format!("{dpath}.max_tokens"), "is for provider routes (an API that requires max_tokens)");
+    }
     if d.list_price_input.is_some() || d.list_price_output.is_some() {
         p.add(dpath, "list_price_* is for provider routes; hosted deployments use base_price_*");
     }
@@ -333,5 +362,8 @@ fn provider_route(p: &mut Problems, dpath: &str, pr: &str, d: &RawDeployment, sc
         input: p.price(&format!("{dpath}.list_price_input"), d.list_price_input),
         output: p.price(&format!("{dpath}.list_price_output"), d.list_price_output),
     };
-    DeploymentKind::Provider { provider: idx.unwrap_or(0), list_price }
+    if d.max_tokens == Some(0) {
+        p.add(format!("{dpath}.max_tokens"), "must be > 0");
+    }
+    DeploymentKind::Provider { provider: idx.unwrap_or(0), list_price, default_max_tokens: d.max_tokens.unwrap_or(4096) }
 }

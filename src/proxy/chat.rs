@@ -66,6 +66,7 @@ pub async fn handle(
         max_answer_bytes: limits.max_answer_bytes,
         ttft_timeout: model.ttft_timeout.unwrap_or(limits.first_byte_timeout),
         request_id: &rec.request_id,
+        anthropic_beta: head.anthropic_beta.as_deref(),
     };
     let answer = match upstream::send(&route, &decision, &req, &body, &mut on_failure).await {
         Ok(a) => a,

@@ -200,6 +200,8 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     /// `x-joule-explain: 1`: answer with the route decision in `x-joule-explain`.
     pub explain: bool,
+    /// `anthropic-beta`, passed on to Anthropic providers.
+    pub anthropic_beta: Option<String>,
 }
 
 /// A response status line and headers.

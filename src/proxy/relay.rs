@@ -14,6 +14,7 @@ use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
 use crate::pricing::cost::{insert_cost, remove_cost, Cost};
 use crate::routing::RouteDecision;
+use crate::upstream::decode::StreamBroken;
 use crate::upstream::{Answer, AnswerBody};
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
@@ -61,6 +62,13 @@ fn record_usage(usage: Usage, rec: &mut Record) -> Option<(u64, u64)> {
             tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), "upstream reported invalid usage");
             None
         }
+    }
+}
+
+fn broken_flow(broken: StreamBroken) -> Flow {
+    match broken {
+        StreamBroken::Malformed => Flow::Failed("The upstream sent a malformed event stream.", "upstream_stream_invalid"),
+        StreamBroken::UpstreamError => Flow::Failed("The upstream reported an error mid-stream.", "upstream_stream_error"),
     }
 }
 
@@ -146,7 +154,7 @@ pub async fn relay(
         rec.first_token_at = Some(first);
         rec.ttft = Some(first.duration_since(answer.sent_at));
     }
-    let (mut prefetched, mut parser, mut rest) = match answer.body {
+    let (mut prefetched, mut decoder, mut rest) = match answer.body {
         AnswerBody::Full { mut bytes, doc } => {
             // Non-stream answer (or an upstream error document for a stream request), read
             // and parsed whole by `upstream::send`: nothing can fail here but the client.
@@ -166,7 +174,7 @@ pub async fn relay(
             io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
             return io.send_body(bytes, true).await;
         }
-        AnswerBody::Stream { prefetched, parser, rest } => (prefetched, parser, rest),
+        AnswerBody::Stream { prefetched, decoder, rest } => (prefetched, decoder, rest),
     };
 
     headers.push(("content-type", "text/event-stream".into()));
@@ -186,7 +194,10 @@ pub async fn relay(
             }
             Ok(None) => {
                 prefetched.clear();
-                parser.finish(&mut prefetched);
+                if let Err(broken) = decoder.finish(&mut prefetched) {
+                    flow = broken_flow(broken);
+                    break;
+                }
                 flow = match forward_items(&prefetched, req, &quote, io, rec).await? {
                     Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
                     other => other,
@@ -196,8 +207,12 @@ pub async fn relay(
             Ok(Some(Ok(chunk))) => chunk,
         };
         prefetched.clear();
-        if parser.feed(&chunk, &mut prefetched).is_err() {
-            flow = Flow::Failed("The upstream sent a malformed event stream.", "upstream_stream_invalid");
+        if let Err(broken) = decoder.feed(&chunk, &mut prefetched) {
+            // What converted before the break is forwarded first.
+            flow = match forward_items(&prefetched, req, &quote, io, rec).await? {
+                Flow::Continue => broken_flow(broken),
+                other => other,
+            };
             break;
         }
         flow = forward_items(&prefetched, req, &quote, io, rec).await?;

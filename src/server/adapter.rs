@@ -111,6 +111,7 @@ fn request_head(session: &Session) -> RequestHead {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok()),
         explain: req.headers.get("x-joule-explain").is_some_and(|v| v.as_bytes() == b"1"),
+        anthropic_beta: req.headers.get("anthropic-beta").and_then(|v| v.to_str().ok()).map(str::to_string),
     }
 }
 

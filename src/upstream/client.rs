@@ -83,7 +83,11 @@ impl Clients {
             let mut urls = Vec::with_capacity(m.deployments.len());
             for d in &m.deployments {
                 let (base, _) = catalog.endpoint_of(d);
-                let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+                let path = match catalog.provider_of(d).map(|p| &p.api) {
+                    Some(crate::catalog::ProviderApi::Anthropic { .. }) => "messages",
+                    _ => "chat/completions",
+                };
+                let url = reqwest::Url::parse(&format!("{base}/{path}"))
                     .map_err(|e| ClientError::Url { deployment: d.id.clone(), detail: e.to_string() })?;
                 urls.push(url);
             }

@@ -10,6 +10,7 @@
 //! reported to the caller, which records it (`proxy::observe`).
 
 pub mod client;
+pub mod decode;
 pub mod probe;
 
 use std::sync::Arc;
@@ -22,8 +23,11 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
 use crate::api::chat::{classify, read_doc, ChatRequest, Chunk, StreamEvent};
 use crate::api::error::ApiError;
-use crate::api::sse::{SseItem, SseParser};
-use crate::catalog::{Catalog, Model};
+use crate::api::sse::SseItem;
+use crate::catalog::{Catalog, DeploymentKind, Model, ProviderApi};
+use crate::translate::anthropic::{self, StreamConverter};
+use crate::translate::TranslateError;
+use decode::StreamDecoder;
 use crate::routing::RouteDecision;
 use crate::telemetry::{Admission, DeploymentStats, InFlightGuard, Telemetry};
 pub use client::Clients;
@@ -67,6 +71,9 @@ pub enum AttemptFailure {
     Connect,
     /// No response headers within the first-byte timeout.
     Timeout,
+    /// The request cannot be said in this deployment's API (a parameter Anthropic has no
+    /// equivalent for): the client's doing, not the deployment's — not counted against it.
+    Untranslatable(TranslateError),
     /// The upstream answered 429 or 5xx.
     Status { code: u16, retry_after: Option<u64> },
     /// A stream produced no content token within the model's TTFT timeout.
@@ -91,6 +98,7 @@ impl AttemptFailure {
         match self {
             AttemptFailure::Connect => "connect",
             AttemptFailure::Timeout => "timeout",
+            AttemptFailure::Untranslatable(_) => "untranslatable",
             AttemptFailure::Status { code: 429, .. } => "status_429",
             AttemptFailure::Status { .. } => "status_5xx",
             AttemptFailure::TtftTimeout => "ttft_timeout",
@@ -106,6 +114,7 @@ impl AttemptFailure {
         match self {
             AttemptFailure::Connect => "connection failed".into(),
             AttemptFailure::Timeout => "no response in time".into(),
+            AttemptFailure::Untranslatable(e) => e.to_string(),
             AttemptFailure::Status { code, .. } => format!("HTTP {code}"),
             AttemptFailure::TtftTimeout => "no first token in time".into(),
             AttemptFailure::EarlyStreamFailure => "stream failed before the first token".into(),
@@ -138,7 +147,7 @@ pub enum AnswerBody {
     Full { bytes: Bytes, doc: Option<Chunk> },
     /// An SSE stream: the events read before the first content token (held back until the
     /// deployment proved it answers), and the rest of the stream.
-    Stream { prefetched: Vec<SseItem>, parser: SseParser, rest: BoxStream<'static, reqwest::Result<Bytes>> },
+    Stream { prefetched: Vec<SseItem>, decoder: StreamDecoder, rest: BoxStream<'static, reqwest::Result<Bytes>> },
 }
 
 /// The upstream that answered.
@@ -174,6 +183,8 @@ pub struct Route<'a> {
     /// Limit on the first content token of a stream, from sending the request.
     pub ttft_timeout: Duration,
     pub request_id: &'a str,
+    /// The client's `anthropic-beta` header, passed to Anthropic providers.
+    pub anthropic_beta: Option<&'a str>,
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
@@ -226,14 +237,27 @@ pub async fn send(
             Err(f) => f,
         };
         let attempt = Attempt { deployment: cand.deployment, failure, elapsed: sent_at.elapsed() };
-        tracing::warn!(request_id = route.request_id, deployment = %dep.id, failure = attempt.failure.describe(), "upstream attempt failed");
-        on_failure(&attempt);
+        if !matches!(attempt.failure, AttemptFailure::Untranslatable(_)) {
+            tracing::warn!(request_id = route.request_id, deployment = %dep.id, failure = attempt.failure.describe(), "upstream attempt failed");
+            on_failure(&attempt);
+        }
         attempts.push(attempt);
     }
     Err(all_failed(route.model, &attempts))
 }
 
 type AttemptOk = (u16, String, AnswerBody, Option<Instant>);
+
+/// How one deployment is spoken to.
+enum Wire<'a> {
+    OpenAi,
+    /// Anthropic Messages; `forced_json_tool` when `response_format` became a forced tool.
+    Anthropic { version: &'a str, forced_json_tool: Option<String> },
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0)
+}
 
 async fn attempt(
     route: &Route<'_>,
@@ -245,6 +269,17 @@ async fn attempt(
 ) -> Result<AttemptOk, AttemptFailure> {
     let (_, key) = route.catalog.endpoint_of(dep);
     let url = route.clients.chat_url(route.model_index, index).ok_or(AttemptFailure::Connect)?;
+    let (wire, upstream_body) = match route.catalog.provider_of(dep).map(|p| &p.api) {
+        Some(ProviderApi::Anthropic { version }) => {
+            let max_tokens = match dep.kind {
+                DeploymentKind::Provider { default_max_tokens, .. } => default_max_tokens,
+                DeploymentKind::Hosted { .. } => 4096,
+            };
+            let r = anthropic::request_to_anthropic(body, &dep.upstream_model, max_tokens).map_err(AttemptFailure::Untranslatable)?;
+            (Wire::Anthropic { version, forced_json_tool: r.forced_json_tool }, r.body)
+        }
+        _ => (Wire::OpenAi, request.upstream_body(body, &dep.upstream_model)),
+    };
     let mut rb = route
         .clients
         .for_deployment(dep)
@@ -252,9 +287,22 @@ async fn attempt(
         .header(CONTENT_TYPE, "application/json")
         .header(ACCEPT, if request.stream { "text/event-stream" } else { "application/json" })
         .header("x-request-id", route.request_id)
-        .body(request.upstream_body(body, &dep.upstream_model));
-    if let Some(k) = key {
-        rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+        .body(upstream_body);
+    match &wire {
+        Wire::OpenAi => {
+            if let Some(k) = key {
+                rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+            }
+        }
+        Wire::Anthropic { version, .. } => {
+            rb = rb.header("anthropic-version", *version);
+            if let Some(k) = key {
+                rb = rb.header("x-api-key", k.expose());
+            }
+            if let Some(beta) = route.anthropic_beta {
+                rb = rb.header("anthropic-beta", beta);
+            }
+        }
     }
     let resp = match tokio::time::timeout(route.first_byte_timeout, rb.send()).await {
         Err(_) => return Err(AttemptFailure::Timeout),
@@ -280,6 +328,18 @@ async fn attempt(
     if !(request.stream && sse) {
         let deadline = tokio::time::Instant::from_std(sent_at + route.request_timeout);
         let bytes = read_answer(resp, route.max_answer_bytes, deadline).await?;
+        let (bytes, content_type) = match &wire {
+            Wire::OpenAi => (bytes, content_type),
+            Wire::Anthropic { forced_json_tool, .. } => {
+                let converted = if success {
+                    anthropic::response_from_anthropic(&bytes, forced_json_tool.as_deref(), unix_now())
+                        .map_err(|_| AttemptFailure::UnreadableAnswer)?
+                } else {
+                    anthropic::error_from_anthropic(status, &bytes)
+                };
+                (Bytes::from(converted), "application/json".to_string())
+            }
+        };
         let doc = parse_answer(&bytes, success)?;
         return Ok((status, content_type, AnswerBody::Full { bytes, doc }, None));
     }
@@ -287,7 +347,10 @@ async fn attempt(
     // has seen nothing and another deployment can still take over.
     let deadline = tokio::time::Instant::from_std(sent_at + route.ttft_timeout);
     let mut rest = resp.bytes_stream().boxed();
-    let mut parser = SseParser::default();
+    let mut decoder = match wire {
+        Wire::OpenAi => StreamDecoder::openai(),
+        Wire::Anthropic { forced_json_tool, .. } => StreamDecoder::anthropic(StreamConverter::new(unix_now(), forced_json_tool)),
+    };
     let mut prefetched = Vec::new();
     // Complete events held back are bounded like one event (the unfinished one is bounded by
     // the parser): an upstream that streams endless events without content (role-only
@@ -300,7 +363,7 @@ async fn attempt(
             Ok(Some(Ok(c))) => c,
         };
         let before = prefetched.len();
-        if parser.feed(&chunk, &mut prefetched).is_err() {
+        if decoder.feed(&chunk, &mut prefetched).is_err() {
             return Err(AttemptFailure::EarlyStreamFailure);
         }
         for item in &prefetched[before..] {
@@ -310,18 +373,18 @@ async fn attempt(
             };
             let SseItem::Event { data, .. } = item else { continue };
             match classify(data) {
-                StreamEvent::Done => return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None)),
+                StreamEvent::Done => return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder, rest }, None)),
                 StreamEvent::Malformed => return Err(AttemptFailure::EarlyStreamFailure),
                 StreamEvent::Chunk(c) if c.error => return Err(AttemptFailure::EarlyStreamFailure),
                 StreamEvent::Chunk(c) if c.content => {
                     let first = Some(Instant::now());
-                    return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, first));
+                    return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder, rest }, first));
                 }
                 StreamEvent::Chunk(_) => {}
             }
         }
         if held > crate::api::sse::DEFAULT_MAX_EVENT {
-            return Ok((status, content_type, AnswerBody::Stream { prefetched, parser, rest }, None));
+            return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder, rest }, None));
         }
     }
 }
@@ -362,6 +425,17 @@ fn parse_answer(bytes: &[u8], success: bool) -> Result<Option<Chunk>, AttemptFai
 }
 
 fn all_failed(model: &Model, attempts: &[Attempt]) -> ApiError {
+    // A request no remaining deployment could even be sent to is the client's to fix: answer
+    // as the provider would, 400 naming the parameter.
+    if !attempts.is_empty() && attempts.iter().all(|a| matches!(a.failure, AttemptFailure::Untranslatable(_))) {
+        if let Some(AttemptFailure::Untranslatable(e)) = attempts.first().map(|a| &a.failure) {
+            let code = match e {
+                TranslateError::Unsupported { .. } => Some("unsupported_parameter"),
+                _ => None,
+            };
+            return ApiError::InvalidRequest { message: e.to_string(), param: None, code };
+        }
+    }
     let detail: Vec<String> = attempts
         .iter()
         .map(|a| {

@@ -234,5 +234,6 @@ pub fn head(method: http::Method, path: &str, key: Option<&str>, content_length:
         authorization: key.map(|k| format!("Bearer {k}").into_bytes()),
         content_length: content_length.map(|n| n as u64),
         explain: false,
+        anthropic_beta: None,
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use joule::api::sse::{SseItem, SseParser};
 #[allow(unused_imports)]
-pub use joule::mock::{Failure, MockConfig, MockServer, SseFraming, TestCa};
+pub use joule::mock::{Failure, MockApi, MockConfig, MockServer, SseFraming, TestCa};
 pub use ports::free_port;
 
 pub const KEY: &str = "sk-test-client-key-0123456789";
