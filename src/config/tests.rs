@@ -387,3 +387,26 @@ fn max_answer_bytes() {
     assert_eq!(limit("[limits]\nmax_answer_bytes = 4096\n"), Some(4096));
     assert_eq!(problems(&format!("{base}[limits]\nmax_answer_bytes = 0\n")), ["limits.max_answer_bytes: must be > 0"]);
 }
+
+/// Provider wire formats: `api` is openai or anthropic, `anthropic_version` only for the
+/// latter (default 2023-06-01), a route's `max_tokens` > 0 and only on provider routes.
+#[test]
+fn provider_api_and_max_tokens() {
+    let text = |api: &str, version: &str, max: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:9\"]\n[[data_centers]]\nid = \"dc\"\nname = \"DC\"\n[[providers]]\nid = \"p\"\nbase_url = \"https://x/v1\"\n{api}{version}\n[[models]]\nid = \"m\"\ncategory = \"hosted\"\n[[models.deployments]]\nid = \"d\"\nprovider = \"p\"\nlist_price_input = 1\nlist_price_output = 1\n{max}\n[[models.deployments]]\nid = \"h\"\ndata_center = \"dc\"\nurl = \"http://127.0.0.1:1/v1\"\nbase_price_input = 1\nbase_price_output = 1\n"
+        )
+    };
+    let settings = parse(&text("api = \"anthropic\"\n", "", ""), Path::new(""), &|_| None).unwrap();
+    let p = &settings.catalog.providers[0];
+    assert_eq!(p.api, crate::catalog::ProviderApi::Anthropic { version: "2023-06-01".into() });
+    let d = &settings.catalog.models[0].deployments[0];
+    assert!(matches!(d.kind, crate::catalog::DeploymentKind::Provider { default_max_tokens: 4096, .. }));
+    assert_eq!(problems(&text("", "", "max_tokens = 100\n")), Vec::<String>::new());
+    assert_eq!(problems(&text("api = \"gemini\"\n", "", "")), ["providers[0].api: unknown API `gemini`; expected openai or anthropic"]);
+    assert_eq!(problems(&text("", "anthropic_version = \"2023-06-01\"\n", "")), ["providers[0].anthropic_version: only for api = \"anthropic\""]);
+    assert_eq!(
+        problems(&text("api = \"anthropic\"\n", "anthropic_version = \"a b\"\n", "max_tokens = 0\n")),
+        ["providers[0].anthropic_version: must be a non-empty header value without spaces", "models[0].deployments[0].max_tokens: must be > 0"]
+    );
+}
