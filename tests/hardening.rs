@@ -272,6 +272,7 @@ async fn an_endless_sse_event_is_capped() {
         assert_eq!(got.content_times().len(), 2, "the tokens before the endless event were forwarded");
     }
     let grown = gw.rss_kib().saturating_sub(before);
+    println!("{streams} endless-event streams capped: RSS +{grown} KiB");
     // 4 streams × (8 MiB event + 8 MiB joined data + read chunks), with allocator slack.
     assert!(grown < 160 * 1024, "RSS grew by {grown} KiB for {streams} capped streams");
     drop(gw);

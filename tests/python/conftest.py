@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 KEY = "sk-python-sdk-test-key"
+ANTHROPIC_KEY = "sk-ant-python-test"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -115,7 +116,7 @@ def wait_serving(ports: tuple[int, int], proc: subprocess.Popen, log: Path) -> b
     pytest.fail(f"joule not serving on {ports} after 30 s:\n{log.read_text()}")
 
 
-def gateway_config(port: int, admin: int, fast_url: str, failing_url: str) -> str:
+def gateway_config(port: int, admin: int, fast_url: str, failing_url: str, claude_busy_url: str, claude_url: str) -> str:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     return f"""
 [server]
@@ -151,6 +152,34 @@ upstream_model = "upstream-llama"
 base_price_input = 0.1
 base_price_output = 0.2
 
+# A Claude model behind two Anthropic-API providers (the mock in Anthropic mode); the cheaper
+# one is overloaded (529), so requests fail over to the other.
+[[providers]]
+id = "anthropic-busy"
+base_url = "{claude_busy_url}"
+api = "anthropic"
+[[providers]]
+id = "anthropic"
+base_url = "{claude_url}"
+api = "anthropic"
+api_key_env = "JOULE_PY_ANTHROPIC_KEY"
+
+[[models]]
+id = "claude-sdk"
+category = "third-party"
+[[models.deployments]]
+id = "claude-busy"
+provider = "anthropic-busy"
+upstream_model = "claude-sonnet-4"
+list_price_input = 1.0
+list_price_output = 5.0
+[[models.deployments]]
+id = "claude-ok"
+provider = "anthropic"
+upstream_model = "claude-sonnet-4"
+list_price_input = 3.0
+list_price_output = 15.0
+
 [[keys]]
 name = "sdk"
 sha256 = "{digest}"
@@ -161,18 +190,21 @@ sha256 = "{digest}"
 def gateway():
     fast, fast_url = start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8")
     failing, failing_url = start_mock("--failure", "500")
+    claude_busy, claude_busy_url = start_mock("--api", "anthropic", "--failure", "529")
+    claude, claude_url = start_mock("--api", "anthropic", "--tokens", "8", "--require-bearer", ANTHROPIC_KEY)
     tmp = Path(tempfile.mkdtemp(prefix="joule-py-"))
-    procs = [fast, failing]
+    procs = [fast, failing, claude_busy, claude]
     try:
         for _ in range(START_ATTEMPTS):
             port, admin = free_port(), free_port()
-            (tmp / "joule.toml").write_text(gateway_config(port, admin, fast_url, failing_url))
+            (tmp / "joule.toml").write_text(gateway_config(port, admin, fast_url, failing_url, claude_busy_url, claude_url))
             log = tmp / "joule.log"
             with open(log, "w") as log_file:
                 proc = subprocess.Popen(
                     [joule_bin(), "serve", "--config", str(tmp / "joule.toml")],
                     stdout=subprocess.DEVNULL,
                     stderr=log_file,
+                    env={**os.environ, "JOULE_PY_ANTHROPIC_KEY": ANTHROPIC_KEY},
                 )
             procs.append(proc)
             if wait_serving((port, admin), proc, log):
