@@ -1,6 +1,7 @@
 //! `joule demo`: the gateway plus simulated GPU backends in one process, offline. Three data
 //! centers serve `llama-3.1-8b-instruct` at different speeds and prices, a free model runs in
-//! two of them, and `gpt-4o-mini` goes through a simulated third-party provider. Energy prices
+//! two of them, `gpt-4o-mini` goes through a simulated third-party provider and
+//! `claude-sonnet-4` through a simulated Anthropic-API provider (translated both ways). Energy prices
 //! come from a replay of four real days (July 2023, `data/energy-demo/`, compiled in),
 //! accelerated so token prices move while you watch.
 //!
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use crate::config::{self, ConfigError, Settings};
-use crate::mock::{MockConfig, MockServer};
+use crate::mock::{MockApi, MockConfig, MockServer};
 use crate::pricing::{ReplaySettings, ReplaySource, ReplayStart};
 
 /// The bundled energy price excerpt (see `data/energy-demo/README.md`).
@@ -63,15 +64,18 @@ struct Backend {
     ttft_ms: u64,
     tokens_per_s: f64,
     bearer: Option<&'static str>,
+    /// The API it speaks.
+    api: MockApi,
 }
 
-const BACKENDS: [Backend; 6] = [
-    Backend { name: "llama8b-caiso", ttft_ms: 120, tokens_per_s: 60.0, bearer: None },
-    Backend { name: "llama8b-ercot", ttft_ms: 60, tokens_per_s: 120.0, bearer: None },
-    Backend { name: "llama8b-pjm", ttft_ms: 200, tokens_per_s: 40.0, bearer: None },
-    Backend { name: "llama1b-caiso", ttft_ms: 40, tokens_per_s: 150.0, bearer: None },
-    Backend { name: "llama1b-ercot", ttft_ms: 30, tokens_per_s: 200.0, bearer: None },
-    Backend { name: "provider-sim", ttft_ms: 250, tokens_per_s: 80.0, bearer: Some(PROVIDER_KEY) },
+const BACKENDS: [Backend; 7] = [
+    Backend { name: "llama8b-caiso", ttft_ms: 120, tokens_per_s: 60.0, bearer: None, api: MockApi::OpenAi },
+    Backend { name: "llama8b-ercot", ttft_ms: 60, tokens_per_s: 120.0, bearer: None, api: MockApi::OpenAi },
+    Backend { name: "llama8b-pjm", ttft_ms: 200, tokens_per_s: 40.0, bearer: None, api: MockApi::OpenAi },
+    Backend { name: "llama1b-caiso", ttft_ms: 40, tokens_per_s: 150.0, bearer: None, api: MockApi::OpenAi },
+    Backend { name: "llama1b-ercot", ttft_ms: 30, tokens_per_s: 200.0, bearer: None, api: MockApi::OpenAi },
+    Backend { name: "provider-sim", ttft_ms: 250, tokens_per_s: 80.0, bearer: Some(PROVIDER_KEY), api: MockApi::OpenAi },
+    Backend { name: "anthropic-sim", ttft_ms: 300, tokens_per_s: 70.0, bearer: Some(PROVIDER_KEY), api: MockApi::Anthropic },
 ];
 
 /// Why the demo could not start.
@@ -109,6 +113,7 @@ fn start_backends() -> Result<Vec<String>, DemoError> {
                         tokens_per_s: b.tokens_per_s,
                         tokens: 24,
                         require_bearer: b.bearer.map(str::to_string),
+                        api: b.api,
                         ..MockConfig::default()
                     };
                     match MockServer::start(cfg).await {
@@ -170,6 +175,13 @@ pue = 1.25
 [[providers]]
 id = "sim-openai"
 base_url = "{p}"
+api_key_env = "{PROVIDER_KEY_ENV}"
+routing_fee = 0.05
+
+[[providers]]
+id = "sim-anthropic"
+base_url = "{a}"
+api = "anthropic"
 api_key_env = "{PROVIDER_KEY_ENV}"
 routing_fee = 0.05
 
@@ -252,11 +264,27 @@ list_price_output = 0.60
 ttft_ms = 250
 tokens_per_s = 80
 
+[[models]]
+id = "claude-sonnet-4"
+category = "third-party"
+owned_by = "anthropic"
+
+[[models.deployments]]
+id = "claude-sonnet-4-sim"
+provider = "sim-anthropic"
+upstream_model = "claude-sonnet-4-20250514"
+list_price_input = 3.0
+list_price_output = 15.0
+max_tokens = 4096
+ttft_ms = 300
+tokens_per_s = 70
+
 [[keys]]
 name = "demo"
 sha256 = "{key}"
 "#,
         p = u(5),
+        a = u(6),
         d0 = u(0),
         d1 = u(1),
         d2 = u(2),

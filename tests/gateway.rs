@@ -551,7 +551,7 @@ async fn demo_serves_every_model_with_the_demo_key() {
     // Energy prices replay while the demo runs, so the cheapest data center may change.
     let llama8b: &[&str] = &["caiso-sp15", "ercot-houston", "pjm-chicago"];
     let llama1b: &[&str] = &["caiso-sp15", "ercot-houston"];
-    for (model, dcs) in [("llama-3.1-8b-instruct", llama8b), ("llama-3.2-1b-instruct", llama1b), ("gpt-4o-mini", &[][..])] {
+    for (model, dcs) in [("llama-3.1-8b-instruct", llama8b), ("llama-3.2-1b-instruct", llama1b), ("gpt-4o-mini", &[][..]), ("claude-sonnet-4", &[][..])] {
         let resp = c
             .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
             .bearer_auth("sk-joule-demo")
