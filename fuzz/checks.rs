@@ -5,6 +5,7 @@
 use joule::api::chat::{classify, inspect, read_doc};
 use joule::api::sse::{encode, SseItem, SseParser};
 use joule::pricing::cost::{insert_cost, remove_cost, Cost};
+use joule::translate::anthropic::{request_to_anthropic, response_from_anthropic, StreamConverter};
 
 /// The request inspector and the upstream body rewrite, on any bytes a client sends. Never
 /// panics; a body it accepts is rewritten into valid JSON naming the upstream model, with
@@ -88,5 +89,41 @@ pub fn check_upstream_doc(data: &[u8]) {
         let v: serde_json::Value =
             serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
         assert!(v["usage"].get("cost").is_none(), "{}", String::from_utf8_lossy(&out));
+    }
+}
+
+/// The Anthropic converters on any bytes: a request joule accepts either translates to JSON
+/// (a tree when the input is one) or is refused as the client's error; any upstream answer
+/// converts to JSON or is refused; any sequence of stream events (the input split on
+/// newlines, `name:data`) yields JSON chunks or `[DONE]`, or an error — never a panic.
+pub fn check_anthropic(data: &[u8]) {
+    if inspect(data).is_ok() {
+        match request_to_anthropic(data, "claude-x", 1024) {
+            Ok(r) if is_tree(data) => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body)
+                    .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&r.body)));
+                assert_eq!(v["model"], "claude-x");
+                assert!(v["max_tokens"].is_u64(), "{v}");
+            }
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.status(), 400, "{e}"),
+        }
+    }
+    if let Ok(out) = response_from_anthropic(data, None, 0) {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+        assert_eq!(v["object"], "chat.completion");
+    }
+    let mut conv = StreamConverter::new(0, None);
+    for line in String::from_utf8_lossy(data).lines() {
+        let (name, payload) = line.split_once(':').map_or((None, line), |(n, d)| (Some(n), d));
+        match conv.event(name, payload) {
+            Ok(chunks) => {
+                for c in chunks {
+                    assert!(c == "[DONE]" || serde_json::from_str::<serde_json::Value>(&c).is_ok(), "{c}");
+                }
+            }
+            Err(_) => break,
+        }
     }
 }

@@ -45,3 +45,8 @@ fn sse() {
 fn upstream_doc() {
     run("upstream_doc", checks::check_upstream_doc);
 }
+
+#[test]
+fn anthropic() {
+    run("anthropic", checks::check_anthropic);
+}
