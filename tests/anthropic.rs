@@ -150,3 +150,37 @@ async fn overloaded_claude_fails_over_and_errors_keep_their_status() {
     assert_eq!(v["error"]["code"], "authentication_error", "{v}");
     assert!(v["error"]["message"].is_string());
 }
+
+/// Health probes of an Anthropic provider list its models with Anthropic's headers
+/// (`x-api-key`, `anthropic-version`, no bearer), which the mock in Anthropic mode requires:
+/// with a bearer header they were 401s counted against a healthy route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_speak_anthropic() {
+    const ADMIN: &str = "anthropic-admin-token";
+    let m = mock(anthropic_mock(MockConfig::default())).await;
+    let admin = format!("[admin]\ntoken_sha256 = \"{}\"\n", joule::secret::KeyHash::of(ADMIN).to_hex());
+    let cfg = format!(
+        "[health]\nprobe_third_party = true\nprobe_interval_ms = 100\nfailure_threshold = 2\n{admin}\n[[providers]]\nid = \"anth\"\nbase_url = \"{}\"\napi = \"anthropic\"\napi_key_env = \"TEST_ANTHROPIC_KEY\"\n\n[[models]]\nid = \"claude-test\"\ncategory = \"third-party\"\n[[models.deployments]]\nid = \"route0\"\nprovider = \"anth\"\nlist_price_input = 3.0\nlist_price_output = 15.0\n",
+        m.base_url()
+    );
+    let gw = Gateway::start_with(&cfg, "", &[("TEST_ANTHROPIC_KEY", SECRET)]).await;
+    // Wait (bounded) for the first probe.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        match m.last_request() {
+            Some(r) if r.path == "/v1/models" => break r,
+            _ => {
+                assert!(tokio::time::Instant::now() < deadline, "no probes arrived: {}", gw.logs());
+                // Polling the mock's record at the probes' own pace.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", "/v1/models"));
+    assert_eq!(seen.header("x-api-key"), Some(SECRET));
+    assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
+    assert!(seen.header("authorization").is_none());
+    let v: serde_json::Value = client().get(format!("{}/admin/deployments", gw.admin())).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let d = v["data"].as_array().unwrap().iter().find(|d| d["id"] == "route0").cloned().unwrap();
+    assert_eq!(d["breaker"], "closed", "{d}");
+}

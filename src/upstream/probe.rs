@@ -10,7 +10,7 @@ use http::header::AUTHORIZATION;
 use std::time::Duration;
 
 use super::Clients;
-use crate::catalog::{Catalog, DeploymentKind};
+use crate::catalog::{Catalog, DeploymentKind, ProviderApi};
 use crate::telemetry::Telemetry;
 
 /// Active health probes.
@@ -40,8 +40,19 @@ pub async fn probe_all(catalog: &Catalog, clients: &Clients, telemetry: &Telemet
             let Some(stats) = telemetry.get(mi, di) else { continue };
             let (base_url, key) = catalog.endpoint_of(d);
             let mut rb = clients.for_deployment(d).get(format!("{base_url}/models")).timeout(health.probe_timeout);
-            if let Some(k) = key {
-                rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+            // Each provider API lists its models with its own credentials header.
+            match catalog.provider_of(d).map(|p| &p.api) {
+                Some(ProviderApi::Anthropic { version }) => {
+                    rb = rb.header("anthropic-version", version.as_str());
+                    if let Some(k) = key {
+                        rb = rb.header("x-api-key", k.expose());
+                    }
+                }
+                _ => {
+                    if let Some(k) = key {
+                        rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+                    }
+                }
             }
             probes.push(async move {
                 let ok = matches!(rb.send().await, Ok(r) if r.status().is_success());
