@@ -942,7 +942,8 @@ fn string_or_empty<'a>(raw: Option<&'a RawValue>, what: &str) -> Result<&'a str,
 /// `content` is its text blocks concatenated (`null` if there are none); `tool_use` blocks
 /// become `tool_calls` whose `arguments` are the input serialised as a JSON string. With
 /// `forced_json_tool` (see [`AnthropicRequest`]), that tool's input becomes the content
-/// (text blocks around it are dropped, since they would break the JSON) and a
+/// (text blocks are dropped whether or not the answer tool is called — they would break
+/// the JSON, and a stream drops them too) and a
 /// `tool_use` stop becomes `stop` unless other tools were called. Other block types
 /// (`thinking`, `redacted_thinking`, `server_tool_use`, web search results, anything newer)
 /// are skipped: OpenAI's message has no place for them, and thinking must never leak into
@@ -972,6 +973,9 @@ pub fn response_from_anthropic(body: &[u8], forced_json_tool: Option<&str>, crea
     for raw in blocks {
         let block: AnthropicBlock = serde_json::from_str(raw.get()).map_err(|_| malformed("a content block could not be read"))?;
         match block.kind.as_deref() {
+            // With structured output the content is the JSON answer only, as in a stream
+            // (which cannot hold text back until it knows whether the answer tool follows).
+            Some("text") if forced_json_tool.is_some() => {}
             Some("text") => text.push_str(block.text.as_deref().unwrap_or_default()),
             Some("tool_use") => {
                 let name = block.name.ok_or_else(|| malformed("a tool_use block has no name"))?;
@@ -1182,8 +1186,9 @@ struct Delta<'a> {
 /// `content_block_stop` → nothing; `message_delta` → a chunk with the `finish_reason` (see
 /// [`finish_reason`]) and an empty delta, then the usage-only chunk (`choices: []` with
 /// `usage`, counted as in [`response_from_anthropic`]); `message_stop` → `[DONE]`; `ping` →
-/// nothing. With a forced JSON tool, that tool's `input_json_delta` pieces become content
-/// and its `tool_use` stop becomes `stop` (unless other tools were called). Thinking,
+/// nothing. With a forced JSON tool, that tool's `input_json_delta` pieces become content,
+/// text blocks are dropped (as in a whole answer: the content is the JSON answer only), and
+/// its `tool_use` stop becomes `stop` (unless other tools were called). Thinking,
 /// server-tool and unknown block types, and unknown delta types (`thinking_delta`,
 /// `signature_delta`, `citations_delta`, …), are dropped; unknown event types are skipped.
 /// Empty deltas yield no chunk.
@@ -1341,6 +1346,8 @@ impl StreamConverter {
         let block: StartBlock = serde_json::from_str(raw.get()).map_err(|_| malformed("a content block could not be read"))?;
         let mut out = Vec::new();
         let kind = match block.kind.as_deref() {
+            // Structured output: the content is the JSON answer only (as in a whole answer).
+            Some("text") if self.forced_json_tool.is_some() => BlockKind::Skipped,
             Some("text") => {
                 if let Some(t) = block.text.filter(|t| is_string(t)) {
                     out = self.content(t);

@@ -404,6 +404,10 @@ fn forced_json_tool_answer_becomes_content() {
     assert_eq!(serde_json::from_str::<Value>(msg["content"].as_str().unwrap()).unwrap(), json!({"n":42}));
     assert!(msg.get("tool_calls").is_none());
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Text beside the answer is not content (a stream cannot hold it back either).
+    let body = json!({"id":"m","model":"c","content":[{"type":"text","text":"Here you go:"},{"type":"tool_use","id":"t","name":"answer","input":{"n":42}}],"stop_reason":"tool_use"});
+    let v = resp(body, Some("answer"));
+    assert_eq!(serde_json::from_str::<Value>(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap(), json!({"n":42}));
     // The model chose a real tool instead: that stays a tool call.
     let body = json!({"id":"m","model":"c","content":[{"type":"tool_use","id":"t","name":"f","input":{}}],"stop_reason":"tool_use"});
     let v = resp(body, Some("answer"));
@@ -607,8 +611,9 @@ fn stream_with_forced_json_tool_streams_content() {
     let values: Vec<Value> = chunks.iter().filter(|c| *c != "[DONE]").map(|c| serde_json::from_str(c).unwrap()).collect();
     assert!(values.iter().all(|v| v["choices"][0]["delta"].get("tool_calls").is_none()));
     let content: String = values.iter().filter_map(|v| v["choices"][0]["delta"]["content"].as_str()).collect();
-    let json_part = content.strip_prefix("Okay, let\u{2019}s check \"Paris\".\n").unwrap();
-    assert_eq!(serde_json::from_str::<Value>(json_part).unwrap(), json!({"location":"Paris, FR","unit":"celsius"}));
+    // Text before the answer tool is not content: the content is the JSON answer only, as in
+    // a whole answer.
+    assert_eq!(serde_json::from_str::<Value>(&content).unwrap(), json!({"location":"Paris, FR","unit":"celsius"}), "{content}");
     let finish: Vec<&str> = values.iter().filter_map(|v| v["choices"][0]["finish_reason"].as_str()).collect();
     assert_eq!(finish, ["stop"]);
 }
