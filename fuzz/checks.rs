@@ -5,6 +5,7 @@
 use joule::api::chat::{classify, inspect, read_doc};
 use joule::api::sse::{encode, SseItem, SseParser};
 use joule::pricing::cost::{insert_cost, remove_cost, Cost};
+use joule::translate::anthropic::inbound::{message_from_chat, request_to_chat, with_model, EventStream};
 use joule::translate::anthropic::{request_to_anthropic, response_from_anthropic, StreamConverter};
 
 /// The request inspector and the upstream body rewrite, on any bytes a client sends. Never
@@ -131,6 +132,51 @@ pub fn check_anthropic(data: &[u8]) {
                 }
             }
             Err(_) => break,
+        }
+    }
+}
+
+/// The inbound Anthropic converters (`/v1/messages`) on any bytes: an accepted Messages
+/// request yields a chat body that is JSON (a tree when the input is one) which the chat
+/// inspector accepts or refuses as the client's 400, and whose `model` replacement keeps the
+/// client's body valid; any chat answer converts to a Messages answer or is refused; any
+/// sequence of chat chunks (the input's lines) converts to SSE events whose data is JSON.
+pub fn check_messages(data: &[u8]) {
+    let tree = is_tree(data);
+    if let Ok(inbound) = request_to_chat(data) {
+        if tree {
+            let v: serde_json::Value = serde_json::from_slice(&inbound.chat)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&inbound.chat)));
+            assert!(v["model"].is_string(), "{v}");
+            let replaced = with_model(data, &inbound.model_span, "claude-\"x\"");
+            let r: serde_json::Value = serde_json::from_slice(&replaced).expect("replaced body is JSON");
+            assert_eq!(r["model"], "claude-\"x\"");
+        }
+        if let Err(e) = inspect(&inbound.chat) {
+            assert_eq!(e.status(), 400, "{e:?}");
+        }
+    }
+    if let Ok(out) = message_from_chat(data, "m") {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+        assert_eq!(v["type"], "message");
+        assert!(v["content"].is_array() && v["usage"]["output_tokens"].is_u64(), "{v}");
+    }
+    let mut conv = EventStream::new("m");
+    let mut out = Vec::new();
+    let mut trees = true;
+    for line in String::from_utf8_lossy(data).lines() {
+        trees = trees && serde_json::from_str::<serde_json::Value>(line).is_ok();
+        out.extend(conv.chunk(line));
+    }
+    out.extend(conv.done());
+    let mut parser = SseParser::default();
+    let mut items = Vec::new();
+    parser.feed(&out, &mut items).expect("the converter writes SSE");
+    for item in items {
+        if let SseItem::Event { event, data } = item {
+            assert!(event.is_some(), "every event is named");
+            assert!(!trees || serde_json::from_str::<serde_json::Value>(&data).is_ok(), "{data}");
         }
     }
 }

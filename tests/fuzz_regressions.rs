@@ -50,3 +50,8 @@ fn upstream_doc() {
 fn anthropic() {
     run("anthropic", checks::check_anthropic);
 }
+
+#[test]
+fn messages() {
+    run("messages", checks::check_messages);
+}

@@ -38,6 +38,8 @@ pub enum ApiError {
     UpstreamTimeout { message: String },
     /// 500: a bug on our side; the message is generic.
     Internal,
+    /// 501: an endpoint joule knows but cannot serve (e.g. `/v1/messages/count_tokens`).
+    NotImplemented { message: String },
     /// 429: a requests- or tokens-per-minute limit of the key or its project.
     RateLimited { message: String, retry_after: u64 },
     /// 429: the project's budget for the period is spent.
@@ -84,6 +86,7 @@ impl ApiError {
             ApiError::MalformedHead => 400,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Internal => 500,
+            ApiError::NotImplemented { .. } => 501,
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => 429,
             ApiError::AdminUnauthorized => 401,
             ApiError::ResourceNotFound { .. } => 404,
@@ -109,6 +112,7 @@ impl ApiError {
             ApiError::MalformedHead => "malformed_head",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::Internal => "internal",
+            ApiError::NotImplemented { .. } => "not_implemented",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::QuotaExceeded { .. } => "insufficient_quota",
             ApiError::AdminUnauthorized => "invalid_admin_token",
@@ -184,6 +188,7 @@ impl ApiError {
                 Some("request_too_large"),
             ),
             ApiError::Internal => ("Internal error.".into(), "server_error", None, Some("internal_error")),
+            ApiError::NotImplemented { message } => (message.clone(), "invalid_request_error", None, Some("not_implemented")),
             ApiError::RateLimited { message, .. } => (message.clone(), "requests", None, Some("rate_limit_exceeded")),
             ApiError::QuotaExceeded { message, .. } => {
                 (message.clone(), "insufficient_quota", None, Some("insufficient_quota"))
@@ -214,6 +219,11 @@ impl ApiError {
                 (message.clone(), "upstream_error", None, Some("upstream_timeout"))
             }
         }
+    }
+
+    /// The client-facing message (what [`ApiError::body`] carries as `error.message`).
+    pub fn message(&self) -> String {
+        self.parts().0
     }
 
     /// The OpenAI-shaped JSON body.

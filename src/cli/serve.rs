@@ -71,7 +71,8 @@ pub struct MockArgs {
     /// (`POST /v1/messages`).
     #[arg(long, default_value = "openai")]
     api: crate::mock::MockApi,
-    /// Anthropic: answer with a `tool_use` block whenever the request offers tools.
+    /// Answer with a call of the first tool whenever the request offers tools (OpenAI
+    /// `tool_calls`, Anthropic `tool_use`), unless `tool_choice` is `none`.
     #[arg(long)]
     tool_use: bool,
 }

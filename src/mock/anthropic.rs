@@ -10,7 +10,7 @@
 //! A request that offers `tools` and forces one (`tool_choice` `{"type":"any"}` or
 //! `{"type":"tool","name":…}`), or any request with tools when [`MockConfig::tool_use`] is set,
 //! is answered with one `tool_use` block instead of text; streamed, its input arrives in
-//! [`TOOL_INPUT_PIECES`] `input_json_delta` pieces paced like tokens.
+//! [`TOOL_INPUT_PIECES`](generate::TOOL_INPUT_PIECES) `input_json_delta` pieces paced like tokens.
 
 use std::io;
 
@@ -21,16 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::config::MockConfig;
 use super::error::ApiError;
-use super::generate::{self, answer_failure, send_whole, EventStream, Next};
+use super::generate::{self, answer_failure, send_whole, tool_input_pieces, EventStream, Next, TOOL_INPUT};
 use super::http::{Conn, Request};
 
 /// The generation route.
 pub(crate) const MESSAGES_PATH: &str = "/v1/messages";
-/// The input of every tool call the mock makes.
-const TOOL_INPUT: &str = r#"{"arg":"value"}"#;
-/// How many `input_json_delta` events carry [`TOOL_INPUT`] in a stream: several, so clients
-/// must join the pieces before parsing.
-const TOOL_INPUT_PIECES: usize = 3;
 /// `created_at` of the listed models; the mock's models have no real release date.
 const MODELS_CREATED_AT: &str = "2025-01-01T00:00:00Z";
 
@@ -313,19 +308,6 @@ impl Message {
     }
 }
 
-/// [`TOOL_INPUT`] cut into [`TOOL_INPUT_PIECES`] pieces of about equal length (it is ASCII, so
-/// every byte offset is a character boundary).
-fn tool_input_pieces() -> Vec<&'static str> {
-    let len = TOOL_INPUT.len();
-    (0..TOOL_INPUT_PIECES)
-        .map(|i| {
-            let start = len * i / TOOL_INPUT_PIECES;
-            let end = len * (i + 1) / TOOL_INPUT_PIECES;
-            TOOL_INPUT.get(start..end).unwrap_or_default()
-        })
-        .collect()
-}
-
 /// Streaming answer: `message_start`, `content_block_start` and `ping` at once; content delta
 /// `i` at `ttft + i / tokens_per_s` after the headers; then `content_block_stop`,
 /// `message_delta` (stop reason, output tokens) and `message_stop`.
@@ -395,7 +377,7 @@ mod tests {
     #[test]
     fn mock_tool_input_pieces_join_to_the_input() {
         let pieces = tool_input_pieces();
-        assert_eq!(pieces.len(), TOOL_INPUT_PIECES);
+        assert_eq!(pieces.len(), generate::TOOL_INPUT_PIECES);
         assert!(pieces.iter().all(|piece| !piece.is_empty()));
         assert_eq!(pieces.concat(), TOOL_INPUT);
         assert!(serde_json::from_str::<Value>(TOOL_INPUT).is_ok());

@@ -41,8 +41,10 @@ pub struct MockConfig {
     /// real counts — e.g. `{"prompt_tokens": 18446744073709551615, …}`, to test that joule
     /// treats upstream numbers as untrusted.
     pub reported_usage: Option<serde_json::Value>,
-    /// [`MockApi::Anthropic`] only: answer with a `tool_use` block whenever the request offers
-    /// `tools` (and its `tool_choice` is not `none`), as if `tool_choice` forced a tool.
+    /// Answer with a call of the first tool (OpenAI: `tool_calls`; Anthropic: a `tool_use`
+    /// block) whenever the request offers `tools` and its `tool_choice` is not `none`, as if
+    /// `tool_choice` forced a tool. Without it, a tool is called only when `tool_choice`
+    /// forces one (`required`/`any`, or a named tool).
     pub tool_use: bool,
 }
 

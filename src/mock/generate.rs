@@ -28,6 +28,25 @@ pub(crate) enum Next {
 }
 
 /// Content token `index`: `tok0`, ` tok1`, ` tok2`, … (so the whole reads "tok0 tok1 …").
+/// The input (arguments) of every tool call the mock makes.
+pub(crate) const TOOL_INPUT: &str = r#"{"arg":"value"}"#;
+/// How many stream events carry [`TOOL_INPUT`]: several, so clients must join the pieces
+/// before parsing.
+pub(crate) const TOOL_INPUT_PIECES: usize = 3;
+
+/// [`TOOL_INPUT`] cut into [`TOOL_INPUT_PIECES`] pieces of about equal length (it is ASCII, so
+/// every byte offset is a character boundary).
+pub(crate) fn tool_input_pieces() -> Vec<&'static str> {
+    let len = TOOL_INPUT.len();
+    (0..TOOL_INPUT_PIECES)
+        .map(|i| {
+            let start = len * i / TOOL_INPUT_PIECES;
+            let end = len * (i + 1) / TOOL_INPUT_PIECES;
+            TOOL_INPUT.get(start..end).unwrap_or_default()
+        })
+        .collect()
+}
+
 pub(crate) fn token(index: u32) -> String {
     if index == 0 {
         "tok0".to_owned()

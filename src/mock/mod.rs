@@ -8,7 +8,9 @@
 //! - `POST /v1/chat/completions`: a `chat.completion`, or with `"stream": true` an SSE stream
 //!   of `chat.completion.chunk` events (role chunk, one chunk per token, finish chunk, usage
 //!   chunk if `stream_options.include_usage`, `[DONE]`), timed by [`MockConfig::ttft_ms`] and
-//!   [`MockConfig::tokens_per_s`];
+//!   [`MockConfig::tokens_per_s`]; a call of the first function instead of text
+//!   (`finish_reason: tool_calls`, the arguments streamed in pieces) when the request forces a
+//!   tool (or [`MockConfig::tool_use`]);
 //! - `GET /v1/models`: the list of [`MockConfig::models`];
 //! - anything else: an OpenAI-shaped 404.
 //!

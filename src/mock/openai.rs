@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::config::MockConfig;
 use super::error::ApiError;
-use super::generate::{self, answer_failure, send_whole, unix_now, EventStream, Next};
+use super::generate::{self, answer_failure, send_whole, tool_input_pieces, unix_now, EventStream, Next, TOOL_INPUT};
 use super::http::{Conn, Request};
 
 /// The generation route.
@@ -43,6 +43,36 @@ struct ChatRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Tool {
+    #[serde(default)]
+    function: Option<Function>,
+}
+
+#[derive(Deserialize)]
+struct Function {
+    name: String,
+}
+
+/// The function the answer calls, if any: the named one for
+/// `{"type":"function","function":{"name":…}}`, the first offered for `"required"` (or for any
+/// choice but `"none"` when [`MockConfig::tool_use`] forces it). Without `tools` the answer is
+/// text whatever the choice says.
+fn called_function(request: &ChatRequest, cfg: &MockConfig) -> Option<String> {
+    let first = request.tools.as_ref()?.first()?.function.as_ref()?.name.clone();
+    match &request.tool_choice {
+        Some(Value::String(s)) if s == "required" => Some(first),
+        Some(Value::String(s)) if s == "none" => None,
+        Some(Value::Object(o)) => o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).map(str::to_owned),
+        _ if cfg.tool_use => Some(first),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -70,7 +100,9 @@ where
     if let Some(next) = answer_failure(conn, cfg, keep_alive).await? {
         return Ok(next);
     }
+    let call = called_function(&parsed, cfg);
     let completion = Completion {
+        call,
         id: format!("chatcmpl-mock{:016x}", rand::random::<u64>()),
         created: unix_now(),
         model: parsed.model,
@@ -86,7 +118,7 @@ where
         stream(conn, &completion, cfg, keep_alive).await
     } else {
         let body = completion.response().to_string().into_bytes();
-        send_whole(conn, cfg, cfg.tokens, body, keep_alive).await
+        send_whole(conn, cfg, completion.output_tokens(), body, keep_alive).await
     }
 }
 
@@ -105,7 +137,16 @@ where
         return Ok(Next::Abort);
     };
     events.send(conn, None, &completion.role_chunk(), false).await?;
-    for index in 0..events.content_events(completion.tokens) {
+    if let Some(name) = &completion.call {
+        let pieces = tool_input_pieces();
+        let count = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
+        for index in 0..events.content_events(count) {
+            events.pace(index).await;
+            let piece = pieces.get(index as usize).copied().unwrap_or_default();
+            events.send(conn, None, &completion.tool_chunk(name, index, piece), true).await?;
+        }
+    }
+    for index in 0..events.content_events(completion.tokens_of_text()) {
         events.pace(index).await;
         events
             .send(conn, None, &completion.content_chunk(index), true)
@@ -124,6 +165,8 @@ where
 
 /// One generated completion: everything needed to render it as a whole or as chunks.
 struct Completion {
+    /// The function called instead of a text answer.
+    call: Option<String>,
     id: String,
     created: u64,
     model: String,
@@ -135,11 +178,35 @@ struct Completion {
 }
 
 impl Completion {
+    /// Text tokens: none when a function is called.
+    fn tokens_of_text(&self) -> u32 {
+        if self.call.is_some() {
+            0
+        } else {
+            self.tokens
+        }
+    }
+
+    fn output_tokens(&self) -> u32 {
+        match self.call {
+            Some(_) => u32::try_from(tool_input_pieces().len()).unwrap_or(u32::MAX),
+            None => self.tokens,
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        if self.call.is_some() {
+            "tool_calls"
+        } else {
+            "stop"
+        }
+    }
+
     fn usage(&self) -> Value {
         if let Some(u) = &self.reported_usage {
             return u.clone();
         }
-        let completion_tokens = u64::from(self.tokens);
+        let completion_tokens = u64::from(self.output_tokens());
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -149,7 +216,12 @@ impl Completion {
 
     /// The non-streaming `chat.completion` object.
     fn response(&self) -> Value {
-        let content = generate::text(self.tokens);
+        let message = match &self.call {
+            Some(name) => json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                "id": "call_mock0", "type": "function", "function": {"name": name, "arguments": TOOL_INPUT},
+            }]}),
+            None => json!({"role": "assistant", "content": generate::text(self.tokens), "refusal": null}),
+        };
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -158,9 +230,9 @@ impl Completion {
             "system_fingerprint": null,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": null},
+                "message": message,
                 "logprobs": null,
-                "finish_reason": "stop",
+                "finish_reason": self.finish_reason(),
             }],
             "usage": self.usage(),
         })
@@ -203,8 +275,18 @@ impl Completion {
         self.delta_chunk(json!({"content": generate::token(index)}), None)
     }
 
+    /// Piece `index` of the tool call's arguments; the first carries its id and name.
+    fn tool_chunk(&self, name: &str, index: u32, piece: &str) -> Value {
+        let call = if index == 0 {
+            json!({"index": 0, "id": "call_mock0", "type": "function", "function": {"name": name, "arguments": piece}})
+        } else {
+            json!({"index": 0, "function": {"arguments": piece}})
+        };
+        self.delta_chunk(json!({"tool_calls": [call]}), None)
+    }
+
     fn finish_chunk(&self) -> Value {
-        self.delta_chunk(json!({}), Some("stop"))
+        self.delta_chunk(json!({}), Some(self.finish_reason()))
     }
 
     fn usage_chunk(&self) -> Value {

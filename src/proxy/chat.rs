@@ -10,10 +10,11 @@ use super::authorize::authorize;
 use super::body::read_body;
 use super::relay::relay;
 use super::route::{rank, resolve};
-use super::{observe, send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
+use super::{observe, send_error, send_error_as, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::access::Principal;
-use crate::api::chat;
+use crate::api::chat::{self, ChatRequest};
 use crate::routing::wasm::explain::explain_json;
+use crate::translate::anthropic::inbound::Inbound;
 use crate::upstream;
 
 /// Serves a chat completion for an authenticated principal.
@@ -39,16 +40,51 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return send_error(io, rec, &e).await,
     };
+    let exchange = Exchange { req, body, native: None, client: ClientApi::OpenAi };
+    serve(gw, world, principal, head, exchange, io, rec).await
+}
+
+/// A request in the chat form, ready to route. Owned, so that the bodies are freed once sent
+/// (a long stream does not hold its request).
+pub(super) struct Exchange {
+    /// What `chat::inspect` read of `body`.
+    pub req: ChatRequest,
+    /// The chat-completions body.
+    pub body: Vec<u8>,
+    /// The client's own body and its conversion, when it spoke Anthropic (deployments that
+    /// speak Anthropic get it as sent).
+    pub native: Option<(Vec<u8>, Inbound)>,
+    /// The API the answer and errors are given in.
+    pub client: ClientApi,
+}
+
+/// Resolves, authorizes, ranks, sends and relays one inspected request: the pipeline after
+/// the body is read, shared by every client API.
+///
+/// # Errors
+/// Only downstream I/O failures; every other outcome is a response.
+pub(super) async fn serve(
+    gw: &Gateway,
+    world: &World,
+    principal: &Principal,
+    head: &RequestHead,
+    exchange: Exchange,
+    io: &mut dyn Downstream,
+    rec: &mut Record,
+) -> Result<(), DownstreamError> {
+    let Exchange { req, body, native, client } = exchange;
+    let req = &req;
+    let limits = &world.limits;
     rec.stream = req.stream;
-    let target = match resolve(gw, world, principal.default_strategy(&world.default_strategy), &req) {
+    let target = match resolve(gw, world, principal.default_strategy(&world.default_strategy), req) {
         Ok(t) => t,
-        Err(e) => return send_error(io, rec, &e).await,
+        Err(e) => return send_error_as(client, io, rec, &e).await,
     };
     let model = target.model;
     rec.model = Some(model.id.clone());
     rec.strategy = Some(target.strategies.to_string());
     if let Err(e) = authorize(gw, principal, model) {
-        return send_error(io, rec, &e).await;
+        return send_error_as(client, io, rec, &e).await;
     }
     // One load of the price book: the price charged is the one the decision saw.
     let book = gw.pricing.book();
@@ -67,16 +103,17 @@ pub async fn handle(
         ttft_timeout: model.ttft_timeout.unwrap_or(limits.first_byte_timeout),
         request_id: &rec.request_id,
         anthropic_beta: head.anthropic_beta.as_deref(),
+        native: native.as_ref().map(|(body, inbound)| upstream::NativeRequest { body, inbound }),
     };
-    let answer = match upstream::send(&route, &decision, &req, &body, &mut on_failure).await {
+    let answer = match upstream::send(&route, &decision, req, &body, &mut on_failure).await {
         Ok(a) => a,
-        Err(e) => return send_error(io, rec, &e).await,
+        Err(e) => return send_error_as(client, io, rec, &e).await,
     };
-    drop(body);
+    drop((body, native));
     let stats = answer.stats.clone();
     let sent_at = answer.sent_at;
     let explain = head.explain.then(|| explain_json(&decision, model));
-    let relayed = relay(world, model, &decision, &req, explain, answer, io, rec).await;
+    let relayed = relay(world, model, &decision, req, explain, client, answer, io, rec).await;
     observe::exchange_finished(stats.as_ref(), &world.telemetry, sent_at, &relayed, rec);
     relayed
 }

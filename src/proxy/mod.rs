@@ -11,6 +11,7 @@ mod authorize;
 pub mod body;
 pub mod chat;
 pub mod finish;
+pub mod messages;
 pub mod models;
 mod observe;
 mod relay;
@@ -197,6 +198,8 @@ pub struct RequestHead {
     /// The query string, without `?`.
     pub query: Option<String>,
     pub authorization: Option<Vec<u8>>,
+    /// `x-api-key` (how Anthropic clients send a key; read on `/v1/messages` only).
+    pub api_key: Option<Vec<u8>>,
     pub content_length: Option<u64>,
     /// `x-joule-explain: 1`: answer with the route decision in `x-joule-explain`.
     pub explain: bool,
@@ -238,12 +241,47 @@ pub trait Downstream: Send {
     }
 }
 
+/// The API a client spoke, which its answers and errors are given in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientApi {
+    /// OpenAI chat completions (`/v1/chat/completions`).
+    OpenAi,
+    /// Anthropic Messages (`/v1/messages`).
+    Anthropic,
+}
+
+impl ClientApi {
+    /// The error body in this API.
+    pub fn error_body(self, err: &ApiError) -> Vec<u8> {
+        match self {
+            ClientApi::OpenAi => err.body(),
+            ClientApi::Anthropic => {
+                let message = match err {
+                    ApiError::InvalidApiKey(e) => {
+                        format!("Invalid API key ({e}). Pass a joule key as `x-api-key: <key>` or `Authorization: Bearer <key>`.")
+                    }
+                    _ => err.message(),
+                };
+                crate::translate::anthropic::inbound::error_body(err.status(), &message)
+            }
+        }
+    }
+}
+
 /// Writes an OpenAI-shaped error response.
 ///
 /// # Errors
 /// The client went away.
 pub async fn send_error(io: &mut dyn Downstream, rec: &mut Record, err: &ApiError) -> Result<(), DownstreamError> {
-    let body = err.body();
+    send_error_as(ClientApi::OpenAi, io, rec, err).await
+}
+
+/// Writes an error response in the client's API.
+///
+/// # Errors
+/// The client went away.
+pub async fn send_error_as(api: ClientApi, io: &mut dyn Downstream, rec: &mut Record, err: &ApiError) -> Result<(), DownstreamError> {
+    let body = api.error_body(err);
     let mut headers = vec![("content-type", "application/json".to_string()), ("x-request-id", rec.request_id.clone())];
     if let Some(s) = err.retry_after() {
         headers.push(("retry-after", s.to_string()));
@@ -271,6 +309,16 @@ fn authenticate(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Pr
     Ok(p)
 }
 
+/// Authentication as Anthropic clients send it: `x-api-key`, or a bearer token when there is
+/// no `x-api-key` (as with `ANTHROPIC_AUTH_TOKEN`).
+fn authenticate_anthropic(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
+    let Some(key) = &head.api_key else { return authenticate(gw, head, rec) };
+    let header = [&b"Bearer "[..], key].concat();
+    let p = gw.registry.load().keys.authenticate(Some(&header)).map_err(ApiError::InvalidApiKey)?;
+    rec.key_name = Some(p.key_name.clone());
+    Ok(p)
+}
+
 /// Serves one request of the public API.
 ///
 /// # Errors
@@ -285,6 +333,23 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             Ok(p) => return chat::handle(gw, &world, &p, head, io, rec).await,
             Err(e) => Err(e),
         },
+        ("/v1/messages", &Method::POST) => match authenticate_anthropic(gw, head, rec) {
+            Ok(p) => return messages::handle(gw, &world, &p, head, io, rec).await,
+            Err(e) => return refuse(ClientApi::Anthropic, head, io, rec, &e).await,
+        },
+        ("/v1/messages/count_tokens", &Method::POST) => {
+            let e = match authenticate_anthropic(gw, head, rec) {
+                Ok(_) => ApiError::NotImplemented {
+                    message: "Token counting is not available through this gateway; the usage of each answer reports the tokens counted.".into(),
+                },
+                Err(e) => e,
+            };
+            return refuse(ClientApi::Anthropic, head, io, rec, &e).await;
+        }
+        ("/v1/messages" | "/v1/messages/count_tokens", m) => {
+            let e = ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() };
+            return refuse(ClientApi::Anthropic, head, io, rec, &e).await;
+        }
         ("/v1/models", &Method::GET) => {
             authenticate(gw, head, rec).map(|p| models::list(&world.catalog, &gw.pricing.book(), &|m| p.may_use(m)))
         }
@@ -305,12 +370,15 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
     };
     match result {
         Ok(body) => send_json(io, rec, body).await,
-        Err(e) => {
-            // Whatever body the client sent to a refused endpoint is left unread.
-            if head.content_length.unwrap_or(0) > 0 {
-                io.close_after();
-            }
-            send_error(io, rec, &e).await
-        }
+        Err(e) => refuse(ClientApi::OpenAi, head, io, rec, &e).await,
     }
+}
+
+/// Answers a request refused before its body was read.
+async fn refuse(api: ClientApi, head: &RequestHead, io: &mut dyn Downstream, rec: &mut Record, e: &ApiError) -> Result<(), DownstreamError> {
+    // Whatever body the client sent to a refused endpoint is left unread.
+    if head.content_length.unwrap_or(0) > 0 {
+        io.close_after();
+    }
+    send_error_as(api, io, rec, e).await
 }

@@ -1,20 +1,23 @@
 //! Relaying the answer to the client: the `x-joule-*` headers, `usage.cost` inserted into the
 //! usage object, and streams forwarded event by event (one write and flush each) with a
-//! terminal SSE error event if the upstream fails mid-stream.
+//! terminal SSE error event if the upstream fails mid-stream — all in the API the client
+//! spoke: an Anthropic client answered by a deployment that speaks OpenAI gets the answer
+//! converted (`translate::anthropic::inbound`), one chunk at a time.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{Downstream, DownstreamError, Record, ResponseHead, World};
-use crate::api::chat::{self, classify, ChatRequest, StreamEvent, Usage};
+use super::{ClientApi, Downstream, DownstreamError, Record, ResponseHead, World};
+use crate::api::chat::{self, ChatRequest, StreamEvent, Usage};
 use crate::api::error::stream_error_event;
 use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
 use crate::pricing::cost::{insert_cost, remove_cost, Cost};
 use crate::routing::RouteDecision;
-use crate::upstream::decode::StreamBroken;
+use crate::translate::anthropic::inbound::{self, EventStream};
+use crate::upstream::decode::{Decoded, StreamBroken};
 use crate::upstream::{Answer, AnswerBody};
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
@@ -72,33 +75,85 @@ fn broken_flow(broken: StreamBroken) -> Flow {
     }
 }
 
+/// A whole answer from a deployment that speaks OpenAI, for an Anthropic client: a Messages
+/// answer for a 2xx (with `cost` carried over), Anthropic's error shape otherwise.
+fn to_anthropic(bytes: &[u8], status: u16, model: &str, rec: &mut Record) -> (u16, Vec<u8>) {
+    if !(200..300).contains(&status) {
+        return (status, inbound::error_from_openai(status, bytes));
+    }
+    inbound::message_from_chat(bytes, model).map(|b| (status, b)).unwrap_or_else(|e| {
+        // `upstream::send` admitted it as a JSON object; one without `choices` is still
+        // unusable, and the client is told so in its API.
+        tracing::warn!(request_id = %rec.request_id, error = %e, "answer could not be converted");
+        rec.error = Some("upstream_answer_invalid");
+        rec.status = 502;
+        (502, inbound::error_body(502, "The upstream sent an answer that could not be converted."))
+    })
+}
+
+/// How the answer is put into the client's API.
+enum Output {
+    /// As the upstream (or its conversion to OpenAI) gave it: an OpenAI client, or an
+    /// Anthropic client answered by a deployment that speaks Anthropic.
+    Same(ClientApi),
+    /// OpenAI chunks turned into Anthropic events for an Anthropic client.
+    ToAnthropic(EventStream),
+}
+
+impl Output {
+    /// The bytes to write for one event (`done`: it ends the stream).
+    fn event(&mut self, item: &SseItem, done: bool) -> Vec<u8> {
+        match (self, item) {
+            (Output::ToAnthropic(events), SseItem::Event { data, .. }) if done => {
+                let _ = data;
+                events.done()
+            }
+            (Output::ToAnthropic(events), SseItem::Event { data, .. }) => events.chunk(data),
+            _ => sse::encode(item),
+        }
+    }
+
+    /// The terminal error event for a stream that failed after it started; `None` when the
+    /// upstream's own error event, already in the client's API, has said it.
+    fn error(&self, message: &str, code: &str, upstream_said: bool) -> Option<Vec<u8>> {
+        match self {
+            Output::Same(ClientApi::OpenAi) => Some(stream_error_event(message, code)),
+            Output::Same(ClientApi::Anthropic) if upstream_said => None,
+            Output::Same(ClientApi::Anthropic) | Output::ToAnthropic(_) => Some(inbound::error_event(message)),
+        }
+    }
+}
+
 /// How forwarding one batch of events ended.
 enum Flow {
     Continue,
     Done,
     Failed(&'static str, &'static str),
+    /// The upstream's error event was forwarded.
+    UpstreamError,
 }
 
-/// Forwards parsed upstream events to the client, recording usage along the way.
+/// Forwards decoded upstream events to the client, recording usage along the way.
 async fn forward_items(
-    items: &[SseItem],
+    items: &[Decoded],
     req: &ChatRequest,
     quote: &Quote,
+    out: &mut Output,
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<Flow, DownstreamError> {
-    for item in items {
-        let SseItem::Event { event, data } = item else {
-            io.send_body(Bytes::from(sse::encode(item)), false).await?;
+    for Decoded { item, class } in items {
+        let (SseItem::Event { event, data }, Some(class)) = (item, class) else {
+            io.send_body(Bytes::from(out.event(item, false)), false).await?;
             continue;
         };
-        let chunk = match classify(data) {
+        let chunk = match class {
             StreamEvent::Done => {
-                io.send_body(Bytes::from_static(b"data: [DONE]\n\n"), false).await?;
+                io.send_body(Bytes::from(out.event(item, true)), false).await?;
                 return Ok(Flow::Done);
             }
             StreamEvent::Malformed => return Ok(Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid")),
-            StreamEvent::Chunk(c) => c,
+            StreamEvent::Chunk(c) => *c,
         };
         if rec.first_token_at.is_none() && chunk.content {
             rec.first_token_at = Some(Instant::now());
@@ -116,9 +171,9 @@ async fn forward_items(
         if chunk.usage_only && !req.include_usage {
             continue;
         }
-        io.send_body(Bytes::from(sse::encode(with_cost_event.as_ref().unwrap_or(item))), false).await?;
+        io.send_body(Bytes::from(out.event(with_cost_event.as_ref().unwrap_or(item), false)), false).await?;
         if chunk.error {
-            return Ok(Flow::Failed("The upstream reported an error mid-stream.", "upstream_stream_error"));
+            return Ok(Flow::UpstreamError);
         }
     }
     Ok(Flow::Continue)
@@ -134,6 +189,7 @@ pub async fn relay(
     decision: &RouteDecision,
     req: &ChatRequest,
     explain: Option<String>,
+    client: ClientApi,
     answer: Answer,
     io: &mut dyn Downstream,
     rec: &mut Record,
@@ -148,7 +204,7 @@ pub async fn relay(
     if let Some(x) = explain {
         headers.push(("x-joule-explain", x));
     }
-    let status = answer.status;
+    let mut status = answer.status;
     rec.status = status;
     if let Some(first) = answer.first_token_at {
         rec.first_token_at = Some(first);
@@ -170,7 +226,13 @@ pub async fn relay(
                     }
                 }
             }
-            headers.push(("content-type", answer.content_type));
+            let mut content_type = answer.content_type;
+            if client == ClientApi::Anthropic && !answer.native {
+                let (converted_status, converted) = to_anthropic(&bytes, status, &model.id, rec);
+                (status, bytes) = (converted_status, Bytes::from(converted));
+                content_type = "application/json".into();
+            }
+            headers.push(("content-type", content_type));
             io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
             return io.send_body(bytes, true).await;
         }
@@ -181,7 +243,11 @@ pub async fn relay(
     headers.push(("cache-control", "no-cache".into()));
     io.send_head(ResponseHead { status, headers, content_length: None }).await?;
 
-    let mut flow = forward_items(&prefetched, req, &quote, io, rec).await?;
+    let mut out = match client {
+        ClientApi::Anthropic if !answer.native => Output::ToAnthropic(EventStream::new(&model.id)),
+        _ => Output::Same(client),
+    };
+    let mut flow = forward_items(&prefetched, req, &quote, &mut out, io, rec).await?;
     while let Flow::Continue = flow {
         let chunk = match tokio::time::timeout(world.limits.stream_idle_timeout, rest.next()).await {
             Err(_) => {
@@ -198,7 +264,7 @@ pub async fn relay(
                     flow = broken_flow(broken);
                     break;
                 }
-                flow = match forward_items(&prefetched, req, &quote, io, rec).await? {
+                flow = match forward_items(&prefetched, req, &quote, &mut out, io, rec).await? {
                     Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
                     other => other,
                 };
@@ -209,18 +275,23 @@ pub async fn relay(
         prefetched.clear();
         if let Err(broken) = decoder.feed(&chunk, &mut prefetched) {
             // What converted before the break is forwarded first.
-            flow = match forward_items(&prefetched, req, &quote, io, rec).await? {
+            flow = match forward_items(&prefetched, req, &quote, &mut out, io, rec).await? {
                 Flow::Continue => broken_flow(broken),
                 other => other,
             };
             break;
         }
-        flow = forward_items(&prefetched, req, &quote, io, rec).await?;
+        flow = forward_items(&prefetched, req, &quote, &mut out, io, rec).await?;
     }
-    if let Flow::Failed(message, code) = flow {
-        rec.error = Some(code);
-        tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), code, "stream failed after headers");
-        io.send_body(Bytes::from(stream_error_event(message, code)), false).await?;
+    let (message, code, upstream_said) = match flow {
+        Flow::Failed(message, code) => (message, code, false),
+        Flow::UpstreamError => ("The upstream reported an error mid-stream.", "upstream_stream_error", true),
+        Flow::Continue | Flow::Done => return io.send_body(Bytes::new(), true).await,
+    };
+    rec.error = Some(code);
+    tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), code, "stream failed after headers");
+    if let Some(event) = out.error(message, code, upstream_said) {
+        io.send_body(Bytes::from(event), false).await?;
     }
     io.send_body(Bytes::new(), true).await
 }

@@ -105,6 +105,7 @@ fn request_head(session: &Session) -> RequestHead {
         path: req.uri.path().to_string(),
         query: req.uri.query().map(str::to_string),
         authorization: req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()),
+        api_key: req.headers.get("x-api-key").map(|v| v.as_bytes().to_vec()),
         content_length: req
             .headers
             .get(http::header::CONTENT_LENGTH)

@@ -1431,5 +1431,7 @@ impl StreamConverter {
     }
 }
 
+pub mod inbound;
+
 #[cfg(test)]
 mod tests;

@@ -21,13 +21,12 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
-use crate::api::chat::{classify, read_doc, ChatRequest, Chunk, StreamEvent};
+use crate::api::chat::{read_doc, ChatRequest, Chunk, StreamEvent};
 use crate::api::error::ApiError;
-use crate::api::sse::SseItem;
 use crate::catalog::{Catalog, DeploymentKind, Model, ProviderApi};
-use crate::translate::anthropic::{self, StreamConverter};
+use crate::translate::anthropic::{self, inbound::Inbound, StreamConverter};
 use crate::translate::TranslateError;
-use decode::StreamDecoder;
+use decode::{Decoded, StreamDecoder};
 use crate::routing::RouteDecision;
 use crate::telemetry::{Admission, DeploymentStats, InFlightGuard, Telemetry};
 pub use client::Clients;
@@ -147,7 +146,7 @@ pub enum AnswerBody {
     Full { bytes: Bytes, doc: Option<Chunk> },
     /// An SSE stream: the events read before the first content token (held back until the
     /// deployment proved it answers), and the rest of the stream.
-    Stream { prefetched: Vec<SseItem>, decoder: StreamDecoder, rest: BoxStream<'static, reqwest::Result<Bytes>> },
+    Stream { prefetched: Vec<Decoded>, decoder: Box<StreamDecoder>, rest: BoxStream<'static, reqwest::Result<Bytes>> },
 }
 
 /// The upstream that answered.
@@ -159,6 +158,9 @@ pub struct Answer {
     pub status: u16,
     pub content_type: String,
     pub body: AnswerBody,
+    /// The body (or its events) is in the client's own API as the provider sent it (an
+    /// Anthropic client answered by an Anthropic deployment), not in the OpenAI form.
+    pub native: bool,
     /// When the request was sent to this deployment.
     pub sent_at: Instant,
     /// When its first content token arrived (streams).
@@ -185,6 +187,19 @@ pub struct Route<'a> {
     pub request_id: &'a str,
     /// The client's `anthropic-beta` header, passed to Anthropic providers.
     pub anthropic_beta: Option<&'a str>,
+    /// The client's own Messages request when it spoke Anthropic (`POST /v1/messages`): sent
+    /// as-is (model replaced) to deployments that speak Anthropic, whose answers then pass
+    /// through natively; deployments that speak OpenAI get the chat form.
+    pub native: Option<NativeRequest<'a>>,
+}
+
+/// A client request in a provider's own API, beside its chat form.
+#[derive(Clone, Copy)]
+pub struct NativeRequest<'a> {
+    /// The body as the client sent it.
+    pub body: &'a [u8],
+    /// Its conversion (model span, what the chat form cannot carry).
+    pub inbound: &'a Inbound,
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
@@ -221,8 +236,9 @@ pub async fn send(
         let guard = stats.map(|s| s.begin());
         let sent_at = Instant::now();
         let failure = match attempt(route, cand.deployment, dep, request, body, sent_at).await {
-            Ok((status, content_type, body, first_token_at)) => {
+            Ok((status, content_type, body, first_token_at, native)) => {
                 return Ok(Answer {
+                    native,
                     deployment: cand.deployment,
                     rank,
                     status,
@@ -246,13 +262,24 @@ pub async fn send(
     Err(all_failed(route.model, &attempts))
 }
 
-type AttemptOk = (u16, String, AnswerBody, Option<Instant>);
+type AttemptOk = (u16, String, AnswerBody, Option<Instant>, bool);
 
 /// How one deployment is spoken to.
 enum Wire<'a> {
     OpenAi,
     /// Anthropic Messages; `forced_json_tool` when `response_format` became a forced tool.
     Anthropic { version: &'a str, forced_json_tool: Option<String> },
+    /// Anthropic Messages from an Anthropic client: its body and the answer pass through.
+    AnthropicNative { version: &'a str },
+}
+
+impl Wire<'_> {
+    fn version(&self) -> Option<&str> {
+        match self {
+            Wire::OpenAi => None,
+            Wire::Anthropic { version, .. } | Wire::AnthropicNative { version } => Some(version),
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -269,8 +296,14 @@ async fn attempt(
 ) -> Result<AttemptOk, AttemptFailure> {
     let (_, key) = route.catalog.endpoint_of(dep);
     let url = route.clients.chat_url(route.model_index, index).ok_or(AttemptFailure::Connect)?;
-    let (wire, upstream_body) = match route.catalog.provider_of(dep).map(|p| &p.api) {
-        Some(ProviderApi::Anthropic { version }) => {
+    let (wire, upstream_body) = match (route.catalog.provider_of(dep).map(|p| &p.api), route.native) {
+        (Some(ProviderApi::Anthropic { version }), Some(native)) => {
+            (Wire::AnthropicNative { version }, anthropic::inbound::with_model(native.body, &native.inbound.model_span, &dep.upstream_model))
+        }
+        (_, Some(NativeRequest { inbound: Inbound { unsupported: Some(e), .. }, .. })) => {
+            return Err(AttemptFailure::Untranslatable(e.clone()));
+        }
+        (Some(ProviderApi::Anthropic { version }), None) => {
             let max_tokens = match dep.kind {
                 DeploymentKind::Provider { default_max_tokens, .. } => default_max_tokens,
                 DeploymentKind::Hosted { .. } => 4096,
@@ -278,7 +311,7 @@ async fn attempt(
             let r = anthropic::request_to_anthropic(body, &dep.upstream_model, max_tokens).map_err(AttemptFailure::Untranslatable)?;
             (Wire::Anthropic { version, forced_json_tool: r.forced_json_tool }, r.body)
         }
-        _ => (Wire::OpenAi, request.upstream_body(body, &dep.upstream_model)),
+        (_, _) => (Wire::OpenAi, request.upstream_body(body, &dep.upstream_model)),
     };
     let mut rb = route
         .clients
@@ -288,14 +321,14 @@ async fn attempt(
         .header(ACCEPT, if request.stream { "text/event-stream" } else { "application/json" })
         .header("x-request-id", route.request_id)
         .body(upstream_body);
-    match &wire {
-        Wire::OpenAi => {
+    match wire.version() {
+        None => {
             if let Some(k) = key {
                 rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
             }
         }
-        Wire::Anthropic { version, .. } => {
-            rb = rb.header("anthropic-version", *version);
+        Some(version) => {
+            rb = rb.header("anthropic-version", version);
             if let Some(k) = key {
                 rb = rb.header("x-api-key", k.expose());
             }
@@ -328,8 +361,22 @@ async fn attempt(
     if !(request.stream && sse) {
         let deadline = tokio::time::Instant::from_std(sent_at + route.request_timeout);
         let bytes = read_answer(resp, route.max_answer_bytes, deadline).await?;
-        let (bytes, content_type) = match &wire {
-            Wire::OpenAi => (bytes, content_type),
+        let (bytes, content_type, doc) = match &wire {
+            Wire::OpenAi => {
+                let doc = parse_answer(&bytes, success)?;
+                (bytes, content_type, doc)
+            }
+            // Read through its conversion, which checks it as strictly as a converted answer.
+            Wire::AnthropicNative { .. } => {
+                let doc = match success {
+                    true => anthropic::response_from_anthropic(&bytes, None, 0).ok().and_then(|c| read_doc(&c)),
+                    false => None,
+                };
+                if success && doc.is_none() {
+                    return Err(AttemptFailure::UnreadableAnswer);
+                }
+                (bytes, content_type, doc)
+            }
             Wire::Anthropic { forced_json_tool, .. } => {
                 let converted = if success {
                     anthropic::response_from_anthropic(&bytes, forced_json_tool.as_deref(), unix_now())
@@ -337,19 +384,22 @@ async fn attempt(
                 } else {
                     anthropic::error_from_anthropic(status, &bytes)
                 };
-                (Bytes::from(converted), "application/json".to_string())
+                let doc = parse_answer(&converted, success)?;
+                (Bytes::from(converted), "application/json".to_string(), doc)
             }
         };
-        let doc = parse_answer(&bytes, success)?;
-        return Ok((status, content_type, AnswerBody::Full { bytes, doc }, None));
+        let native = matches!(wire, Wire::AnthropicNative { .. });
+        return Ok((status, content_type, AnswerBody::Full { bytes, doc }, None, native));
     }
     // Hold the stream back until its first content token (or its end): until then the client
     // has seen nothing and another deployment can still take over.
     let deadline = tokio::time::Instant::from_std(sent_at + route.ttft_timeout);
     let mut rest = resp.bytes_stream().boxed();
+    let native = matches!(wire, Wire::AnthropicNative { .. });
     let mut decoder = match wire {
         Wire::OpenAi => StreamDecoder::openai(),
         Wire::Anthropic { forced_json_tool, .. } => StreamDecoder::anthropic(StreamConverter::new(unix_now(), forced_json_tool)),
+        Wire::AnthropicNative { .. } => StreamDecoder::anthropic_native(StreamConverter::new(unix_now(), None)),
     };
     let mut prefetched = Vec::new();
     // Complete events held back are bounded like one event (the unfinished one is bounded by
@@ -366,25 +416,22 @@ async fn attempt(
         if decoder.feed(&chunk, &mut prefetched).is_err() {
             return Err(AttemptFailure::EarlyStreamFailure);
         }
-        for item in &prefetched[before..] {
-            held += match item {
-                SseItem::Event { data, .. } => data.len(),
-                SseItem::Comment(c) => c.len(),
-            };
-            let SseItem::Event { data, .. } = item else { continue };
-            match classify(data) {
-                StreamEvent::Done => return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder, rest }, None)),
+        for d in &prefetched[before..] {
+            held += d.len();
+            let Some(class) = &d.class else { continue };
+            match class {
+                StreamEvent::Done => return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder: Box::new(decoder), rest }, None, native)),
                 StreamEvent::Malformed => return Err(AttemptFailure::EarlyStreamFailure),
                 StreamEvent::Chunk(c) if c.error => return Err(AttemptFailure::EarlyStreamFailure),
                 StreamEvent::Chunk(c) if c.content => {
                     let first = Some(Instant::now());
-                    return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder, rest }, first));
+                    return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder: Box::new(decoder), rest }, first, native));
                 }
                 StreamEvent::Chunk(_) => {}
             }
         }
         if held > crate::api::sse::DEFAULT_MAX_EVENT {
-            return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder, rest }, None));
+            return Ok((status, content_type, AnswerBody::Stream { prefetched, decoder: Box::new(decoder), rest }, None, native));
         }
     }
 }

@@ -235,5 +235,6 @@ pub fn head(method: http::Method, path: &str, key: Option<&str>, content_length:
         content_length: content_length.map(|n| n as u64),
         explain: false,
         anthropic_beta: None,
+        api_key: None,
     }
 }
