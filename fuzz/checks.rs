@@ -72,7 +72,7 @@ pub fn check_sse(data: &[u8]) {
 /// in place (or none at all), and reads the same usage as the original.
 pub fn check_upstream_doc(data: &[u8]) {
     let doc = read_doc(data);
-    let cost = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, currency: "USD" };
+    let cost = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, cache_read: Some(0.125), cache_write: None, currency: "USD" };
     let tree = is_tree(data);
     if let Some(out) = insert_cost(data, &cost) {
         assert_eq!(read_doc(&out).map(|d| d.usage), doc.map(|d| d.usage));

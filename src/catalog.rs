@@ -35,6 +35,21 @@ pub struct TokenPrice {
     pub output: f64,
 }
 
+/// $/Mtok of prompt tokens a provider serves from its prompt cache (`read`) or writes into it
+/// (`write`), where it prices them apart from other input tokens (Anthropic does).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CachePrice {
+    pub read: f64,
+    pub write: f64,
+}
+
+/// What a client pays for cached prompt tokens, and the routing-fee part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CacheQuote {
+    pub price: CachePrice,
+    pub fee: CachePrice,
+}
+
 /// A hosted deployment's hardware, for the energy part of its token price (DESIGN.md, Pricing):
 /// the node's power draw and its throughput per token direction.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,6 +123,9 @@ pub enum DeploymentKind {
         /// Index into [`Catalog::providers`].
         provider: usize,
         list_price: TokenPrice,
+        /// The provider's cache prices, when configured; otherwise cached prompt tokens are
+        /// priced as input.
+        cache_price: Option<CachePrice>,
         /// `max_tokens` sent when the client names none, for APIs that require it
         /// (Anthropic). Default 4096.
         default_max_tokens: u32,
@@ -151,6 +169,9 @@ pub struct Quote {
     pub energy: TokenPrice,
     /// The energy price behind this quote is stale (see `crate::pricing::energy`).
     pub stale: bool,
+    /// Cached prompt tokens priced apart (provider routes with cache prices); `None`: they
+    /// cost what other input tokens cost.
+    pub cache: Option<CacheQuote>,
 }
 
 /// The validated catalog.
@@ -228,13 +249,18 @@ impl Catalog {
     /// back to this. Provider routes: list price plus the routing fee. Free models: 0 to the
     /// client, the deployment's cost still reported for routing.
     pub fn quote(&self, model: &Model, d: &Deployment) -> Quote {
+        let mut cache = None;
         let (cost, fee) = match &d.kind {
             DeploymentKind::Hosted { base_price, floor, .. } => (
                 TokenPrice { input: base_price.input.max(floor.input), output: base_price.output.max(floor.output) },
                 TokenPrice::default(),
             ),
-            DeploymentKind::Provider { provider, list_price, .. } => {
+            DeploymentKind::Provider { provider, list_price, cache_price, .. } => {
                 let rate = self.providers.get(*provider).map_or(0.0, |p| p.routing_fee);
+                cache = cache_price.map(|c| CacheQuote {
+                    price: CachePrice { read: c.read * (1.0 + rate), write: c.write * (1.0 + rate) },
+                    fee: CachePrice { read: c.read * rate, write: c.write * rate },
+                });
                 (
                     TokenPrice { input: list_price.input * (1.0 + rate), output: list_price.output * (1.0 + rate) },
                     TokenPrice { input: list_price.input * rate, output: list_price.output * rate },
@@ -244,6 +270,6 @@ impl Catalog {
         if model.category == Category::Free {
             return Quote { cost, ..Quote::default() };
         }
-        Quote { price: cost, fee, cost, ..Quote::default() }
+        Quote { price: cost, fee, cost, cache, ..Quote::default() }
     }
 }

@@ -184,3 +184,43 @@ async fn probes_speak_anthropic() {
     let d = v["data"].as_array().unwrap().iter().find(|d| d["id"] == "route0").cloned().unwrap();
     assert_eq!(d["breaker"], "closed", "{d}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_reads_and_writes_are_priced_apart_when_configured() {
+    // Anthropic-like usage: 200k uncached, 600k read from the cache, 200k written into it.
+    let usage = serde_json::json!({"input_tokens": 200_000, "cache_read_input_tokens": 600_000,
+                                   "cache_creation_input_tokens": 200_000, "output_tokens": 100_000});
+    let m = mock(anthropic_mock(MockConfig { tokens: 2, reported_usage: Some(usage), ..Default::default() })).await;
+    let gw = gateway(&[&m], "").await;
+    let plain = client().post(format!("{}/chat/completions", gw.base())).bearer_auth(KEY).json(&chat_body("claude-test", false));
+    let v: serde_json::Value = plain.send().await.unwrap().json().await.unwrap();
+    // Without cache prices every prompt token costs the input price: 1M × 3.15 + 100k × 15.75.
+    assert_eq!(v["usage"]["cost"]["total"], 4.725, "{v}");
+    assert!(v["usage"]["cost"].get("cache_read").is_none(), "{v}");
+    assert_eq!((v["usage"]["prompt_tokens"].as_u64(), v["usage"]["cache_creation_input_tokens"].as_u64()), (Some(1_000_000), Some(200_000)));
+    drop(gw);
+
+    let gw = Gateway::start_with(
+        &format!(
+            "[[providers]]\nid = \"anth\"\nbase_url = \"{}\"\napi = \"anthropic\"\napi_key_env = \"TEST_ANTHROPIC_KEY\"\n\n\
+             [[models]]\nid = \"claude-test\"\ncategory = \"third-party\"\n[[models.deployments]]\nid = \"route\"\nprovider = \"anth\"\n\
+             list_price_input = 3.0\nlist_price_output = 15.0\nlist_price_cache_read = 0.30\nlist_price_cache_write = 3.75\n",
+            m.base_url()
+        ),
+        "",
+        &[("TEST_ANTHROPIC_KEY", SECRET)],
+    )
+    .await;
+    let expected = serde_json::json!({"total": 3.1815, "input": 1.6065, "output": 1.575, "energy": 0.0, "routing_fee": 0.1515,
+                                      "cache_read": 0.189, "cache_write": 0.7875, "currency": "USD"});
+    let openai = client().post(format!("{}/chat/completions", gw.base())).bearer_auth(KEY).json(&chat_body("claude-test", false));
+    let v: serde_json::Value = openai.send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["usage"]["cost"], expected, "OpenAI client: {v}");
+    let anthropic = client()
+        .post(format!("{}/messages", gw.base()))
+        .header("x-api-key", KEY)
+        .json(&serde_json::json!({"model": "claude-test", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}));
+    let v: serde_json::Value = anthropic.send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["usage"]["cost"], expected, "Anthropic client, answered natively: {v}");
+    assert_eq!(v["usage"]["cache_read_input_tokens"], 600_000);
+}

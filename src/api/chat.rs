@@ -428,15 +428,36 @@ pub const USAGE_INVALID: &str = "upstream_usage_invalid";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
     /// Prompt and completion tokens, each a non-negative integer within [`MAX_USAGE_TOKENS`].
-    Tokens(u64, u64),
+    Tokens(TokenCounts),
     /// A token count that is negative, fractional, not a number, or above
     /// [`MAX_USAGE_TOKENS`]: no tokens are recorded and no cost is computed from it.
     Invalid,
 }
 
-/// `prompt_tokens` and `completion_tokens` of a `usage` member: `None` for `null`, a
-/// non-object, or either count absent (or `null`); [`Usage::Invalid`] when a count is present
-/// but not believable. The one place upstream usage numbers are read.
+/// The tokens of one request. The cache counts are parts of `prompt`: prompt tokens read from
+/// the provider's prompt cache, and written into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenCounts {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl TokenCounts {
+    /// Prompt and completion tokens, nothing cached.
+    pub fn new(prompt: u64, completion: u64) -> Self {
+        TokenCounts { prompt, completion, cache_read: 0, cache_write: 0 }
+    }
+}
+
+/// A `usage` member: `prompt_tokens` and `completion_tokens`, and the cache parts of the
+/// prompt — `prompt_tokens_details.cached_tokens` (OpenAI's cache reads) and
+/// `cache_creation_input_tokens` (cache writes, as LiteLLM and joule's Anthropic conversion
+/// report them). `None` for `null`, a non-object, or either main count absent (or `null`);
+/// [`Usage::Invalid`] when a main count is present but not believable. A cache count that is
+/// not a believable number counts as 0, and the cache parts are capped at the prompt (a
+/// cached token is never billed twice). The one place upstream usage numbers are read.
 fn usage_of(usage: &RawValue) -> Option<Usage> {
     #[derive(serde::Deserialize)]
     struct Counts<'a> {
@@ -444,6 +465,15 @@ fn usage_of(usage: &RawValue) -> Option<Usage> {
         prompt_tokens: Option<&'a RawValue>,
         #[serde(borrow)]
         completion_tokens: Option<&'a RawValue>,
+        #[serde(borrow)]
+        prompt_tokens_details: Option<&'a RawValue>,
+        #[serde(borrow)]
+        cache_creation_input_tokens: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Details<'a> {
+        #[serde(borrow)]
+        cached_tokens: Option<&'a RawValue>,
     }
     if !usage.get().starts_with('{') {
         return None;
@@ -451,10 +481,17 @@ fn usage_of(usage: &RawValue) -> Option<Usage> {
     let counts: Counts = serde_json::from_str(usage.get()).ok()?;
     let (p, c) = (counts.prompt_tokens?, counts.completion_tokens?);
     let valid = |x: &RawValue| serde_json::from_str::<u64>(x.get()).ok().filter(|n| *n <= MAX_USAGE_TOKENS);
-    Some(match (valid(p), valid(c)) {
-        (Some(p), Some(c)) => Usage::Tokens(p, c),
-        _ => Usage::Invalid,
-    })
+    let (Some(prompt), Some(completion)) = (valid(p), valid(c)) else { return Some(Usage::Invalid) };
+    let read = counts
+        .prompt_tokens_details
+        .filter(|d| d.get().starts_with('{'))
+        .and_then(|d| serde_json::from_str::<Details>(d.get()).ok())
+        .and_then(|d| d.cached_tokens)
+        .and_then(valid)
+        .unwrap_or(0)
+        .min(prompt);
+    let write = counts.cache_creation_input_tokens.and_then(valid).unwrap_or(0).min(prompt - read);
+    Some(Usage::Tokens(TokenCounts { prompt, completion, cache_read: read, cache_write: write }))
 }
 
 #[cfg(test)]
@@ -554,7 +591,7 @@ mod tests {
         assert!(!c(r#"{"choices":[{"delta":["content"]},0,"x"]}"#).content, "odd shapes carry nothing");
         assert!(!c(r#"{"choices":{"delta":{"content":"x"}}}"#).content);
         let u = c(r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
-        assert!(u.usage_only && u.usage == Some(Usage::Tokens(1, 2)));
+        assert!(u.usage_only && u.usage == Some(Usage::Tokens(TokenCounts::new(1, 2))));
         assert!(!c(r#"{"choices":[ ],"usage":null}"#).usage_only);
         assert!(c(r#"{"error":{"message":"x"}}"#).error);
         for bad in ["[1]", "\"x\"", "{\"a\":", "{} x", ""] {
@@ -566,8 +603,17 @@ mod tests {
     #[test]
     fn upstream_usage_is_validated() {
         let u = |s: &str| read_doc(s.as_bytes()).unwrap().usage;
-        assert_eq!(u(r#"{"usage":{"prompt_tokens":3,"completion_tokens":0}}"#), Some(Usage::Tokens(3, 0)));
-        assert_eq!(u(r#"{"usage":{"prompt_tokens":10000000,"completion_tokens":10000000}}"#), Some(Usage::Tokens(MAX_USAGE_TOKENS, MAX_USAGE_TOKENS)));
+        assert_eq!(u(r#"{"usage":{"prompt_tokens":3,"completion_tokens":0}}"#), Some(Usage::Tokens(TokenCounts::new(3, 0))));
+        // Cache parts: OpenAI's cached_tokens and the cache writes, capped at the prompt.
+        let t = |read: u64, write: u64| Some(Usage::Tokens(TokenCounts { prompt: 100, completion: 5, cache_read: read, cache_write: write }));
+        let with = |details: &str, extra: &str| u(&format!(r#"{{"usage":{{"prompt_tokens":100,"completion_tokens":5,"prompt_tokens_details":{details}{extra}}}}}"#));
+        assert_eq!(with(r#"{"cached_tokens":60}"#, r#","cache_creation_input_tokens":30"#), t(60, 30));
+        assert_eq!(with(r#"{"cached_tokens":60}"#, r#","cache_creation_input_tokens":90"#), t(60, 40));
+        assert_eq!(with(r#"{"cached_tokens":600}"#, ""), t(100, 0));
+        assert_eq!(with(r#"{"cached_tokens":-1}"#, r#","cache_creation_input_tokens":"x""#), t(0, 0));
+        assert_eq!(with("null", ""), t(0, 0));
+        assert_eq!(with("[1]", r#","cache_creation_input_tokens":1e400"#), t(0, 0));
+        assert_eq!(u(r#"{"usage":{"prompt_tokens":10000000,"completion_tokens":10000000}}"#), Some(Usage::Tokens(TokenCounts::new(MAX_USAGE_TOKENS, MAX_USAGE_TOKENS))));
         for absent in [r#"{}"#, r#"{"usage":null}"#, r#"{"usage":{}}"#, r#"{"usage":{"prompt_tokens":3}}"#, r#"{"usage":{"prompt_tokens":3,"completion_tokens":null}}"#] {
             assert_eq!(u(absent), None, "{absent}");
         }

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use super::problems::{resolve, Env, Problems};
 use crate::catalog::{
-    Catalog, Category, DataCenter, Deployment, DeploymentKind, GpuProfile, Model, Prior, Provider, ProviderApi, TokenPrice,
+    CachePrice, Catalog, Category, DataCenter, Deployment, DeploymentKind, GpuProfile, Model, Prior, Provider, ProviderApi,
+    TokenPrice,
 };
 
 /// `[[data_centers]]`: a site of ours.
@@ -86,6 +87,12 @@ pub struct RawDeployment {
     /// Provider route: the provider's $/Mtok (required).
     pub list_price_input: Option<f64>,
     pub list_price_output: Option<f64>,
+    /// Provider route: $/Mtok of prompt tokens read from the provider's cache. Default: cache
+    /// tokens are priced as input unless either cache price is set; then the other defaults to
+    /// `list_price_input`.
+    pub list_price_cache_read: Option<f64>,
+    /// Provider route: $/Mtok of prompt tokens written into the provider's cache.
+    pub list_price_cache_write: Option<f64>,
     /// Prior time to first token, > 0. Default 500.
     pub ttft_ms: Option<f64>,
     /// Prior decode rate, > 0. Default 50.
@@ -312,7 +319,7 @@ fn hosted(p: &mut Problems, dpath: &str, dc: &str, d: &RawDeployment, scope: &Sc
     if d.max_tokens.is_some() {
         p.add(format!("{dpath}.max_tokens"), "is for provider routes (an API that requires max_tokens)");
     }
-    if d.list_price_input.is_some() || d.list_price_output.is_some() {
+    if d.list_price_input.is_some() || d.list_price_output.is_some() || d.list_price_cache_read.is_some() || d.list_price_cache_write.is_some() {
         p.add(dpath, "list_price_* is for provider routes; hosted deployments use base_price_*");
     }
     let base_price = TokenPrice {
@@ -365,5 +372,9 @@ fn provider_route(p: &mut Problems, dpath: &str, pr: &str, d: &RawDeployment, sc
     if d.max_tokens == Some(0) {
         p.add(format!("{dpath}.max_tokens"), "must be > 0");
     }
-    DeploymentKind::Provider { provider: idx.unwrap_or(0), list_price, default_max_tokens: d.max_tokens.unwrap_or(4096) }
+    let cache_price = (d.list_price_cache_read.is_some() || d.list_price_cache_write.is_some()).then(|| CachePrice {
+        read: p.price(&format!("{dpath}.list_price_cache_read"), d.list_price_cache_read.or(d.list_price_input)),
+        write: p.price(&format!("{dpath}.list_price_cache_write"), d.list_price_cache_write.or(d.list_price_input)),
+    });
+    DeploymentKind::Provider { provider: idx.unwrap_or(0), list_price, cache_price, default_max_tokens: d.max_tokens.unwrap_or(4096) }
 }

@@ -409,4 +409,17 @@ fn provider_api_and_max_tokens() {
         problems(&text("api = \"anthropic\"\n", "anthropic_version = \"a b\"\n", "max_tokens = 0\n")),
         ["providers[0].anthropic_version: must be a non-empty header value without spaces", "models[0].deployments[0].max_tokens: must be > 0"]
     );
+    // Cache prices: one set defaults the other to the input price; bad values name the field.
+    let settings = parse(&text("", "", "list_price_cache_read = 0.1
+"), Path::new(""), &|_| None).unwrap();
+    let d = &settings.catalog.models[0].deployments[0];
+    let want = Some(crate::catalog::CachePrice { read: 0.1, write: 1.0 });
+    assert!(matches!(d.kind, crate::catalog::DeploymentKind::Provider { cache_price, .. } if cache_price == want), "{:?}", d.kind);
+    assert_eq!(
+        problems(&text("", "", "list_price_cache_write = -2
+")),
+        ["models[0].deployments[0].list_price_cache_write: must be a finite number >= 0, got -2"]
+    );
+    let hosted = text("", "", "").replace("base_price_output = 1\n", "base_price_output = 1\nlist_price_cache_read = 1\n");
+    assert_eq!(problems(&hosted), ["models[0].deployments[1]: list_price_* is for provider routes; hosted deployments use base_price_*"]);
 }

@@ -10,11 +10,14 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::catalog::Quote;
+use crate::api::chat::TokenCounts;
+use crate::catalog::{CacheQuote, Quote};
 
 /// Itemised cost of a request in US$. `total = input + output`; `energy` and `routing_fee`
 /// are the parts of `total` due to energy (negative when energy prices were) and to the
-/// third-party routing fee.
+/// third-party routing fee; `cache_read` and `cache_write` (present only when the route prices
+/// cached prompt tokens apart) are the parts of `input` paid for prompt tokens read from and
+/// written into the provider's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Cost {
     pub total: f64,
@@ -22,6 +25,10 @@ pub struct Cost {
     pub output: f64,
     pub energy: f64,
     pub routing_fee: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
     pub currency: &'static str,
 }
 
@@ -35,17 +42,28 @@ fn round(x: f64) -> f64 {
 }
 
 impl Cost {
-    /// The cost of `prompt` input and `completion` output tokens at quote `q`. Free models'
-    /// quotes are 0, so their cost is 0.
-    pub fn of(q: &Quote, prompt: u64, completion: u64) -> Cost {
-        let input = usd(prompt, q.price.input);
-        let output = usd(completion, q.price.output);
+    /// The cost of `t`'s tokens at quote `q`: prompt tokens at the input price — except,
+    /// when the quote prices the cache apart, the cached ones at the cache read and write
+    /// prices — and completion tokens at the output price. Free models' quotes are 0, so their
+    /// cost is 0.
+    pub fn of(q: &Quote, t: &TokenCounts) -> Cost {
+        let (uncached, read, write, cache) = match &q.cache {
+            Some(c) => (t.prompt.saturating_sub(t.cache_read).saturating_sub(t.cache_write), t.cache_read, t.cache_write, c),
+            None => (t.prompt, 0, 0, &CacheQuote::default()),
+        };
+        let cache_read = usd(read, cache.price.read);
+        let cache_write = usd(write, cache.price.write);
+        let input = usd(uncached, q.price.input) + cache_read + cache_write;
+        let output = usd(t.completion, q.price.output);
+        let fee = usd(uncached, q.fee.input) + usd(read, cache.fee.read) + usd(write, cache.fee.write) + usd(t.completion, q.fee.output);
         Cost {
             total: round(input + output),
             input: round(input),
             output: round(output),
-            energy: round(usd(prompt, q.energy.input) + usd(completion, q.energy.output)),
-            routing_fee: round(usd(prompt, q.fee.input) + usd(completion, q.fee.output)),
+            energy: round(usd(t.prompt, q.energy.input) + usd(t.completion, q.energy.output)),
+            routing_fee: round(fee),
+            cache_read: q.cache.map(|_| round(cache_read)),
+            cache_write: q.cache.map(|_| round(cache_write)),
             currency: "USD",
         }
     }
@@ -167,26 +185,57 @@ mod tests {
 
     #[test]
     fn cost_items_add_up() {
-        let q = Quote { price: tp(0.2, 0.6), fee: TokenPrice::default(), cost: tp(0.2, 0.6), energy: tp(0.05, 0.2), stale: false };
-        let c = Cost::of(&q, 1_000_000, 500_000);
+        let q = Quote { price: tp(0.2, 0.6), fee: TokenPrice::default(), cost: tp(0.2, 0.6), energy: tp(0.05, 0.2), stale: false, cache: None };
+        let c = Cost::of(&q, &TokenCounts::new(1_000_000, 500_000));
         assert_eq!((c.input, c.output, c.total), (0.2, 0.3, 0.5));
         assert!((c.energy - 0.15).abs() < 1e-12);
         assert_eq!(c.routing_fee, 0.0);
         // Provider route: list 1.0/2.0 + 5%.
         let q = Quote { price: tp(1.05, 2.1), fee: tp(0.05, 0.1), cost: tp(1.05, 2.1), ..Quote::default() };
-        let c = Cost::of(&q, 2_000, 1_000);
+        let c = Cost::of(&q, &TokenCounts::new(2_000, 1_000));
         assert_eq!((c.total, c.routing_fee, c.energy), (0.0042, 0.0002, 0.0));
+        assert_eq!((c.cache_read, c.cache_write), (None, None), "no cache prices, no cache items");
+        // Cached tokens without cache prices cost what input costs.
+        let cached = TokenCounts { prompt: 2_000, completion: 1_000, cache_read: 1_500, cache_write: 100 };
+        assert_eq!(Cost::of(&q, &cached), c);
         // Free model: the quote is 0.
-        let c = Cost::of(&Quote { cost: tp(0.1, 0.2), ..Quote::default() }, 10_000, 10_000);
+        let c = Cost::of(&Quote { cost: tp(0.1, 0.2), ..Quote::default() }, &TokenCounts::new(10_000, 10_000));
         assert_eq!((c.total, c.input, c.output, c.energy), (0.0, 0.0, 0.0, 0.0));
         // Negative energy lowers the total below the base.
         let q = Quote { price: tp(0.09, 0.08), cost: tp(0.09, 0.08), energy: tp(-0.01, -0.02), ..Quote::default() };
-        assert_eq!(Cost::of(&q, 1_000_000, 1_000_000).energy, -0.03);
+        assert_eq!(Cost::of(&q, &TokenCounts::new(1_000_000, 1_000_000)).energy, -0.03);
+    }
+
+    #[test]
+    fn cache_prices_itemise_the_cached_prompt_tokens() {
+        use crate::catalog::{CachePrice, CacheQuote};
+        // Anthropic-like list prices 3 in / 15 out / 0.30 cache read / 3.75 cache write, + 5%.
+        let q = Quote {
+            price: tp(3.15, 15.75),
+            fee: tp(0.15, 0.75),
+            cost: tp(3.15, 15.75),
+            cache: Some(CacheQuote { price: CachePrice { read: 0.315, write: 3.9375 }, fee: CachePrice { read: 0.015, write: 0.1875 } }),
+            ..Quote::default()
+        };
+        let t = TokenCounts { prompt: 1_000_000, completion: 100_000, cache_read: 600_000, cache_write: 200_000 };
+        let c = Cost::of(&q, &t);
+        // 200k uncached × 3.15 + 600k × 0.315 + 200k × 3.9375 = 0.63 + 0.189 + 0.7875
+        assert_eq!((c.cache_read, c.cache_write), (Some(0.189), Some(0.7875)));
+        assert_eq!(c.input, 1.6065);
+        assert_eq!(c.output, 1.575);
+        assert_eq!(c.total, 3.1815);
+        // Fee: 200k × 0.15 + 600k × 0.015 + 200k × 0.1875 + 100k × 0.75 = 0.03 + 0.009 + 0.0375 + 0.075
+        assert_eq!(c.routing_fee, 0.1515);
+        let v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!(v["cache_read"], 0.189);
+        // Nothing cached: the items are there, at 0.
+        let c = Cost::of(&q, &TokenCounts::new(1_000_000, 0));
+        assert_eq!((c.input, c.cache_read, c.cache_write), (3.15, Some(0.0), Some(0.0)));
     }
 
     #[test]
     fn insert_keeps_the_rest_byte_exact() {
-        let c = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, currency: "USD" };
+        let c = Cost { total: 1.5, input: 0.5, output: 1.0, energy: 0.25, routing_fee: 0.0, cache_read: None, cache_write: None, currency: "USD" };
         let doc = br#"{"id":"x", "usage": {"prompt_tokens": 3 ,"completion_tokens":4}, "z":[1, 2.50]}"#;
         let out = String::from_utf8(insert_cost(doc, &c).unwrap()).unwrap();
         assert_eq!(

@@ -246,7 +246,7 @@ fn quote_with(catalog: &Catalog, sites: &[Option<SiteEnergy>], model: &Model, d:
         return Quote { cost: price, stale, ..Quote::default() };
     }
     let part = TokenPrice { input: price.input - base_price.input, output: price.output - base_price.output };
-    Quote { price, fee: TokenPrice::default(), cost: price, energy: part, stale }
+    Quote { price, fee: TokenPrice::default(), cost: price, energy: part, stale, cache: None }
 }
 
 // ---------------------------------------------------------------- engine

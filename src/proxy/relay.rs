@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{ClientApi, Downstream, DownstreamError, Record, ResponseHead, World};
-use crate::api::chat::{self, ChatRequest, StreamEvent, Usage};
+use crate::api::chat::{self, ChatRequest, StreamEvent, TokenCounts, Usage};
 use crate::api::error::stream_error_event;
 use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
@@ -41,8 +41,8 @@ fn quote_of(decision: &RouteDecision, deployment: usize) -> Quote {
 }
 
 /// Adds `cost` to the usage object of an upstream JSON document, recording it.
-fn with_cost(doc: &[u8], quote: &Quote, tokens: (u64, u64), rec: &mut Record) -> Option<Vec<u8>> {
-    let cost = Cost::of(quote, tokens.0, tokens.1);
+fn with_cost(doc: &[u8], quote: &Quote, tokens: &TokenCounts, rec: &mut Record) -> Option<Vec<u8>> {
+    let cost = Cost::of(quote, tokens);
     rec.cost = Some(cost);
     insert_cost(doc, &cost)
 }
@@ -50,12 +50,12 @@ fn with_cost(doc: &[u8], quote: &Quote, tokens: (u64, u64), rec: &mut Record) ->
 /// Records the usage an upstream reported, returning the tokens to charge: none for an
 /// unbelievable report, which flags the record (`upstream_usage_invalid`) instead — the client
 /// gets the upstream's usage object without `cost`.
-fn record_usage(usage: Usage, rec: &mut Record) -> Option<(u64, u64)> {
+fn record_usage(usage: Usage, rec: &mut Record) -> Option<TokenCounts> {
     match usage {
-        Usage::Tokens(p, c) => {
-            rec.prompt_tokens = Some(p);
-            rec.completion_tokens = Some(c);
-            Some((p, c))
+        Usage::Tokens(t) => {
+            rec.prompt_tokens = Some(t.prompt);
+            rec.completion_tokens = Some(t.completion);
+            Some(t)
         }
         Usage::Invalid => {
             rec.prompt_tokens = None;
@@ -163,7 +163,7 @@ async fn forward_items(
             // Only this event is re-encoded, with `cost` added to its usage (or an upstream's
             // own `cost` removed when its usage is not believed).
             let doc = match record_usage(usage, rec) {
-                Some(tokens) => with_cost(data.as_bytes(), quote, tokens, rec),
+                Some(tokens) => with_cost(data.as_bytes(), quote, &tokens, rec),
                 None => remove_cost(data.as_bytes()),
             };
             with_cost_event = doc.and_then(|b| String::from_utf8(b).ok()).map(|data| SseItem::Event { event: event.clone(), data });
@@ -217,7 +217,7 @@ pub async fn relay(
             if let Some(d) = doc {
                 if let Some(usage) = d.usage {
                     let doc = match record_usage(usage, rec) {
-                        Some(tokens) if (200..300).contains(&status) => with_cost(&bytes, &quote, tokens, rec),
+                        Some(tokens) if (200..300).contains(&status) => with_cost(&bytes, &quote, &tokens, rec),
                         Some(_) => None,
                         None => remove_cost(&bytes),
                     };

@@ -869,14 +869,20 @@ impl Counts {
     }
 
     /// OpenAI's `usage`: every input token, cached or not, is a prompt token (Anthropic's
-    /// `input_tokens` counts only those after the last cache breakpoint).
+    /// `input_tokens` counts only those after the last cache breakpoint); the cache reads are
+    /// `prompt_tokens_details.cached_tokens` as OpenAI reports them, and both cache counts
+    /// are also given under Anthropic's names (`cache_read_input_tokens`,
+    /// `cache_creation_input_tokens`), as LiteLLM does, since OpenAI's form has no place for
+    /// cache writes.
     fn json(&self) -> String {
         let prompt = self.input.saturating_add(self.cache_read).saturating_add(self.cache_creation);
         format!(
-            "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}",
+            "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}},\"cache_read_input_tokens\":{},\"cache_creation_input_tokens\":{}}}",
             self.output,
             prompt.saturating_add(self.output),
-            self.cache_read
+            self.cache_read,
+            self.cache_read,
+            self.cache_creation
         )
     }
 }

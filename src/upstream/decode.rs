@@ -232,7 +232,7 @@ mod tests {
         }
         let s = first.unwrap();
         assert_eq!(s[4], ("content_block_delta".into(), true, None, false));
-        assert_eq!(s[6], ("message_delta".into(), false, Some(Usage::Tokens(12, 7)), false));
+        assert_eq!(s[6], ("message_delta".into(), false, Some(Usage::Tokens(crate::api::chat::TokenCounts { prompt: 12, completion: 7, cache_read: 0, cache_write: 0 })), false));
         assert_eq!(s[7], ("message_stop".into(), false, None, true));
     }
 

@@ -587,6 +587,7 @@ struct UsageOut {
     prompt: u64,
     completion: u64,
     cached: u64,
+    cache_write: u64,
     /// joule's `cost` member (and its breakdown), as written into the chat usage.
     cost: Option<String>,
     cost_details: Option<String>,
@@ -599,6 +600,7 @@ impl UsageOut {
             prompt_tokens: Option<u64>,
             completion_tokens: Option<u64>,
             prompt_tokens_details: Option<Details>,
+            cache_creation_input_tokens: Option<u64>,
             #[serde(borrow)]
             cost: Option<&'a RawValue>,
             #[serde(borrow)]
@@ -613,17 +615,20 @@ impl UsageOut {
             prompt: u.prompt_tokens.unwrap_or(0),
             completion: u.completion_tokens.unwrap_or(0),
             cached: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            cache_write: u.cache_creation_input_tokens.unwrap_or(0),
             cost: u.cost.map(|c| c.get().to_string()),
             cost_details: u.cost_details.map(|c| c.get().to_string()),
         })
     }
 
-    /// Anthropic's `usage`: `input_tokens` counts the prompt tokens not read from a cache.
+    /// Anthropic's `usage`: `input_tokens` counts the prompt tokens neither read from nor
+    /// written into a cache.
     fn json(&self) -> String {
         let cached = self.cached.min(self.prompt);
+        let written = self.cache_write.min(self.prompt - cached);
         let mut s = format!(
-            "{{\"input_tokens\":{},\"output_tokens\":{},\"cache_read_input_tokens\":{cached},\"cache_creation_input_tokens\":0",
-            self.prompt - cached,
+            "{{\"input_tokens\":{},\"output_tokens\":{},\"cache_read_input_tokens\":{cached},\"cache_creation_input_tokens\":{written}",
+            self.prompt - cached - written,
             self.completion
         );
         if let Some(c) = &self.cost {

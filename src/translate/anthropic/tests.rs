@@ -342,7 +342,7 @@ fn text_answer() {
         v,
         json!({"id":"msg_1","object":"chat.completion","created":1_700_000_000u64,"model":"claude-x",
             "choices":[{"index":0,"message":{"role":"assistant","content":"Hello, world","refusal":null},"logprobs":null,"finish_reason":"stop"}],
-            "usage":{"prompt_tokens":130,"completion_tokens":5,"total_tokens":135,"prompt_tokens_details":{"cached_tokens":100}}})
+            "usage":{"prompt_tokens":130,"completion_tokens":5,"total_tokens":135,"prompt_tokens_details":{"cached_tokens":100},"cache_read_input_tokens":100,"cache_creation_input_tokens":20}})
     );
     assert!(!v.to_string().contains("musings"), "thinking never leaks");
 }
@@ -390,7 +390,7 @@ fn tool_use_answer_round_trips_arguments() {
     assert_eq!(args, input);
     assert_eq!(calls[1]["function"]["arguments"], "{}");
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-    assert_eq!(v["usage"], json!({"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0}}));
+    assert_eq!(v["usage"], json!({"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0},"cache_read_input_tokens":0,"cache_creation_input_tokens":0}));
     // No text: content is null.
     let v = resp(json!({"id":"m","model":"c","content":[{"type":"tool_use","id":"t","name":"f","input":{}}],"stop_reason":"tool_use"}), None);
     assert!(v["choices"][0]["message"]["content"].is_null());
@@ -566,7 +566,7 @@ fn stream_converts_identically_at_every_split() {
         r#""choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"is, FR\", \"unit\""}}]},"finish_reason":null}]}"#,
         r#""choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":": \"celsius\"}"}}]},"finish_reason":null}]}"#,
         r#""choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
-        r#""choices":[],"usage":{"prompt_tokens":582,"completion_tokens":89,"total_tokens":671,"prompt_tokens_details":{"cached_tokens":100}}}"#,
+        r#""choices":[],"usage":{"prompt_tokens":582,"completion_tokens":89,"total_tokens":671,"prompt_tokens_details":{"cached_tokens":100},"cache_read_input_tokens":100,"cache_creation_input_tokens":10}}"#,
     ]
     .iter()
     .map(|c| format!("{prefix}{c}"))
@@ -581,7 +581,7 @@ fn stream_converts_identically_at_every_split() {
     match crate::api::chat::classify(&expected[8]) {
         crate::api::chat::StreamEvent::Chunk(c) => {
             assert!(c.usage_only);
-            assert_eq!(c.usage, Some(crate::api::chat::Usage::Tokens(582, 89)));
+            assert_eq!(c.usage, Some(crate::api::chat::Usage::Tokens(crate::api::chat::TokenCounts { prompt: 582, completion: 89, cache_read: 100, cache_write: 10 })));
         }
         other => panic!("{other:?}"),
     }
