@@ -1,13 +1,15 @@
 //! Cost of translating a large conversation for an Anthropic-API provider: a 2 MiB,
 //! 200-message OpenAI chat request (system prompt, alternating turns, a tool call and its
 //! result) → Anthropic Messages, next to joule's own inspection and rewrite of the same body
-//! for an OpenAI-compatible upstream (the baseline every request pays). Reports the output
+//! for an OpenAI-compatible upstream (the baseline every request pays), and the inbound way
+//! (`/v1/messages`): that Anthropic body back to the chat form, inspected. Reports the output
 //! size against the input: the translation copies each message's text once.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use joule::api::chat::inspect;
+use joule::translate::anthropic::inbound::request_to_chat;
 use joule::translate::anthropic::request_to_anthropic;
 
 /// About `bytes` of conversation in `messages` messages.
@@ -48,6 +50,20 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("to_anthropic", |b| b.iter(|| black_box(request_to_anthropic(black_box(&body), "claude-sonnet-4-20250514", 4096).is_ok())));
+    // Inbound (`POST /v1/messages` to a model served over the chat API): the same conversation
+    // as an Anthropic client sends it, to the chat form, which is then inspected as any chat
+    // request is.
+    let chat = match request_to_chat(&out) {
+        Ok(i) => i.chat,
+        Err(e) => panic!("bench body does not translate back: {e}"),
+    };
+    println!("Anthropic body {} bytes → chat body {} bytes ({:.3}×)", out.len(), chat.len(), chat.len() as f64 / out.len() as f64);
+    g.bench_function("from_anthropic_and_inspect", |b| {
+        b.iter(|| {
+            let r = request_to_chat(black_box(&out)).ok().map(|i| inspect(&i.chat).is_ok());
+            black_box(r)
+        })
+    });
     g.finish();
 }
 

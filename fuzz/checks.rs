@@ -81,7 +81,8 @@ pub fn check_upstream_doc(data: &[u8]) {
         }
         let v: serde_json::Value =
             serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
-        assert_eq!(v["usage"]["cost"]["total"], 1.5, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(v["usage"]["cost"], 1.5, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(v["usage"]["cost_details"]["cache_read"], 0.125, "{}", String::from_utf8_lossy(&out));
     }
     if !tree {
         return;
@@ -89,7 +90,7 @@ pub fn check_upstream_doc(data: &[u8]) {
     if let Some(out) = remove_cost(data) {
         let v: serde_json::Value =
             serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
-        assert!(v["usage"].get("cost").is_none(), "{}", String::from_utf8_lossy(&out));
+        assert!(v["usage"].get("cost").is_none() && v["usage"].get("cost_details").is_none(), "{}", String::from_utf8_lossy(&out));
     }
 }
 

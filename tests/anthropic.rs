@@ -46,7 +46,7 @@ async fn openai_clients_reach_a_claude_route() {
     assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2 tok3 tok4", "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["completion_tokens"], 5);
-    assert!(v["usage"]["cost"]["total"].as_f64().is_some_and(|c| c > 0.0), "priced: {v}");
+    assert!(v["usage"]["cost"].as_f64().is_some_and(|c| c > 0.0), "priced: {v}");
     let seen = m.last_request().unwrap();
     assert_eq!(seen.header("x-api-key"), Some(SECRET));
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
@@ -85,7 +85,7 @@ async fn a_claude_stream_arrives_event_by_event_with_usage() {
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"), "{data:?}");
     let usage = chunks.iter().find(|c| c["usage"].is_object()).expect("usage chunk");
     assert_eq!(usage["usage"]["completion_tokens"], 10);
-    assert!(usage["usage"]["cost"]["total"].as_f64().is_some_and(|c| c > 0.0), "{usage}");
+    assert!(usage["usage"]["cost"].as_f64().is_some_and(|c| c > 0.0), "{usage}");
     // Converted as they arrive: content events keep the upstream's spacing.
     let times = got.content_times();
     assert_eq!(times.len(), 10);
@@ -195,8 +195,8 @@ async fn cache_reads_and_writes_are_priced_apart_when_configured() {
     let plain = client().post(format!("{}/chat/completions", gw.base())).bearer_auth(KEY).json(&chat_body("claude-test", false));
     let v: serde_json::Value = plain.send().await.unwrap().json().await.unwrap();
     // Without cache prices every prompt token costs the input price: 1M × 3.15 + 100k × 15.75.
-    assert_eq!(v["usage"]["cost"]["total"], 4.725, "{v}");
-    assert!(v["usage"]["cost"].get("cache_read").is_none(), "{v}");
+    assert_eq!(v["usage"]["cost"], 4.725, "{v}");
+    assert!(v["usage"]["cost_details"].get("cache_read").is_none(), "{v}");
     assert_eq!((v["usage"]["prompt_tokens"].as_u64(), v["usage"]["cache_creation_input_tokens"].as_u64()), (Some(1_000_000), Some(200_000)));
     drop(gw);
 
@@ -211,16 +211,16 @@ async fn cache_reads_and_writes_are_priced_apart_when_configured() {
         &[("TEST_ANTHROPIC_KEY", SECRET)],
     )
     .await;
-    let expected = serde_json::json!({"total": 3.1815, "input": 1.6065, "output": 1.575, "energy": 0.0, "routing_fee": 0.1515,
+    let expected = serde_json::json!({"input": 1.6065, "output": 1.575, "energy": 0.0, "routing_fee": 0.1515,
                                       "cache_read": 0.189, "cache_write": 0.7875, "currency": "USD"});
     let openai = client().post(format!("{}/chat/completions", gw.base())).bearer_auth(KEY).json(&chat_body("claude-test", false));
     let v: serde_json::Value = openai.send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["usage"]["cost"], expected, "OpenAI client: {v}");
+    assert_eq!((&v["usage"]["cost"], &v["usage"]["cost_details"]), (&serde_json::json!(3.1815), &expected), "OpenAI client: {v}");
     let anthropic = client()
         .post(format!("{}/messages", gw.base()))
         .header("x-api-key", KEY)
         .json(&serde_json::json!({"model": "claude-test", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}));
     let v: serde_json::Value = anthropic.send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["usage"]["cost"], expected, "Anthropic client, answered natively: {v}");
+    assert_eq!((&v["usage"]["cost"], &v["usage"]["cost_details"]), (&serde_json::json!(3.1815), &expected), "Anthropic client, answered natively: {v}");
     assert_eq!(v["usage"]["cache_read_input_tokens"], 600_000);
 }

@@ -1,7 +1,9 @@
-//! The cost of one request, itemised for the client (`usage.cost`): what the input and
-//! output tokens cost at the chosen deployment's price at decision time, how much of that is
-//! energy and how much the routing fee. Also the byte-level insertion of that object into an
-//! upstream's usage object, so the rest of the upstream JSON reaches the client as sent.
+//! The cost of one request for the client: `usage.cost`, the total in US$ as a number (the
+//! convention OpenRouter set and clients such as LiteLLM read), and `usage.cost_details`, what
+//! the input and output tokens cost at the chosen deployment's price at decision time, how
+//! much of that is energy and how much the routing fee. Also the byte-level insertion of both
+//! into an upstream's usage object, so the rest of the upstream JSON reaches the client as
+//! sent.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -68,22 +70,51 @@ impl Cost {
         }
     }
 
-    /// The JSON object.
-    pub fn to_json(&self) -> String {
+    /// The breakdown as the JSON object sent as `usage.cost_details` (every member but the
+    /// total).
+    pub fn details_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Details<'a> {
+            input: f64,
+            output: f64,
+            energy: f64,
+            routing_fee: f64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cache_read: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cache_write: Option<f64>,
+            currency: &'a str,
+        }
+        let d = Details {
+            input: self.input,
+            output: self.output,
+            energy: self.energy,
+            routing_fee: self.routing_fee,
+            cache_read: self.cache_read,
+            cache_write: self.cache_write,
+            currency: self.currency,
+        };
         // A struct of finite numbers and a string always serialises.
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(&d).unwrap_or_default()
+    }
+
+    /// The two usage members, `"cost":<total>,"cost_details":{…}`.
+    pub fn members_json(&self) -> String {
+        let total = serde_json::to_string(&self.total).unwrap_or_else(|_| "0".into());
+        format!("\"cost\":{total},\"cost_details\":{}", self.details_json())
     }
 }
 
-/// Inserts `"cost": {…}` into the top-level `usage` object of a JSON document, leaving every
-/// other byte as it was. `None` when the document has no usage object. A `cost` the upstream
-/// put there itself is replaced (only the usage object is then rewritten, member by member).
+/// Inserts `"cost": <total>, "cost_details": {…}` into the top-level `usage` object of a JSON
+/// document, leaving every other byte as it was. `None` when the document has no usage
+/// object. A `cost` or `cost_details` the upstream put there itself is replaced (only the usage
+/// object is then rewritten, member by member).
 pub fn insert_cost(doc: &[u8], cost: &Cost) -> Option<Vec<u8>> {
     set_cost(doc, Some(cost))
 }
 
-/// Removes a `cost` the upstream put into the top-level `usage` object itself (which the client
-/// would take for joule's), for answers joule computes no cost for. `None` when there is none
+/// Removes a `cost` (and `cost_details`) the upstream put into the top-level `usage` object
+/// itself (which the client would take for joule's), for answers joule computes no cost for. `None` when there is none
 /// (the document is then unchanged); otherwise only the usage object is rewritten.
 pub fn remove_cost(doc: &[u8]) -> Option<Vec<u8>> {
     set_cost(doc, None)
@@ -105,14 +136,14 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
     let (mut members, mut has_cost) = (0usize, false);
     visit_members(usage, |k, _| {
         members += 1;
-        has_cost |= k == "cost";
+        has_cost |= is_cost(&k);
     })?;
     if cost.is_none() && !has_cost {
         return None;
     }
     let start = usage.as_ptr() as usize - text.as_ptr() as usize;
     let end = start + usage.len();
-    let cost_json = cost.map(Cost::to_json);
+    let cost_json = cost.map(Cost::members_json);
     let mut out = Vec::with_capacity(doc.len() + cost_json.as_ref().map_or(0, String::len) + 10);
     out.extend_from_slice(&doc[..start]);
     if has_cost {
@@ -120,7 +151,7 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
         out.push(b'{');
         let mut first = true;
         visit_members(usage, |k, v| {
-            if k != "cost" {
+            if !is_cost(&k) {
                 if !std::mem::take(&mut first) {
                     out.push(b',');
                 }
@@ -133,7 +164,6 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
             if !first {
                 out.push(b',');
             }
-            out.extend_from_slice(b"\"cost\":");
             out.extend_from_slice(c.as_bytes());
         }
         out.push(b'}');
@@ -143,12 +173,16 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
         if members > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"\"cost\":");
         out.extend_from_slice(c.as_bytes());
         out.push(b'}');
     }
     out.extend_from_slice(&doc[end..]);
     Some(out)
+}
+
+/// The usage members joule writes, and so removes when an upstream wrote them.
+fn is_cost(key: &str) -> bool {
+    key == "cost" || key == "cost_details"
 }
 
 /// Calls `f` with each member of the JSON object `text` in order, its value borrowed raw:
@@ -226,8 +260,9 @@ mod tests {
         assert_eq!(c.total, 3.1815);
         // Fee: 200k × 0.15 + 600k × 0.015 + 200k × 0.1875 + 100k × 0.75 = 0.03 + 0.009 + 0.0375 + 0.075
         assert_eq!(c.routing_fee, 0.1515);
-        let v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&c.details_json()).unwrap();
         assert_eq!(v["cache_read"], 0.189);
+        assert!(v.get("total").is_none(), "the total is usage.cost itself");
         // Nothing cached: the items are there, at 0.
         let c = Cost::of(&q, &TokenCounts::new(1_000_000, 0));
         assert_eq!((c.input, c.cache_read, c.cache_write), (3.15, Some(0.0), Some(0.0)));
@@ -240,14 +275,16 @@ mod tests {
         let out = String::from_utf8(insert_cost(doc, &c).unwrap()).unwrap();
         assert_eq!(
             out,
-            r#"{"id":"x", "usage": {"prompt_tokens": 3 ,"completion_tokens":4,"cost":{"total":1.5,"input":0.5,"output":1.0,"energy":0.25,"routing_fee":0.0,"currency":"USD"}}, "z":[1, 2.50]}"#
+            r#"{"id":"x", "usage": {"prompt_tokens": 3 ,"completion_tokens":4,"cost":1.5,"cost_details":{"input":0.5,"output":1.0,"energy":0.25,"routing_fee":0.0,"currency":"USD"}}, "z":[1, 2.50]}"#
         );
         let empty = insert_cost(br#"{"usage":{}}"#, &c).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
-        assert_eq!(v["usage"]["cost"]["total"], 1.5);
-        let replaced = insert_cost(br#"{"usage":{"cost":7,"prompt_tokens":1}}"#, &c).unwrap();
+        assert_eq!(v["usage"]["cost"], 1.5);
+        let replaced = insert_cost(br#"{"usage":{"cost":7,"cost_details":{"x":1},"prompt_tokens":1}}"#, &c).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&replaced).unwrap();
-        assert_eq!((v["usage"]["cost"]["output"].as_f64(), v["usage"]["prompt_tokens"].as_u64()), (Some(1.0), Some(1)));
+        assert_eq!((v["usage"]["cost"].as_f64(), v["usage"]["prompt_tokens"].as_u64()), (Some(1.5), Some(1)));
+        assert_eq!(v["usage"]["cost_details"]["output"], 1.0);
+        assert!(v["usage"]["cost_details"].get("x").is_none(), "{v}");
         assert!(insert_cost(br#"{"usage":null}"#, &c).is_none());
         assert!(insert_cost(br#"{"choices":[]}"#, &c).is_none());
         assert!(insert_cost(b"not json", &c).is_none());

@@ -35,7 +35,7 @@ def test_text_after_failover(client):
     assert r.choices[0].message.content.startswith("tok0 tok1")
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens == 8
-    assert r.usage.model_extra["cost"]["total"] > 0
+    assert r.usage.model_extra["cost"] > 0
 
 
 def test_stream(client):
@@ -51,7 +51,7 @@ def test_stream(client):
             usage = chunk.usage
     assert text == " ".join(f"tok{i}" for i in range(8))
     assert finish == "stop"
-    assert usage.completion_tokens == 8 and usage.model_extra["cost"]["total"] > 0
+    assert usage.completion_tokens == 8 and usage.model_extra["cost"] > 0
 
 
 def test_tools(client):

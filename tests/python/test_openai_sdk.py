@@ -88,16 +88,18 @@ def test_errors_map_to_sdk_exceptions(client, gateway):
 
 
 def _check_cost(usage, price_in, price_out):
-    # joule adds `cost` to the usage object; the SDK keeps unknown fields (model_extra).
-    cost = usage.model_extra["cost"]
-    assert cost == usage.cost
+    # joule adds `cost` (the total in USD, a number) and `cost_details` to the usage object;
+    # the SDK keeps unknown fields (model_extra) and exposes them as attributes too.
+    total = usage.model_extra["cost"]
+    cost = usage.model_extra["cost_details"]
+    assert total == usage.cost and isinstance(total, float)
     assert cost["currency"] == "USD"
     assert abs(cost["input"] - usage.prompt_tokens * price_in / 1e6) < 2e-9
     assert abs(cost["output"] - usage.completion_tokens * price_out / 1e6) < 2e-9
-    assert abs(cost["total"] - cost["input"] - cost["output"]) < 2e-9
+    assert abs(total - cost["input"] - cost["output"]) < 2e-9
     assert cost["energy"] == 0.0  # these data centers have no price node
     assert cost["routing_fee"] == 0.0
-    assert cost["total"] > 0
+    assert total > 0
 
 
 def test_cost_in_non_stream_usage(client):

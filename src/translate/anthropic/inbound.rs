@@ -294,17 +294,15 @@ fn convert_message(out: &mut Vec<u8>, first: &mut bool, raw: &RawValue, i: usize
         return Ok(());
     }
     // Assistant: text joined into one string, tool uses into `tool_calls`; thinking is
-    // the model's own and dropped.
-    let mut text = String::new();
+    // the model's own and dropped. One text block (the usual case) is copied as the raw JSON
+    // string the client sent; several are decoded and joined.
+    let mut texts: Vec<&RawValue> = Vec::new();
     let mut calls: Vec<u8> = Vec::new();
     for (j, raw) in blocks.iter().enumerate() {
         let bp = format!("{param}.content[{j}]");
         let block: InBlock = read(raw, &bp, "a content block")?;
         match block.kind.as_deref() {
-            Some("text") => {
-                let t: Cow<str> = read(string(block.text, &format!("{bp}.text"))?, &bp, "a string")?;
-                text.push_str(&t);
-            }
+            Some("text") => texts.push(string(block.text, &format!("{bp}.text"))?),
             Some("tool_use") => {
                 if !calls.is_empty() {
                     calls.push(b',');
@@ -324,10 +322,16 @@ fn convert_message(out: &mut Vec<u8>, first: &mut bool, raw: &RawValue, i: usize
     }
     sep(out);
     out.extend_from_slice(b"{\"role\":\"assistant\",\"content\":");
-    if text.is_empty() {
-        out.extend_from_slice(b"null");
-    } else {
-        write_json_str(out, &text);
+    match texts.as_slice() {
+        [] => out.extend_from_slice(b"null"),
+        [one] => out.extend_from_slice(one.get().as_bytes()),
+        many => {
+            let mut text = String::new();
+            for raw in many {
+                text.push_str(&read::<Cow<str>>(raw, &param, "a string")?);
+            }
+            write_json_str(out, &text);
+        }
     }
     if !calls.is_empty() {
         out.extend_from_slice(b",\"tool_calls\":[");

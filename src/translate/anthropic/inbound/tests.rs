@@ -201,7 +201,7 @@ fn answers_become_messages() {
                 {"id": "call_3", "type": "function", "function": {"name": "h", "arguments": "{broken"}}
             ]}}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 60},
-                  "cost": {"total": 0.5}}
+                  "cache_creation_input_tokens": 10, "cost": 0.5, "cost_details": {"input": 0.25}}
     });
     let m: Value = serde_json::from_slice(&message_from_chat(body.to_string().as_bytes(), "llama").unwrap()).unwrap();
     assert_eq!(
@@ -215,8 +215,8 @@ fn answers_become_messages() {
                 {"type": "tool_use", "id": "call_3", "name": "h", "input": {"_raw_arguments": "{broken"}}
             ],
             "stop_reason": "tool_use", "stop_sequence": null,
-            "usage": {"input_tokens": 40, "output_tokens": 7, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 0,
-                      "cost": {"total": 0.5}}
+            "usage": {"input_tokens": 30, "output_tokens": 7, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10,
+                      "cost": 0.5, "cost_details": {"input": 0.25}}
         })
     );
 }
@@ -293,7 +293,7 @@ fn recorded_openai_stream() -> String {
         chunk(json!({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}), Value::Null),
         chunk(json!({}), json!("tool_calls")),
         json!({"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1, "model": "up", "choices": [],
-               "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cost": {"total": 0.25}}}),
+               "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.25, "cost_details": {"output": 0.2}}}),
     ];
     let mut s: String = events.iter().map(|e| format!("data: {e}\r\n\r\n")).collect();
     s.push_str("data: [DONE]\r\n\r\n");
@@ -362,7 +362,7 @@ fn a_stream_converts_the_same_at_every_byte_split() {
         events[12].1,
         json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
                "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
-                         "cost": {"total": 0.25}}})
+                         "cost": 0.25, "cost_details": {"output": 0.2}}})
     );
 }
 
