@@ -203,6 +203,9 @@ fn non_stream_completion_is_priced_recorded_and_counted() {
     assert_eq!((rig.mocks[0].requests(), rig.mocks[1].requests()), (1, 0));
     let upstream: serde_json::Value = serde_json::from_slice(&rig.mocks[0].last_request().expect("dep0 was asked").body).unwrap();
     assert_eq!(upstream["model"], "upstream-0", "model rewritten for the deployment");
+    // The answer names the catalog model; the upstream's name is in a header.
+    assert_eq!(resp.json()["model"], MODEL);
+    assert_eq!(resp.header("x-joule-upstream-model"), Some("upstream-0"));
 
     // One write of a fixed-length body, with the cost inserted into its usage.
     assert_eq!(client.heads_sent, 1);
@@ -265,6 +268,8 @@ fn streams_are_relayed_one_write_per_event_with_done_last() {
         assert_eq!(data.len(), events.len());
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
         let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("JSON chunk")).collect();
+        assert!(chunks.iter().all(|c| c["model"] == MODEL), "every chunk names the catalog model: {data:?}");
+        assert_eq!(resp.header("x-joule-upstream-model"), Some("upstream-0"));
         let content = chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty())).count();
         assert_eq!(content, TOKENS as usize, "{data:?}");
         let usage_chunks: Vec<&serde_json::Value> = chunks.iter().filter(|c| c["usage"].is_object()).collect();
@@ -529,15 +534,23 @@ fn unknown_paths_are_404_and_wrong_methods_405() {
         assert!(!client.closed_after, "{method} {path}: no body left unread");
         assert_eq!(rec.status, 404);
     }
-    for (method, path) in [
-        (Method::GET, "/v1/chat/completions"),
-        (Method::PUT, "/v1/chat/completions"),
-        (Method::POST, "/v1/models"),
-        (Method::DELETE, "/v1/models/llama-test"),
-        (Method::POST, "/healthz"),
+    for (method, path, allow) in [
+        (Method::GET, "/v1/chat/completions", "POST"),
+        (Method::PUT, "/v1/chat/completions", "POST"),
+        (Method::POST, "/v1/models", "GET"),
+        (Method::DELETE, "/v1/models/llama-test", "GET"),
+        (Method::POST, "/healthz", "GET"),
+        (Method::GET, "/v1/messages", "POST"),
     ] {
         let (rec, client) = rig.exchange(&memory::head(method.clone(), path, Some(KEY), Some(2)), Client::new("{}"));
-        client.response().expect_error(405, "method_not_allowed");
+        let resp = client.response();
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}: RFC 9110 asks for Allow on a 405");
+        if path == "/v1/messages" {
+            assert_eq!(resp.json()["error"]["type"], "invalid_request_error", "Anthropic's shape");
+            assert_eq!(resp.status, 405);
+        } else {
+            resp.expect_error(405, "method_not_allowed");
+        }
         assert!(client.closed_after, "{method} {path}: the body was left unread");
         assert_eq!(client.chunks_read, 0, "{method} {path}");
         assert_eq!(rec.status, 405);
@@ -547,5 +560,20 @@ fn unknown_paths_are_404_and_wrong_methods_405() {
     client.response().expect_error(404, "unknown_url");
     let (_, client) = rig.exchange(&memory::head(Method::GET, "/healthz", None, None), Client::new(""));
     assert_eq!((client.response().status, client.response().json()), (200, json!({"status": "ok"})));
+    assert_eq!(rig.mocks[0].requests(), 0);
+}
+
+#[test]
+fn an_empty_model_name_is_a_missing_model_not_a_bad_strategy() {
+    let rig = Rig::new(&[MockConfig::default()], "");
+    for name in ["", "@price", "@"] {
+        let (rec, client) = rig.chat(KEY, &json!({"model": name, "messages": [{"role": "user", "content": "hi"}]}));
+        let v = client.response().expect_error(400, "model_not_found");
+        assert_eq!(v["error"]["param"], "model", "{name:?}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("model name"), "{name:?}: {v}");
+        assert_eq!(rec.status, 400);
+    }
+    let (_, client) = rig.chat(KEY, &json!({"model": format!("{MODEL}@cheap"), "messages": [{"role": "user", "content": "hi"}]}));
+    client.response().expect_error(400, "invalid_strategy");
     assert_eq!(rig.mocks[0].requests(), 0);
 }

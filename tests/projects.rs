@@ -235,6 +235,8 @@ async fn admin_api_manages_projects_and_keys_with_isolation() {
     }
     let (s, _) = admin(&gw, &c, "PUT", "/usage", None).await;
     assert_eq!(s, 405);
+    let resp = c.put(format!("{}/admin/projects/alpha", gw.admin())).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers().get("allow").and_then(|v| v.to_str().ok())), (405, Some("GET, PATCH, DELETE")));
 
     // Revocation takes effect at once on this instance.
     let (s, v) = admin(&gw, &c, "DELETE", "/projects/alpha", None).await;

@@ -147,7 +147,10 @@ fn resolve<'p>(path: &'p str, method: &Method) -> Result<(Endpoint, Option<&'p s
     let param = m.params.iter().next().map(|(_, v)| v);
     match m.value.methods.iter().find(|(x, _)| x == method) {
         Some(&(_, endpoint)) => Ok((endpoint, param)),
-        None if m.value.answers_405 => Err(ApiError::MethodNotAllowed { method: method.to_string(), path: clip(path, 200) }),
+        None if m.value.answers_405 => {
+            let allow: Vec<&str> = m.value.methods.iter().map(|(x, _)| x.as_str()).collect();
+            Err(ApiError::MethodNotAllowed { method: method.to_string(), path: clip(path, 200), allow: allow.join(", ") })
+        }
         None => Err(not_found(path)),
     }
 }

@@ -50,7 +50,7 @@ fn unknown_paths_are_404_and_other_methods_405_or_404() {
         assert_eq!(route(m.clone(), path), Err(405), "{m} {path}");
     }
     let e = resolve("/admin/usage", &Method::PUT).unwrap_err();
-    assert_eq!(e, ApiError::MethodNotAllowed { method: "PUT".into(), path: "/admin/usage".into() });
+    assert_eq!(e, ApiError::MethodNotAllowed { method: "PUT".into(), path: "/admin/usage".into(), allow: "GET".into() });
     // The others answer as for an unknown path.
     let others = [(Method::POST, "/metrics"), (Method::POST, "/healthz"), (Method::POST, "/admin/deployments"), (Method::DELETE, "/admin/plugins")];
     for (m, path) in others.into_iter().chain([(Method::GET, "/admin/plugins/price/rollback"), (Method::GET, "/admin/energy/prices")]) {

@@ -296,6 +296,23 @@ pub struct Chunk {
     /// The usage-only chunk (`choices: []` with `usage`), which reaches the client only if it
     /// asked for usage.
     pub usage_only: bool,
+    /// Where the top-level `model` string (quotes included) sits in the text, if there is one:
+    /// the upstream's model name, which the relay replaces with the catalog's.
+    pub model: Option<(usize, usize)>,
+}
+
+impl Chunk {
+    /// A chunk that says nothing but what is given.
+    pub fn plain(content: bool, error: bool, usage: Option<Usage>) -> Self {
+        Chunk { content, error, usage, usage_only: false, model: None }
+    }
+}
+
+/// `text` with the span `at` (from [`Chunk::model`]) replaced by `model` as a JSON string.
+pub fn with_model_name(text: &str, at: (usize, usize), model: &str) -> Option<String> {
+    let (head, tail) = (text.get(..at.0)?, text.get(at.1..)?);
+    let name = serde_json::to_string(model).ok()?;
+    Some([head, name.as_str(), tail].concat())
 }
 
 /// Classifies one event's `data`.
@@ -312,12 +329,17 @@ pub fn classify(data: &str) -> StreamEvent {
 /// Reads an upstream chat document or chunk; `None` when it is not one JSON object in UTF-8.
 pub fn read_doc(text: &[u8]) -> Option<Chunk> {
     // UTF-8 for the whole text: skipped members are not looked into (see `inspect`).
-    let top: DocMembers = serde_json::from_str(std::str::from_utf8(text).ok()?).ok()?;
+    let text = std::str::from_utf8(text).ok()?;
+    let top: DocMembers = serde_json::from_str(text).ok()?;
+    let model = top.model.filter(|m| m.get().starts_with('"')).map(|m| {
+        let start = m.get().as_ptr() as usize - text.as_ptr() as usize;
+        (start, start + m.get().len())
+    });
     let usage = top.usage.and_then(usage_of);
     let choices = top.choices.map(RawValue::get);
     let usage_only = choices.is_some_and(|c| c.starts_with('[') && c[1..].trim_start().starts_with(']'))
         && top.usage.is_some_and(|u| u.get() != "null");
-    Some(Chunk { content: choices.is_some_and(any_content), error: top.error, usage, usage_only })
+    Some(Chunk { content: choices.is_some_and(any_content), error: top.error, usage, usage_only, model })
 }
 
 /// The top-level members of an upstream document joule reads (the last of duplicates, as a
@@ -326,6 +348,7 @@ pub fn read_doc(text: &[u8]) -> Option<Chunk> {
 struct DocMembers<'a> {
     choices: Option<&'a RawValue>,
     usage: Option<&'a RawValue>,
+    model: Option<&'a RawValue>,
     error: bool,
 }
 
@@ -343,6 +366,7 @@ impl<'de> serde::Deserialize<'de> for DocMembers<'de> {
                     match k.as_ref() {
                         "choices" => doc.choices = Some(map.next_value()?),
                         "usage" => doc.usage = Some(map.next_value()?),
+                        "model" => doc.model = Some(map.next_value()?),
                         "error" => {
                             map.next_value::<IgnoredAny>()?;
                             doc.error = true;

@@ -19,8 +19,8 @@ pub enum ApiError {
     ModelNotFound { model: String },
     /// 404: unknown path.
     NotFound { path: String },
-    /// 405.
-    MethodNotAllowed { method: String, path: String },
+    /// 405; `allow` lists the methods the path takes (the `Allow` header, RFC 9110 §15.5.6).
+    MethodNotAllowed { method: String, path: String, allow: String },
     /// 413.
     BodyTooLarge { limit: usize },
     /// 408: the client was too slow sending its body.
@@ -125,6 +125,14 @@ impl ApiError {
         }
     }
 
+    /// The `Allow` header of a 405.
+    pub fn allow(&self) -> Option<&str> {
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => Some(allow),
+            _ => None,
+        }
+    }
+
     /// `retry-after` seconds, when the client should wait before retrying.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
@@ -160,8 +168,8 @@ impl ApiError {
             ApiError::NotFound { path } => {
                 (format!("Unknown request URL: {path}."), "invalid_request_error", None, Some("unknown_url"))
             }
-            ApiError::MethodNotAllowed { method, path } => (
-                format!("Method {method} is not allowed on {path}."),
+            ApiError::MethodNotAllowed { method, path, allow } => (
+                format!("Method {method} is not allowed on {path} (allowed: {allow})."),
                 "invalid_request_error",
                 None,
                 Some("method_not_allowed"),

@@ -286,6 +286,9 @@ pub async fn send_error_as(api: ClientApi, io: &mut dyn Downstream, rec: &mut Re
     if let Some(s) = err.retry_after() {
         headers.push(("retry-after", s.to_string()));
     }
+    if let Some(a) = err.allow() {
+        headers.push(("allow", a.to_string()));
+    }
     rec.status = err.status();
     rec.error = Some(err.label());
     io.send_head(ResponseHead { status: err.status(), headers, content_length: Some(body.len()) }).await?;
@@ -347,7 +350,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             return refuse(ClientApi::Anthropic, head, io, rec, &e).await;
         }
         ("/v1/messages" | "/v1/messages/count_tokens", m) => {
-            let e = ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() };
+            let e = ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: "POST".into() };
             return refuse(ClientApi::Anthropic, head, io, rec, &e).await;
         }
         ("/v1/models", &Method::GET) => {
@@ -360,11 +363,12 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             }),
         (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(gw, head, rec)
             .and_then(|key| models::one(&world.catalog, &gw.pricing.book(), &p["/v1/models/".len()..], &|m| key.may_use(m))),
-        ("/healthz" | "/v1/chat/completions" | "/v1/models", m) => {
-            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })
+        (p @ ("/healthz" | "/v1/chat/completions" | "/v1/models"), m) => {
+            let allow = if p == "/v1/chat/completions" { "POST" } else { "GET" };
+            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: allow.into() })
         }
         (p, m) if p.starts_with("/v1/models/") => {
-            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone() })
+            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: "GET".into() })
         }
         _ => Err(ApiError::NotFound { path: head.path.chars().take(200).collect() }),
     };

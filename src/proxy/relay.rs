@@ -24,6 +24,7 @@ fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer:
     let mut h = vec![("x-request-id", rec.request_id.clone())];
     if let Some(d) = model.deployments.get(answer.deployment) {
         h.push(("x-joule-deployment", d.id.clone()));
+        h.push(("x-joule-upstream-model", d.upstream_model.clone()));
         if let Some(dc) = world.catalog.data_center_of(d) {
             h.push(("x-joule-data-center", dc.id.clone()));
         }
@@ -91,6 +92,15 @@ fn to_anthropic(bytes: &[u8], status: u16, model: &str, rec: &mut Record) -> (u1
     })
 }
 
+/// `text` naming `model` at `at` (the upstream's model name), or `None` when it already does.
+fn renamed(text: &str, at: (usize, usize), model: &str) -> Option<String> {
+    let current = text.get(at.0 + 1..at.1.saturating_sub(1));
+    if current == Some(model) {
+        return None;
+    }
+    chat::with_model_name(text, at, model)
+}
+
 /// How the answer is put into the client's API.
 enum Output {
     /// As the upstream (or its conversion to OpenAI) gave it: an OpenAI client, or an
@@ -133,11 +143,19 @@ enum Flow {
     UpstreamError,
 }
 
+/// What forwarding needs to know of the exchange.
+struct Answering<'a> {
+    req: &'a ChatRequest,
+    /// The price charged.
+    quote: Quote,
+    /// The catalog model, which every answer names.
+    model: &'a str,
+}
+
 /// Forwards decoded upstream events to the client, recording usage along the way.
 async fn forward_items(
     items: &[Decoded],
-    req: &ChatRequest,
-    quote: &Quote,
+    ctx: &Answering<'_>,
     out: &mut Output,
     io: &mut dyn Downstream,
     rec: &mut Record,
@@ -158,20 +176,24 @@ async fn forward_items(
         if rec.first_token_at.is_none() && chunk.content {
             rec.first_token_at = Some(Instant::now());
         }
-        let mut with_cost_event = None;
+        // The upstream's model name becomes the catalog's; the usage event gets `cost` (or
+        // loses an upstream's own when its usage is not believed). Other bytes pass as sent.
+        let mut rewritten = chunk.model.and_then(|at| renamed(data, at, ctx.model));
         if let Some(usage) = chunk.usage {
-            // Only this event is re-encoded, with `cost` added to its usage (or an upstream's
-            // own `cost` removed when its usage is not believed).
+            let text = rewritten.as_deref().unwrap_or(data).as_bytes();
             let doc = match record_usage(usage, rec) {
-                Some(tokens) => with_cost(data.as_bytes(), quote, &tokens, rec),
-                None => remove_cost(data.as_bytes()),
+                Some(tokens) => with_cost(text, &ctx.quote, &tokens, rec),
+                None => remove_cost(text),
             };
-            with_cost_event = doc.and_then(|b| String::from_utf8(b).ok()).map(|data| SseItem::Event { event: event.clone(), data });
+            if let Some(d) = doc.and_then(|b| String::from_utf8(b).ok()) {
+                rewritten = Some(d);
+            }
         }
-        if chunk.usage_only && !req.include_usage {
+        if chunk.usage_only && !ctx.req.include_usage {
             continue;
         }
-        io.send_body(Bytes::from(out.event(with_cost_event.as_ref().unwrap_or(item), false)), false).await?;
+        let rewritten = rewritten.map(|data| SseItem::Event { event: event.clone(), data });
+        io.send_body(Bytes::from(out.event(rewritten.as_ref().unwrap_or(item), false)), false).await?;
         if chunk.error {
             return Ok(Flow::UpstreamError);
         }
@@ -214,6 +236,9 @@ pub async fn relay(
         AnswerBody::Full { mut bytes, doc } => {
             // Non-stream answer (or an upstream error document for a stream request), read
             // and parsed whole by `upstream::send`: nothing can fail here but the client.
+            if let Some(renamed) = doc.and_then(|d| d.model).and_then(|at| std::str::from_utf8(&bytes).ok().and_then(|t| renamed(t, at, &model.id))) {
+                bytes = Bytes::from(renamed);
+            }
             if let Some(d) = doc {
                 if let Some(usage) = d.usage {
                     let doc = match record_usage(usage, rec) {
@@ -243,11 +268,12 @@ pub async fn relay(
     headers.push(("cache-control", "no-cache".into()));
     io.send_head(ResponseHead { status, headers, content_length: None }).await?;
 
+    let ctx = Answering { req, quote, model: &model.id };
     let mut out = match client {
         ClientApi::Anthropic if !answer.native => Output::ToAnthropic(EventStream::new(&model.id)),
         _ => Output::Same(client),
     };
-    let mut flow = forward_items(&prefetched, req, &quote, &mut out, io, rec).await?;
+    let mut flow = forward_items(&prefetched, &ctx, &mut out, io, rec).await?;
     while let Flow::Continue = flow {
         let chunk = match tokio::time::timeout(world.limits.stream_idle_timeout, rest.next()).await {
             Err(_) => {
@@ -264,7 +290,7 @@ pub async fn relay(
                     flow = broken_flow(broken);
                     break;
                 }
-                flow = match forward_items(&prefetched, req, &quote, &mut out, io, rec).await? {
+                flow = match forward_items(&prefetched, &ctx, &mut out, io, rec).await? {
                     Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
                     other => other,
                 };
@@ -275,13 +301,13 @@ pub async fn relay(
         prefetched.clear();
         if let Err(broken) = decoder.feed(&chunk, &mut prefetched) {
             // What converted before the break is forwarded first.
-            flow = match forward_items(&prefetched, req, &quote, &mut out, io, rec).await? {
+            flow = match forward_items(&prefetched, &ctx, &mut out, io, rec).await? {
                 Flow::Continue => broken_flow(broken),
                 other => other,
             };
             break;
         }
-        flow = forward_items(&prefetched, req, &quote, &mut out, io, rec).await?;
+        flow = forward_items(&prefetched, &ctx, &mut out, io, rec).await?;
     }
     let (message, code, upstream_said) = match flow {
         Flow::Failed(message, code) => (message, code, false),

@@ -28,10 +28,18 @@ pub struct Target<'w> {
 /// loaded plugins; without tags, `default` applies.
 ///
 /// # Errors
-/// 400 `invalid_strategy` for bad or unknown tags (the message lists the strategies), 404
-/// `model_not_found` for an unknown model.
+/// 400 `invalid_strategy` for bad or unknown tags (the message lists the strategies), 400
+/// `model_not_found` for an empty model name (`""`, `"@price"`), 404 `model_not_found` for an
+/// unknown model.
 pub fn resolve<'w>(gw: &Gateway, world: &'w World, default: &StrategySet, req: &ChatRequest) -> Result<Target<'w>, ApiError> {
-    let invalid = |e: tags::TagError| ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") };
+    let invalid = |e: tags::TagError| match e {
+        tags::TagError::EmptyModel => ApiError::InvalidRequest {
+            message: "You must provide a model name (tags alone name no model). GET /v1/models lists the available models.".into(),
+            param: Some("model"),
+            code: Some("model_not_found"),
+        },
+        e => ApiError::InvalidRequest { message: e.to_string(), param: Some("model"), code: Some("invalid_strategy") },
+    };
     let (base, strategies) = tags::parse_model(&req.model).map_err(invalid)?;
     let (index, model) = world
         .catalog

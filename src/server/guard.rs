@@ -180,8 +180,9 @@ fn answer(err: &ApiError) -> Vec<u8> {
     let body = err.body();
     let status = err.status();
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let allow = err.allow().map(|a| format!("allow: {a}\r\n")).unwrap_or_default();
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{allow}cache-control: private, no-store\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -194,7 +195,7 @@ fn replacement_for(written: &[u8]) -> Option<ApiError> {
     let status = written.strip_prefix(b"HTTP/1.1 ").or_else(|| written.strip_prefix(b"HTTP/1.0 "))?.get(..3)?;
     match status {
         b"400" => Some(ApiError::MalformedHead),
-        b"405" => Some(ApiError::MethodNotAllowed { method: "CONNECT".into(), path: "this gateway".into() }),
+        b"405" => Some(ApiError::MethodNotAllowed { method: "CONNECT".into(), path: "this gateway".into(), allow: "GET, POST".into() }),
         _ => None,
     }
 }

@@ -142,7 +142,7 @@ impl StreamDecoder {
                     let class = match conv.event(event.as_deref(), &data) {
                         Ok(chunks) => merge(chunks.iter().map(|c| classify(c))),
                         Err(TranslateError::UpstreamStream { .. }) => {
-                            StreamEvent::Chunk(Chunk { content: false, error: true, usage: None, usage_only: false })
+                            StreamEvent::Chunk(Chunk::plain(false, true, None))
                         }
                         Err(e) => return Err(broken(e)),
                     };
@@ -164,7 +164,7 @@ fn broken(e: TranslateError) -> StreamBroken {
 /// One classification for the chunks one native event converts to: the end if any is the
 /// end, otherwise a chunk with content if any has it and the last usage reported.
 fn merge(classes: impl Iterator<Item = StreamEvent>) -> StreamEvent {
-    let mut merged = Chunk { content: false, error: false, usage: None, usage_only: false };
+    let mut merged = Chunk::plain(false, false, None);
     for class in classes {
         match class {
             StreamEvent::Done => return StreamEvent::Done,

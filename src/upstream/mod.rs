@@ -369,7 +369,8 @@ async fn attempt(
             // Read through its conversion, which checks it as strictly as a converted answer.
             Wire::AnthropicNative { .. } => {
                 let doc = match success {
-                    true => anthropic::response_from_anthropic(&bytes, None, 0).ok().and_then(|c| read_doc(&c)),
+                    // The spans of the conversion are not the answer's: only its usage counts.
+                    true => anthropic::response_from_anthropic(&bytes, None, 0).ok().and_then(|c| read_doc(&c)).map(|d| Chunk { model: None, ..d }),
                     false => None,
                 };
                 if success && doc.is_none() {
