@@ -344,6 +344,50 @@ async fn tls_listener_speaks_http1_and_http2() {
     let _ = gw;
 }
 
+/// h2c: HTTP/2 with prior knowledge on the cleartext listener, beside HTTP/1.1 — streams
+/// arrive event by event either way; curl's `--http2-prior-knowledge` works; a short
+/// HTTP/1.1 head (shorter than the 24-byte preface pingora peeks for) is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_listener_speaks_http1_and_h2c() {
+    // 5 tokens at 10/s: events 100 ms apart upstream.
+    let m = mock(MockConfig { tokens: 5, tokens_per_s: 10.0, ttft_ms: 0, ..Default::default() }).await;
+    let gw = Gateway::start(&hosted_catalog(MODEL, &[m.base_url()])).await;
+    for (h2, version) in [(false, reqwest::Version::HTTP_11), (true, reqwest::Version::HTTP_2)] {
+        let mut b = reqwest::Client::builder().no_proxy();
+        b = if h2 { b.http2_prior_knowledge() } else { b.http1_only() };
+        let c = b.build().unwrap();
+        let resp = gw.chat(&c, chat_body(MODEL, true)).send().await.unwrap();
+        assert_eq!((resp.version(), resp.status().as_u16()), (version, 200));
+        let got = read_sse(resp, Duration::from_secs(20)).await;
+        assert_eq!(got.data().last().copied(), Some("[DONE]"), "h2 {h2}");
+        let times = got.content_times();
+        assert_eq!(times.len(), 5, "h2 {h2}");
+        for w in times.windows(2) {
+            assert!(w[1].duration_since(w[0]) >= Duration::from_millis(80), "h2 {h2}: events bunched");
+        }
+        let models = c.get(format!("{}/models", gw.base())).bearer_auth(KEY).send().await.unwrap();
+        assert_eq!((models.version(), models.status().as_u16()), (version, 200));
+    }
+    // curl, as a user would try it.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("{}/chat/completions", gw.base()))
+        .args(["-H", &format!("Authorization: Bearer {KEY}"), "-H", "Content-Type: application/json"])
+        .args(["-d", &chat_body(MODEL, true).to_string()])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim_end().ends_with("2 200"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("data: [DONE]"), "{text}");
+    // The smallest HTTP/1.1 request there is: 18 bytes, under the preface's 24.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    assert!(answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_over_tls_verifies_certificates() {
     let ca = TestCa::new().unwrap();

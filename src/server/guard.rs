@@ -15,8 +15,13 @@
 //! The request phases tell the guard where a connection is: [`head_received`] when a
 //! handler starts (reads from then on are body reads, bounded by the handlers' own body
 //! timeout) and [`request_done`] when pingora logs the request (the next read starts the next
-//! head). HTTP/2 connections are not wrapped: streams are multiplexed, and h2 has its own
-//! flow control and pingora's `h2_idle_timeout`.
+//! head). HTTP/2 connections are not guarded: streams are multiplexed, and h2 has its own
+//! flow control and pingora's `h2_idle_timeout`. Over TLS that is known from ALPN before any
+//! byte; on a cleartext listener (h2c with prior knowledge) pingora peeks for the HTTP/2
+//! preface, and the guard answers that peek itself ([`GuardedIo`]'s `try_peek`) under the
+//! same idle and head deadlines, stopping at the first byte that is not the preface — pingora's
+//! own peek waits for 24 bytes, which would hold a short or trickled HTTP/1.1 head, or an idle
+//! connection, without any deadline.
 //!
 //! [`ExchangeLimits`]: crate::upstream::ExchangeLimits
 
@@ -104,7 +109,12 @@ pub struct GuardedIo {
     /// Our answer replacing pingora's bare one, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
     closed: IntCounterVec,
+    /// Bytes read while answering pingora's peek, served again before the stream's.
+    peeked: Vec<u8>,
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl std::fmt::Debug for GuardedIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,7 +134,36 @@ impl GuardedIo {
             idle_timeout,
             replacement: None,
             closed,
+            peeked: Vec::new(),
         }
+    }
+
+    /// The first bytes of the connection, read under the idle deadline (then the head
+    /// deadline) until they are the HTTP/2 preface or cannot be.
+    async fn peek_preface(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        while self.peeked.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&self.peeked) {
+            let mut chunk = [0u8; 24];
+            let want = H2_PREFACE.len() - self.peeked.len();
+            let n = tokio::select! {
+                r = self.inner.read(&mut chunk[..want]) => r?,
+                () = self.timer.as_mut() => {
+                    let reason = if self.started { "head_timeout" } else { "idle_timeout" };
+                    self.closed.with_label_values(&[reason]).inc();
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no request in time"));
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if !self.started {
+                self.started = true;
+                self.arm(self.head_timeout);
+            }
+            self.peeked.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+        self.passthrough = self.peeked == H2_PREFACE;
+        Ok(())
     }
 
     fn arm(&mut self, after: Duration) {
@@ -203,6 +242,12 @@ fn replacement_for(written: &[u8]) -> Option<ApiError> {
 impl AsyncRead for GuardedIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.peeked.is_empty() {
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(this.peeked.get(..n).unwrap_or_default());
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         if this.passthrough || this.sync_phase() == IN_REQUEST {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
@@ -322,7 +367,13 @@ impl GetSocketDigest for GuardedIo {
 
 #[async_trait]
 impl Peek for GuardedIo {
+    /// Answers pingora's h2c check: `buf` holds the preface only when the client sent it.
+    /// What was read is served again by `poll_read`.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        self.peek_preface().await?;
+        buf.fill(0);
+        let n = self.peeked.len().min(buf.len());
+        buf.get_mut(..n).unwrap_or_default().copy_from_slice(self.peeked.get(..n).unwrap_or_default());
+        Ok(true)
     }
 }

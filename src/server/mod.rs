@@ -293,6 +293,11 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
 
 /// A listening service for `role`, its connections behind the [`guard`].
 fn guarded_service(conf: &Arc<ServerConf>, gw: &Arc<Gateway>, role: Role, name: &str) -> Service<guard::Guarded<HttpProxy<JouleProxy>>> {
-    let proxy = pingora::proxy::http_proxy(conf, JouleProxy { gateway: gw.clone(), role });
+    let mut proxy = pingora::proxy::http_proxy(conf, JouleProxy { gateway: gw.clone(), role });
+    // Cleartext HTTP/2 (prior knowledge) beside HTTP/1.1 on plain listeners; TLS listeners
+    // negotiate h2 by ALPN. The guard answers pingora's preface peek (see `guard`).
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    proxy.server_options = Some(options);
     Service::new(name.to_string(), guard::Guarded { inner: Arc::new(proxy), gateway: gw.clone() })
 }
