@@ -35,6 +35,9 @@ pub struct RawStore {
     pub retry_interval_ms: Option<u64>,
     /// > 0. Default 2000.
     pub budget_sync_interval_ms: Option<u64>,
+    /// Days a Responses API response is kept for `GET /v1/responses/{id}` and
+    /// `previous_response_id`, 0 to 3650; 0 keeps none. Default 30 (as OpenAI).
+    pub responses_retention_days: Option<u64>,
 }
 
 /// Validates `[store]`. `None` for `backend = "none"` and for an unknown backend (reported);
@@ -56,7 +59,16 @@ pub(super) fn store(p: &mut Problems, raw: &RawStore, base: &Path, env: Env<'_>)
         }
     };
     let usage = usage(p, raw, base, &location);
-    Some(StoreSettings { location, usage, budget_sync: ms(raw.budget_sync_interval_ms, 2_000) })
+    let days = match raw.responses_retention_days {
+        Some(d) if d > 3650 => {
+            p.add("store.responses_retention_days", format!("must be 0 to 3650, got {d}"));
+            30
+        }
+        Some(d) => d,
+        None => 30,
+    };
+    let responses_retention = (days > 0).then(|| std::time::Duration::from_secs(days * 86_400));
+    Some(StoreSettings { location, usage, budget_sync: ms(raw.budget_sync_interval_ms, 2_000), responses_retention })
 }
 
 /// The PostgreSQL connection string: exactly one of `url` and `url_env`, and it must parse.

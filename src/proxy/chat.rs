@@ -40,7 +40,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return send_error(io, rec, &e).await,
     };
-    let exchange = Exchange { req, body, native: None, client: ClientApi::OpenAi };
+    let exchange = Exchange { req, body, native: None, answer_as: AnswerAs::OpenAi };
     serve(gw, world, principal, head, exchange, io, rec).await
 }
 
@@ -55,7 +55,36 @@ pub(super) struct Exchange {
     /// speak Anthropic get it as sent).
     pub native: Option<(Vec<u8>, Inbound)>,
     /// The API the answer and errors are given in.
-    pub client: ClientApi,
+    pub answer_as: AnswerAs,
+}
+
+/// The API an answer is given in, and what that needs.
+pub enum AnswerAs {
+    OpenAi,
+    Anthropic,
+    /// The Responses API: the response's identity and what it echoes, the conversation it
+    /// continues, and whether to keep it.
+    Responses(Box<ResponsesAnswer>),
+}
+
+/// What a Responses API answer needs besides the chat answer.
+pub struct ResponsesAnswer {
+    pub meta: crate::translate::responses::Meta,
+    pub conversation: Vec<u8>,
+    /// Where the finished response is kept, when it is (the request's `store`, and keeping
+    /// configured): before its last event or byte goes out, so a follow-up can find it.
+    pub keeper: Option<super::responses::Keeper>,
+}
+
+impl AnswerAs {
+    /// The API errors are given in.
+    pub fn api(&self) -> ClientApi {
+        match self {
+            AnswerAs::OpenAi => ClientApi::OpenAi,
+            AnswerAs::Anthropic => ClientApi::Anthropic,
+            AnswerAs::Responses(_) => ClientApi::Responses,
+        }
+    }
 }
 
 /// Resolves, authorizes, ranks, sends and relays one inspected request: the pipeline after
@@ -72,7 +101,8 @@ pub(super) async fn serve(
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
-    let Exchange { req, body, native, client } = exchange;
+    let Exchange { req, body, native, answer_as } = exchange;
+    let client = answer_as.api();
     let req = &req;
     let limits = &world.limits;
     rec.stream = req.stream;
@@ -113,7 +143,7 @@ pub(super) async fn serve(
     let stats = answer.stats.clone();
     let sent_at = answer.sent_at;
     let explain = head.explain.then(|| explain_json(&decision, model));
-    let relayed = relay(world, model, &decision, req, explain, client, answer, io, rec).await;
+    let relayed = relay(world, model, &decision, req, explain, &answer_as, answer, io, rec).await;
     observe::exchange_finished(stats.as_ref(), &world.telemetry, sent_at, &relayed, rec);
     relayed
 }

@@ -4,7 +4,7 @@
 //! speak Anthropic and every answer and error given in Anthropic's shape.
 
 use super::body::read_body;
-use super::chat::{serve, Exchange};
+use super::chat::{serve, AnswerAs, Exchange};
 use super::{send_error_as, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::access::Principal;
 use crate::api::chat;
@@ -41,6 +41,6 @@ pub async fn handle(
     // The chat form moves into the exchange; the rest of the conversion stays beside the
     // client's body for deployments that speak Anthropic.
     let chat_body = std::mem::take(&mut inbound.chat);
-    let exchange = Exchange { req, body: chat_body, native: Some((body, inbound)), client: api };
+    let exchange = Exchange { req, body: chat_body, native: Some((body, inbound)), answer_as: AnswerAs::Anthropic };
     serve(gw, world, principal, head, exchange, io, rec).await
 }

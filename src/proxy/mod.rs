@@ -13,6 +13,7 @@ pub mod chat;
 pub mod finish;
 pub mod messages;
 pub mod models;
+pub mod responses;
 mod observe;
 mod relay;
 mod route;
@@ -102,6 +103,8 @@ pub struct Gateway {
     pub strategies: Arc<PluginRegistry>,
     /// Where route decisions are logged, if configured.
     pub decision_log: Option<DecisionLog>,
+    /// How long Responses API responses are kept in the store; `None`: not kept.
+    pub response_retention: Option<std::time::Duration>,
     /// Re-reads the config file and swaps the world (set by the server when there is a file).
     pub reloader: std::sync::OnceLock<Arc<dyn Reload>>,
     in_flight: AtomicUsize,
@@ -137,12 +140,13 @@ pub struct GatewayParts {
     pub usage: UsageSink,
     pub strategies: Arc<PluginRegistry>,
     pub decision_log: Option<DecisionLog>,
+    pub response_retention: Option<std::time::Duration>,
 }
 
 impl Gateway {
     /// Assembles the gateway state.
     pub fn from_parts(parts: GatewayParts) -> Arc<Self> {
-        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log } = parts;
+        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention } = parts;
         Arc::new(Gateway {
             world: ArcSwap::from_pointee(world),
             metrics,
@@ -152,6 +156,7 @@ impl Gateway {
             usage,
             strategies,
             decision_log,
+            response_retention,
             reloader: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         })
@@ -248,13 +253,15 @@ pub enum ClientApi {
     OpenAi,
     /// Anthropic Messages (`/v1/messages`).
     Anthropic,
+    /// OpenAI Responses (`/v1/responses`); errors are OpenAI-shaped.
+    Responses,
 }
 
 impl ClientApi {
     /// The error body in this API.
     pub fn error_body(self, err: &ApiError) -> Vec<u8> {
         match self {
-            ClientApi::OpenAi => err.body(),
+            ClientApi::OpenAi | ClientApi::Responses => err.body(),
             ClientApi::Anthropic => {
                 let message = match err {
                     ApiError::InvalidApiKey(e) => {
@@ -340,6 +347,14 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             Ok(p) => return messages::handle(gw, &world, &p, head, io, rec).await,
             Err(e) => return refuse(ClientApi::Anthropic, head, io, rec, &e).await,
         },
+        ("/v1/responses", &Method::POST) => match authenticate(gw, head, rec) {
+            Ok(p) => return responses::create(gw, &world, &p, head, io, rec).await,
+            Err(e) => Err(e),
+        },
+        (p, m @ (&Method::GET | &Method::DELETE)) if p.starts_with("/v1/responses/") => match authenticate(gw, head, rec) {
+            Ok(key) => return responses::kept(gw, &key, &p["/v1/responses/".len()..], m == Method::DELETE, io, rec).await,
+            Err(e) => Err(e),
+        },
         ("/v1/messages/count_tokens", &Method::POST) => {
             let e = match authenticate_anthropic(gw, head, rec) {
                 Ok(_) => ApiError::NotImplemented {
@@ -363,12 +378,15 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             }),
         (p, &Method::GET) if p.starts_with("/v1/models/") => authenticate(gw, head, rec)
             .and_then(|key| models::one(&world.catalog, &gw.pricing.book(), &p["/v1/models/".len()..], &|m| key.may_use(m))),
-        (p @ ("/healthz" | "/v1/chat/completions" | "/v1/models"), m) => {
-            let allow = if p == "/v1/chat/completions" { "POST" } else { "GET" };
+        (p @ ("/healthz" | "/v1/chat/completions" | "/v1/models" | "/v1/responses"), m) => {
+            let allow = if matches!(p, "/v1/chat/completions" | "/v1/responses") { "POST" } else { "GET" };
             Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: allow.into() })
         }
         (p, m) if p.starts_with("/v1/models/") => {
             Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: "GET".into() })
+        }
+        (p, m) if p.starts_with("/v1/responses/") => {
+            Err(ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: "GET, DELETE".into() })
         }
         _ => Err(ApiError::NotFound { path: head.path.chars().take(200).collect() }),
     };

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::chat::AnswerAs;
 use super::{ClientApi, Downstream, DownstreamError, Record, ResponseHead, World};
 use crate::api::chat::{self, ChatRequest, StreamEvent, TokenCounts, Usage};
 use crate::api::error::stream_error_event;
@@ -17,6 +18,7 @@ use crate::catalog::{Model, Quote};
 use crate::pricing::cost::{insert_cost, remove_cost, Cost};
 use crate::routing::RouteDecision;
 use crate::translate::anthropic::inbound::{self, EventStream};
+use crate::translate::responses::{self, Finished, ResponseStream};
 use crate::upstream::decode::{Decoded, StreamBroken};
 use crate::upstream::{Answer, AnswerBody};
 
@@ -108,6 +110,8 @@ enum Output {
     Same(ClientApi),
     /// OpenAI chunks turned into Anthropic events for an Anthropic client.
     ToAnthropic(EventStream),
+    /// OpenAI chunks turned into Responses events; the finished response once `[DONE]` came.
+    ToResponses(Box<ResponseStream>, Option<Finished>),
 }
 
 impl Output {
@@ -119,15 +123,22 @@ impl Output {
                 events.done()
             }
             (Output::ToAnthropic(events), SseItem::Event { data, .. }) => events.chunk(data),
+            (Output::ToResponses(events, finished), SseItem::Event { .. }) if done => {
+                let (bytes, f) = events.done();
+                *finished = Some(f);
+                bytes
+            }
+            (Output::ToResponses(events, _), SseItem::Event { data, .. }) => events.chunk(data),
             _ => sse::encode(item),
         }
     }
 
     /// The terminal error event for a stream that failed after it started; `None` when the
     /// upstream's own error event, already in the client's API, has said it.
-    fn error(&self, message: &str, code: &str, upstream_said: bool) -> Option<Vec<u8>> {
+    fn error(&mut self, message: &str, code: &str, upstream_said: bool) -> Option<Vec<u8>> {
         match self {
-            Output::Same(ClientApi::OpenAi) => Some(stream_error_event(message, code)),
+            Output::ToResponses(events, _) => Some(events.error(message, code)),
+            Output::Same(ClientApi::OpenAi | ClientApi::Responses) => Some(stream_error_event(message, code)),
             Output::Same(ClientApi::Anthropic) if upstream_said => None,
             Output::Same(ClientApi::Anthropic) | Output::ToAnthropic(_) => Some(inbound::error_event(message)),
         }
@@ -146,6 +157,8 @@ enum Flow {
 /// What forwarding needs to know of the exchange.
 struct Answering<'a> {
     req: &'a ChatRequest,
+    /// Where a finished Responses API response is kept, if it is.
+    keeper: Option<&'a super::responses::Keeper>,
     /// The price charged.
     quote: Quote,
     /// The catalog model, which every answer names.
@@ -167,7 +180,13 @@ async fn forward_items(
         };
         let chunk = match class {
             StreamEvent::Done => {
-                io.send_body(Bytes::from(out.event(item, true)), false).await?;
+                let last = out.event(item, true);
+                if let (Output::ToResponses(_, finished), Some(keeper)) = (&mut *out, ctx.keeper) {
+                    if let Some(f) = finished.take() {
+                        keeper.keep(f).await;
+                    }
+                }
+                io.send_body(Bytes::from(last), false).await?;
                 return Ok(Flow::Done);
             }
             StreamEvent::Malformed => return Ok(Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid")),
@@ -211,11 +230,12 @@ pub async fn relay(
     decision: &RouteDecision,
     req: &ChatRequest,
     explain: Option<String>,
-    client: ClientApi,
+    answer_as: &AnswerAs,
     answer: Answer,
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
+    let client = answer_as.api();
     let quote = quote_of(decision, answer.deployment);
     if let Some(d) = model.deployments.get(answer.deployment) {
         rec.deployment = Some(d.id.clone());
@@ -257,6 +277,23 @@ pub async fn relay(
                 (status, bytes) = (converted_status, Bytes::from(converted));
                 content_type = "application/json".into();
             }
+            if let (AnswerAs::Responses(r), true) = (answer_as, (200..300).contains(&status)) {
+                match responses::response_from_chat(&bytes, &r.meta, &r.conversation) {
+                    Ok(f) => {
+                        bytes = Bytes::from(f.object.clone());
+                        if let Some(k) = &r.keeper {
+                            k.keep(f).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id = %rec.request_id, error = %e, "answer could not be converted");
+                        rec.error = Some("upstream_answer_invalid");
+                        (status, rec.status) = (502, 502);
+                        bytes = Bytes::from(crate::api::error::ApiError::UpstreamFailed { message: "The upstream sent an answer that could not be converted.".into() }.body());
+                    }
+                }
+                content_type = "application/json".into();
+            }
             headers.push(("content-type", content_type));
             io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
             return io.send_body(bytes, true).await;
@@ -268,9 +305,14 @@ pub async fn relay(
     headers.push(("cache-control", "no-cache".into()));
     io.send_head(ResponseHead { status, headers, content_length: None }).await?;
 
-    let ctx = Answering { req, quote, model: &model.id };
-    let mut out = match client {
-        ClientApi::Anthropic if !answer.native => Output::ToAnthropic(EventStream::new(&model.id)),
+    let keeper = match answer_as {
+        AnswerAs::Responses(r) => r.keeper.as_ref(),
+        _ => None,
+    };
+    let ctx = Answering { req, keeper, quote, model: &model.id };
+    let mut out = match answer_as {
+        AnswerAs::Anthropic if !answer.native => Output::ToAnthropic(EventStream::new(&model.id)),
+        AnswerAs::Responses(r) => Output::ToResponses(Box::new(ResponseStream::new(r.meta.clone(), r.conversation.clone())), None),
         _ => Output::Same(client),
     };
     let mut flow = forward_items(&prefetched, &ctx, &mut out, io, rec).await?;

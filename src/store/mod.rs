@@ -103,6 +103,10 @@ pub struct StoreSettings {
     pub usage: UsageSettings,
     /// How often budgets read other instances' spend. Default 2 s.
     pub budget_sync: std::time::Duration,
+    /// How long Responses API responses are kept (`store: true`, the default) for `GET` and
+    /// `previous_response_id`. Default 30 days; `None` (`responses_retention_days = 0`): none
+    /// are kept.
+    pub responses_retention: Option<std::time::Duration>,
 }
 
 /// Which usage records a query selects. Newest first.
@@ -165,6 +169,23 @@ pub struct UsageSummary {
     pub cost_usd: f64,
 }
 
+/// A response of the Responses API kept for `GET /v1/responses/{id}` and follow-ups
+/// (`previous_response_id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptResponse {
+    /// `resp_…`.
+    pub id: String,
+    /// Who may read it: `project:<id>` (every key of the project), or `key:<id>` for a key
+    /// outside any project.
+    pub owner: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// The response object (JSON).
+    pub object: String,
+    /// The conversation so far as chat messages (a JSON array).
+    pub conversation: String,
+}
+
 /// What a backend implements. Everything runs on the store runtime.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -188,6 +209,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn insert_prices(&self, rows: Vec<[rows::Param; schema::PRICE_NCOLS]>) -> Result<(), StoreError>;
     async fn prices_between(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Frame>, StoreError>;
     async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Keeps a response (expired ones are deleted in the same call).
+    async fn insert_response(&self, r: &KeptResponse) -> Result<(), StoreError>;
+    /// A kept response's object and conversation, for its owner, if not expired.
+    async fn response(&self, id: &str, owner: &str, now_ms: i64) -> Result<Option<(String, String)>, StoreError>;
+    /// Deletes a kept response of the owner; whether there was one.
+    async fn delete_response(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError>;
     /// A stream of change notifications from other instances, if the backend has one.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>>;
 }
@@ -249,6 +276,33 @@ impl Store {
         fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.rt.spawn(fut).await.map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// Keeps a response (and drops expired ones).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn insert_response(&self, r: KeptResponse) -> Result<(), StoreError> {
+        let b = self.backend.clone();
+        self.spawn(async move { b.insert_response(&r).await }).await
+    }
+
+    /// A kept response's object and conversation, for `owner`, unless expired at `now_ms`.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn response(&self, id: &str, owner: &str, now_ms: i64) -> Result<Option<(String, String)>, StoreError> {
+        let (b, id, owner) = (self.backend.clone(), id.to_string(), owner.to_string());
+        self.spawn(async move { b.response(&id, &owner, now_ms).await }).await
+    }
+
+    /// Deletes a kept response of `owner`; whether there was one.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn delete_response(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let (b, id, owner) = (self.backend.clone(), id.to_string(), owner.to_string());
+        self.spawn(async move { b.delete_response(&id, &owner, now_ms).await }).await
     }
 
     /// The change sequence: bumped by every change to projects or keys.

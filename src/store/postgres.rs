@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
 
 use super::rows::{self, Param, RowLike};
 use super::schema;
-use super::{ApiKey, Backend, Directory, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
 use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
@@ -408,6 +408,33 @@ impl Backend for PgStore {
         let r = exec(&c, schema::DELETE_PRICES_BEFORE, &[before_ms.into()]).await;
         self.put(c);
         r
+    }
+
+    async fn insert_response(&self, r: &KeptResponse) -> Result<(), StoreError> {
+        let ps = [r.id.clone().into(), r.owner.clone().into(), r.created_ms.into(), r.expires_ms.into(), r.object.clone().into(), r.conversation.clone().into()];
+        let c = self.conn().await?;
+        let res = async {
+            exec(&c, schema::DELETE_EXPIRED_RESPONSES, &[r.created_ms.into()]).await?;
+            exec(&c, schema::INSERT_RESPONSE, &ps).await.map(|_| ())
+        }
+        .await;
+        self.put(c);
+        res
+    }
+
+    async fn response(&self, id: &str, owner: &str, now_ms: i64) -> Result<Option<(String, String)>, StoreError> {
+        let c = self.conn().await?;
+        let ps = [id.into(), owner.into(), now_ms.into()];
+        let r = query(&c, schema::SELECT_RESPONSE, &ps, |r| Ok((r.text(0)?.unwrap_or_default(), r.text(1)?.unwrap_or_default()))).await;
+        self.put(c);
+        Ok(r?.into_iter().next())
+    }
+
+    async fn delete_response(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let c = self.conn().await?;
+        let r = exec(&c, schema::DELETE_RESPONSE, &[id.into(), owner.into(), now_ms.into()]).await;
+        self.put(c);
+        r.map(|n| n > 0)
     }
 
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {

@@ -78,6 +78,16 @@ CREATE TABLE price_history (
     stale       BIGINT NOT NULL,
     PRIMARY KEY (ts_ms, deployment)
 );
+", r"
+CREATE TABLE responses (
+    id           TEXT PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    expires_ms   BIGINT NOT NULL,
+    object       TEXT NOT NULL,
+    conversation TEXT NOT NULL
+);
+CREATE INDEX responses_expires ON responses (expires_ms);
 "];
 
 /// The bookkeeping table, created before migrations run.
@@ -134,6 +144,12 @@ pub const PRICE_NCOLS: usize = 6;
 pub const PRICE_ROWS_PER_INSERT: usize = 500;
 pub const PRICES_BETWEEN: &str = "SELECT ts_ms, deployment, price_input, price_output, usd_per_mwh, stale FROM price_history WHERE ts_ms >= $1 AND ts_ms <= $2 ORDER BY ts_ms, deployment";
 pub const DELETE_PRICES_BEFORE: &str = "DELETE FROM price_history WHERE ts_ms < $1";
+
+pub const INSERT_RESPONSE: &str = "INSERT INTO responses (id, owner, created_ms, expires_ms, object, conversation) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+/// A kept response by id, for its owner, while not expired.
+pub const SELECT_RESPONSE: &str = "SELECT object, conversation FROM responses WHERE id = $1 AND owner = $2 AND expires_ms > $3";
+pub const DELETE_RESPONSE: &str = "DELETE FROM responses WHERE id = $1 AND owner = $2 AND expires_ms > $3";
+pub const DELETE_EXPIRED_RESPONSES: &str = "DELETE FROM responses WHERE expires_ms <= $1";
 
 /// `INSERT … VALUES (…), (…) ON CONFLICT (id) DO NOTHING` for `rows` usage records.
 pub fn insert_usage_sql(rows: usize) -> String {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::rows::{self, Param, RowLike};
 use super::schema::{self, sqlite_sql as q};
-use super::{ApiKey, Backend, Directory, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
 use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
@@ -340,6 +340,30 @@ impl Backend for SqliteStore {
 
     async fn delete_prices_before(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.write(move |c| exec(c, schema::DELETE_PRICES_BEFORE, &[before_ms.into()]).map(|n| n as u64)).await
+    }
+
+    async fn insert_response(&self, r: &KeptResponse) -> Result<(), StoreError> {
+        let ps = [r.id.clone().into(), r.owner.clone().into(), r.created_ms.into(), r.expires_ms.into(), r.object.clone().into(), r.conversation.clone().into()];
+        let now = r.created_ms;
+        self.write(move |c| {
+            exec(c, schema::DELETE_EXPIRED_RESPONSES, &[now.into()])?;
+            exec(c, schema::INSERT_RESPONSE, &ps).map(|_| ())
+        })
+        .await
+    }
+
+    async fn response(&self, id: &str, owner: &str, now_ms: i64) -> Result<Option<(String, String)>, StoreError> {
+        let ps = [id.into(), owner.into(), now_ms.into()];
+        self.with(move |c| {
+            let rows = query(c, schema::SELECT_RESPONSE, &ps, |r| Ok((r.text(0)?.unwrap_or_default(), r.text(1)?.unwrap_or_default())))?;
+            Ok(rows.into_iter().next())
+        })
+        .await
+    }
+
+    async fn delete_response(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let ps = [id.into(), owner.into(), now_ms.into()];
+        self.write(move |c| exec(c, schema::DELETE_RESPONSE, &ps).map(|n| n > 0)).await
     }
 
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {

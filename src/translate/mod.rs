@@ -3,13 +3,16 @@
 //! types and pure conversion functions: bytes in, bytes out, no I/O, no clocks, no settings.
 //! The pipeline decides when to call them; this module only knows the formats.
 //!
-//! - [`anthropic`]: the Anthropic Messages API (requests out, answers, errors and streams back).
+//! - [`anthropic`]: the Anthropic Messages API (requests out, answers, errors and streams back;
+//!   and `anthropic::inbound`, the same API spoken by clients);
+//! - [`responses`]: OpenAI's Responses API spoken by clients, over chat completions.
 //!
 //! Input on both sides is untrusted (the client's body, the upstream's answer): every
 //! conversion returns a [`TranslateError`] instead of panicking, and request bodies are read
 //! as borrowed raw JSON, member by member, never built into a tree.
 
 pub mod anthropic;
+pub mod responses;
 
 /// Why a conversion failed. The request-side variants are the client's fault (400); the
 /// answer-side ones are the upstream's (the caller treats them like any broken upstream).
