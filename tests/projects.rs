@@ -620,3 +620,57 @@ async fn instances_sharing_a_store_share_budgets() {
     expect_error(chat_with(&a, &c, &key, MODEL, false).await, 429, Some("insufficient_quota")).await;
     assert_eq!(m.requests(), spent_on_b, "A forwarded nothing");
 }
+
+/// Responses API responses are kept per project: a key of the same project reads and
+/// continues them, another project's key and a key outside any project get 404; the request
+/// is a usage record of its project like any chat completion, with the `x-joule-*` headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_responses_belong_to_their_project() {
+    let m = mock(MockConfig { tokens: 3, ..Default::default() }).await;
+    let gw = Gateway::start(&format!("{}\n{}", catalog(&[(MODEL, &m)]), admin_toml())).await;
+    let c = client();
+    for p in ["alpha", "beta"] {
+        let (s, v) = admin(&gw, &c, "POST", "/projects", Some(json!({"name": p}))).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (_, a1) = create_key(&gw, &c, json!({"name": "a1", "project": "alpha"})).await;
+    let (_, a2) = create_key(&gw, &c, json!({"name": "a2", "project": "alpha"})).await;
+    let (_, b1) = create_key(&gw, &c, json!({"name": "b1", "project": "beta"})).await;
+    let (_, loose) = create_key(&gw, &c, json!({"name": "loose"})).await;
+
+    let resp = c.post(format!("{}/responses", gw.base())).bearer_auth(&a1).json(&json!({"model": format!("{MODEL}@price"), "input": "hi"})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-joule-deployment"], "dep0");
+    assert!(resp.headers()["x-joule-strategy"].to_str().unwrap().starts_with("price"));
+    let r: Value = resp.json().await.unwrap();
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!((r["store"].as_bool(), r["model"].as_str()), (Some(true), Some(MODEL)), "{r}");
+
+    let get = |key: String, id: String| {
+        let c = c.clone();
+        let url = format!("{}/responses/{id}", gw.base());
+        async move { c.get(url).bearer_auth(key).send().await.unwrap() }
+    };
+    let same = get(a2.clone(), id.clone()).await;
+    assert_eq!(same.status(), 200);
+    assert_eq!(same.json::<Value>().await.unwrap()["id"], id.as_str());
+    for other in [&b1, &loose] {
+        let r = get(other.clone(), id.clone()).await;
+        assert_eq!(r.status(), 404, "another owner");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+    }
+    let follow = json!({"model": MODEL, "input": "and?", "previous_response_id": id});
+    let r = c.post(format!("{}/responses", gw.base())).bearer_auth(&b1).json(&follow).send().await.unwrap();
+    assert_eq!(r.status(), 404, "another project cannot continue it");
+    let r = c.post(format!("{}/responses", gw.base())).bearer_auth(&a2).json(&follow).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the project can");
+    let del = c.delete(format!("{}/responses/{id}", gw.base())).bearer_auth(&b1).send().await.unwrap();
+    assert_eq!(del.status(), 404);
+    let del = c.delete(format!("{}/responses/{id}", gw.base())).bearer_auth(&a1).send().await.unwrap();
+    assert_eq!(del.json::<Value>().await.unwrap(), json!({"id": id, "object": "response", "deleted": true}));
+    assert_eq!(get(a1.clone(), id.clone()).await.status(), 404);
+    // Usage records: both requests, in alpha.
+    let v = wait_for_records(&gw, &c, "?project=alpha", 2, Duration::from_secs(10)).await;
+    assert!(v["cost_usd"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use joule::secret::KeyHash;
 use joule::pricing::history::{Frame, FramePoint, History};
 use joule::store::{
-    BudgetPeriod, Cursor, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,
+    BudgetPeriod, Cursor, KeptResponse, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,
 };
 use joule::usage::UsageRecord;
 
@@ -379,6 +379,40 @@ async fn extreme_suite(store: Store) {
     assert!(x.is_finite() && *x <= 3e15 + 1.0, "{spend:?}");
 }
 
+/// Kept Responses API responses: read back by their owner only, until they expire; deleted
+/// by their owner only; a second write of an id keeps the first; expired ones are dropped.
+async fn responses_suite(store: Store, reopen: impl Fn() -> Store) {
+    let kept = |id: &str, owner: &str, created: i64, expires: i64| KeptResponse {
+        id: id.into(),
+        owner: owner.into(),
+        created_ms: created,
+        expires_ms: expires,
+        object: format!(r#"{{"id":"{id}","text":"hé "q""}}"#),
+        conversation: r#"[{"role":"user","content":"hi"}]"#.into(),
+    };
+    store.insert_response(kept("resp_a", "project:p1", 1_000, 10_000)).await.unwrap();
+    store.insert_response(kept("resp_b", "key:k1", 1_000, 2_000)).await.unwrap();
+    let (object, conv) = store.response("resp_a", "project:p1", 5_000).await.unwrap().expect("kept");
+    assert_eq!(object, r#"{"id":"resp_a","text":"hé "q""}"#);
+    assert_eq!(conv, r#"[{"role":"user","content":"hi"}]"#);
+    assert_eq!(store.response("resp_a", "project:p2", 5_000).await.unwrap(), None, "another project");
+    assert_eq!(store.response("resp_a", "key:k1", 5_000).await.unwrap(), None, "a key outside it");
+    assert_eq!(store.response("resp_b", "key:k1", 2_000).await.unwrap(), None, "expired");
+    assert_eq!(store.response("resp_none", "project:p1", 5_000).await.unwrap(), None);
+    // The same id again does not overwrite.
+    let mut again = kept("resp_a", "project:p2", 1_500, 10_000);
+    again.object = "{}".into();
+    store.insert_response(again).await.unwrap();
+    assert!(store.response("resp_a", "project:p1", 5_000).await.unwrap().is_some());
+    assert!(!store.delete_response("resp_a", "project:p2", 5_000).await.unwrap(), "not theirs to delete");
+    // Survives a reopen; deleting is for the owner.
+    let other = reopen();
+    assert!(other.response("resp_a", "project:p1", 5_000).await.unwrap().is_some());
+    assert!(other.delete_response("resp_a", "project:p1", 5_000).await.unwrap());
+    assert!(!other.delete_response("resp_a", "project:p1", 5_000).await.unwrap());
+    assert_eq!(store.response("resp_a", "project:p1", 5_000).await.unwrap(), None);
+}
+
 /// Opens `loc` from a thread outside any runtime (opening blocks until migrated).
 fn reopen(loc: &StoreLocation) -> Store {
     let loc = loc.clone();
@@ -393,6 +427,8 @@ fn contract(store: &Store, loc: &StoreLocation) {
     store.wait(history_suite(store.clone(), move || reopen(&l)));
     history_through_the_store(store);
     store.wait(extreme_suite(store.clone()));
+    let l = loc.clone();
+    store.wait(responses_suite(store.clone(), move || reopen(&l)));
 }
 
 #[test]

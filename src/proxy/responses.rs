@@ -141,7 +141,7 @@ pub async fn create(gw: &Gateway, world: &World, principal: &Principal, head: &R
 /// # Errors
 /// Only downstream I/O failures; every other outcome is a response.
 pub async fn kept(gw: &Gateway, principal: &Principal, id: &str, delete: bool, io: &mut dyn Downstream, rec: &mut Record) -> Result<(), DownstreamError> {
-    rec.principal = Some(principal.clone());
+    // Not a model request: no usage record (as for `/v1/models`).
     let api = ClientApi::Responses;
     let Some(store) = gw.store.as_ref().filter(|_| gw.response_retention.is_some()) else {
         return send_error_as(api, io, rec, &not_found(id)).await;
