@@ -19,7 +19,7 @@ use crate::access::Principal;
 use crate::api::chat;
 use crate::api::error::ApiError;
 use crate::store::{KeptResponse, Store};
-use crate::translate::responses::{request_to_chat, Finished, Meta};
+use crate::translate::responses::{referenced_ids, request_to_chat, Finished, Meta, References};
 use crate::translate::TranslateError;
 
 /// Longest wait for the store when keeping a response; past it the response is answered unkept.
@@ -115,7 +115,15 @@ pub async fn create(gw: &Gateway, world: &World, principal: &Principal, head: &R
             }
         },
     };
-    let request = match request_to_chat(&body, history.as_deref().map(str::as_bytes)) {
+    let refs = match (referenced_ids(&body), keeping) {
+        (ids, _) if ids.is_empty() => References::new(),
+        (_, None) => References::new(), // refused by the conversion, naming the reference
+        (ids, Some((store, _))) => match references(store, &owner(principal), &ids).await {
+            Ok(r) => r,
+            Err(e) => return send_error_as(api, io, rec, &e).await,
+        },
+    };
+    let request = match request_to_chat(&body, history.as_deref().map(str::as_bytes), &refs) {
         Ok(r) => r,
         Err(e) => return send_error_as(api, io, rec, &invalid(&e)).await,
     };
@@ -134,6 +142,32 @@ pub async fn create(gw: &Gateway, world: &World, principal: &Principal, head: &R
     let answer_as = AnswerAs::Responses(Box::new(ResponsesAnswer { meta, conversation: request.conversation, keeper }));
     let exchange = Exchange { req, body: request.chat, native: None, answer_as };
     serve(gw, world, principal, head, exchange, io, rec).await
+}
+
+/// The kept output items `ids` name (`msg_<x>` and `fc_<x>_<n>` are items of response
+/// `resp_<x>`), for `owner`; ids of no kept response of the owner are left out (the conversion
+/// then refuses them).
+async fn references(store: &Store, owner: &str, ids: &[String]) -> Result<References, ApiError> {
+    let mut refs = References::new();
+    let now = crate::clock::now_ms();
+    for id in ids.iter().take(256) {
+        let of = id.strip_prefix("msg_").or_else(|| id.strip_prefix("fc_").and_then(|r| r.rsplit_once('_').map(|(x, _)| x)));
+        let Some(response) = of.map(|x| format!("resp_{x}")) else { continue };
+        let object = match store.response(&response, owner, now).await {
+            Ok(Some((object, _))) => object,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "kept response unreadable");
+                return Err(ApiError::StoreUnavailable);
+            }
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&object) else { continue };
+        let items = v.get("output").and_then(serde_json::Value::as_array).into_iter().flatten();
+        if let Some(item) = items.into_iter().find(|i| i.get("id").and_then(serde_json::Value::as_str) == Some(id.as_str())) {
+            refs.insert(id.clone(), item.to_string());
+        }
+    }
+    Ok(refs)
 }
 
 /// Serves `GET` (the response object) and `DELETE` of `/v1/responses/{id}`.

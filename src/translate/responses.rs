@@ -252,7 +252,35 @@ fn user_content(out: &mut Vec<u8>, raw: &RawValue, param: &str) -> Result<(), Tr
     Ok(())
 }
 
-fn input_items(m: &mut Messages, raw: &RawValue) -> Result<(), TranslateError> {
+/// Earlier output items that `item_reference` input items name, by item id (the raw item
+/// JSON as its response kept it).
+pub type References = std::collections::HashMap<String, String>;
+
+/// The ids `item_reference` items of a request's `input` name (to look up before
+/// [`request_to_chat`]); empty when the body is not readable.
+pub fn referenced_ids(body: &[u8]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Input<'a> {
+        #[serde(borrow)]
+        input: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Ref<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        id: Option<String>,
+    }
+    let Some(input) = serde_json::from_slice::<Input>(body).ok().and_then(|i| i.input) else { return Vec::new() };
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(input.get()) else { return Vec::new() };
+    items
+        .into_iter()
+        .filter_map(|i| serde_json::from_str::<Ref>(i.get()).ok())
+        .filter(|r| r.kind.as_deref() == Some("item_reference"))
+        .filter_map(|r| r.id)
+        .collect()
+}
+
+fn input_items(m: &mut Messages, raw: &RawValue, refs: &References) -> Result<(), TranslateError> {
     if is_string(raw) {
         let mut msg = b"{\"role\":\"user\",\"content\":".to_vec();
         msg.extend_from_slice(raw.get().as_bytes());
@@ -264,6 +292,30 @@ fn input_items(m: &mut Messages, raw: &RawValue) -> Result<(), TranslateError> {
     for (i, raw) in items.iter().enumerate() {
         let param = format!("input[{i}]");
         let item: Item = read(raw, &param, "an input item")?;
+        if item.kind.as_deref() == Some("item_reference") {
+            #[derive(Deserialize)]
+            struct Ref {
+                id: Option<String>,
+            }
+            let id = read::<Ref>(raw, &param, "an item reference")?.id.ok_or_else(|| invalid(format!("{param}.id"), "missing."))?;
+            let Some(referenced) = refs.get(&id) else {
+                return Err(invalid(format!("{param}.id"), format!("no kept item '{}' (items of kept responses only).", id.chars().take(100).collect::<String>())));
+            };
+            let raw: &RawValue = serde_json::from_str(referenced).map_err(|_| invalid(format!("{param}.id"), "the kept item is unreadable."))?;
+            input_item(m, raw, &param)?;
+            continue;
+        }
+        input_item(m, raw, &param)?;
+    }
+    m.flush();
+    Ok(())
+}
+
+/// One input item (not a reference).
+fn input_item(m: &mut Messages, raw: &RawValue, param: &str) -> Result<(), TranslateError> {
+    let param = param.to_string();
+    let item: Item = read(raw, &param, "an input item")?;
+    {
         match (item.kind.as_deref(), item.role.as_deref()) {
             (Some("message") | None, Some(role)) => {
                 let content = item.content.ok_or_else(|| invalid(format!("{param}.content"), "missing."))?;
@@ -311,7 +363,6 @@ fn input_items(m: &mut Messages, raw: &RawValue) -> Result<(), TranslateError> {
             (None, None) => return Err(invalid(format!("{param}.type"), "missing.")),
         }
     }
-    m.flush();
     Ok(())
 }
 
@@ -457,7 +508,8 @@ fn value_of(raw: Option<&RawValue>) -> Value {
 /// `image_url` parts, `developer` → `system`; assistant `output_text` joined into one
 /// string), `function_call` items (consecutive ones, and assistant text before them, form one
 /// assistant message with `tool_calls`), `function_call_output` → `tool` messages;
-/// `reasoning` items are dropped. `tools` (function tools only), `tool_choice`
+/// `reasoning` items are dropped; an `item_reference` is the kept output item it names (from
+/// `refs`, which the caller looked up: [`referenced_ids`]). `tools` (function tools only), `tool_choice`
 /// (`auto`/`none`/`required`/a function), `text.format` (`json_schema` → `response_format`
 /// `json_schema`, `json_object` likewise, `text` nothing), `max_output_tokens` →
 /// `max_tokens`, `temperature`, `top_p`, `parallel_tool_calls`, `user`, and `stream` (with
@@ -469,9 +521,9 @@ fn value_of(raw: Option<&RawValue>) -> Value {
 /// `model`, missing `input` (without `previous_response_id`), items or parts lacking what
 /// their type needs, or members of the wrong type; [`TranslateError::Unsupported`] naming a
 /// hosted tool type (`web_search_preview`, `file_search`, …), an input item or content part
-/// type other than those above, `input_image` by `file_id`, `background: true`,
+/// type other than those above (an `item_reference` not in `refs` is [`TranslateError::Invalid`]), `input_image` by `file_id`, `background: true`,
 /// `conversation` and `prompt`.
-pub fn request_to_chat(body: &[u8], history: Option<&[u8]>) -> Result<ResponsesRequest, TranslateError> {
+pub fn request_to_chat(body: &[u8], history: Option<&[u8]>, refs: &References) -> Result<ResponsesRequest, TranslateError> {
     let text = std::str::from_utf8(body).map_err(|e| invalid("body", format!("not UTF-8 (byte {}).", e.valid_up_to())))?;
     if !text.trim_start().starts_with('{') {
         return Err(invalid("body", "expected a JSON object."));
@@ -507,7 +559,7 @@ pub fn request_to_chat(body: &[u8], history: Option<&[u8]>) -> Result<ResponsesR
         }
     }
     match top.input {
-        Some(raw) => input_items(&mut conv, raw)?,
+        Some(raw) => input_items(&mut conv, raw, refs)?,
         None if previous_response_id.is_none() => return Err(invalid("input", "missing.")),
         None => {}
     }

@@ -131,3 +131,22 @@ def test_hosted_tools_are_refused_naming_the_type(client):
 def test_unknown_model_is_not_found(client):
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="hi")
+
+
+def test_item_references_name_kept_output_items(client):
+    first = client.responses.create(model="llama-sdk", input="Look up x", tools=TOOLS, tool_choice="required")
+    call = first.output[-1]
+    assert call.type == "function_call" and call.id
+    follow = client.responses.create(
+        model="llama-sdk",
+        tools=TOOLS,
+        input=[
+            {"role": "user", "content": "Look up x"},
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "found it"},
+        ],
+    )
+    assert follow.output_text == TEXT
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="llama-sdk", input=[{"type": "item_reference", "id": "msg_unknown"}])
+    assert "msg_unknown" in e.value.message

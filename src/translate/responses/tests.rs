@@ -4,7 +4,7 @@ use super::*;
 use crate::api::sse::{SseItem, SseParser};
 
 fn chat(body: Value) -> Value {
-    let r = request_to_chat(body.to_string().as_bytes(), None).unwrap();
+    let r = request_to_chat(body.to_string().as_bytes(), None, &References::new()).unwrap();
     serde_json::from_slice(&r.chat).unwrap()
 }
 
@@ -24,12 +24,12 @@ fn string_input_instructions_and_parameters() {
             "stream": true, "stream_options": {"include_usage": true}
         })
     );
-    let r = request_to_chat(br#"{"model":"m","input":"x","metadata":{"k":"v"},"store":false}"#, None).unwrap();
+    let r = request_to_chat(br#"{"model":"m","input":"x","metadata":{"k":"v"},"store":false}"#, None, &References::new()).unwrap();
     assert!(!r.store && !r.stream);
     assert_eq!(r.echo.metadata, json!({"k": "v"}));
     assert_eq!(r.echo.tool_choice, json!("auto"));
     assert_eq!(r.echo.text, json!({"format": {"type": "text"}}));
-    assert!(request_to_chat(br#"{"model":"m","input":"x"}"#, None).unwrap().store, "store defaults to true");
+    assert!(request_to_chat(br#"{"model":"m","input":"x"}"#, None, &References::new()).unwrap().store, "store defaults to true");
 }
 
 #[test]
@@ -88,7 +88,6 @@ fn what_has_no_chat_form_is_refused_naming_it() {
         (json!({"tools": [{"type": "web_search_preview"}]}), "web_search_preview"),
         (json!({"tools": [{"type": "file_search", "vector_store_ids": []}]}), "file_search"),
         (json!({"tool_choice": {"type": "web_search_preview"}}), "web_search_preview"),
-        (json!({"input": [{"type": "item_reference", "id": "msg_1"}]}), "item_reference"),
         (json!({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}), "input_file"),
         (json!({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}), "file_id"),
         (json!({"background": true}), "background"),
@@ -97,7 +96,7 @@ fn what_has_no_chat_form_is_refused_naming_it() {
     ] {
         let mut body = json!({"model": "m", "input": "x"});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        match request_to_chat(body.to_string().as_bytes(), None) {
+        match request_to_chat(body.to_string().as_bytes(), None, &References::new()) {
             Err(e @ TranslateError::Unsupported { .. }) => assert!(e.to_string().contains(named), "{extra}: {e}"),
             other => panic!("{extra}: {other:?}"),
         }
@@ -123,7 +122,7 @@ fn malformed_requests_are_refused_naming_the_member() {
         (r#"{"model":"m","input":"x","tool_choice":"sometimes"}"#, "tool_choice"),
         (r#"{"model":"m","input":"x","text":{"format":{"type":"json_schema","name":"n"}}}"#, "text.format.schema"),
     ] {
-        match request_to_chat(body.as_bytes(), None) {
+        match request_to_chat(body.as_bytes(), None, &References::new()) {
             Err(TranslateError::Invalid { param: p, .. }) => assert_eq!(p, param, "{body}"),
             other => panic!("{body}: {other:?}"),
         }
@@ -133,7 +132,7 @@ fn malformed_requests_are_refused_naming_the_member() {
 #[test]
 fn a_follow_up_continues_the_kept_conversation() {
     let history = br#"[{"role":"user","content":"Remember 42"},{"role":"assistant","content":"OK"}]"#;
-    let r = request_to_chat(br#"{"model":"m","input":"What was it?","instructions":"New rules.","previous_response_id":"resp_1"}"#, Some(history)).unwrap();
+    let r = request_to_chat(br#"{"model":"m","input":"What was it?","instructions":"New rules.","previous_response_id":"resp_1"}"#, Some(history), &References::new()).unwrap();
     let c: Value = serde_json::from_slice(&r.chat).unwrap();
     assert_eq!(
         c["messages"],
@@ -148,11 +147,11 @@ fn a_follow_up_continues_the_kept_conversation() {
     let conv: Value = serde_json::from_slice(&r.conversation).unwrap();
     assert_eq!(conv.as_array().unwrap().len(), 3, "instructions are not kept: {conv}");
     // No new input: the history alone.
-    assert!(request_to_chat(br#"{"model":"m","previous_response_id":"resp_1"}"#, Some(history)).is_ok());
+    assert!(request_to_chat(br#"{"model":"m","previous_response_id":"resp_1"}"#, Some(history), &References::new()).is_ok());
 }
 
 fn meta() -> Meta {
-    let r = request_to_chat(br#"{"model":"m","input":"x","metadata":{"k":"v"}}"#, None).unwrap();
+    let r = request_to_chat(br#"{"model":"m","input":"x","metadata":{"k":"v"}}"#, None, &References::new()).unwrap();
     Meta { id: "resp_abc".into(), created_at: 1_700_000_000, model: "llama".into(), echo: r.echo }
 }
 
@@ -290,4 +289,34 @@ fn a_cut_or_failing_stream_still_speaks_the_grammar() {
     assert_eq!(names, ["error", "response.failed"]);
     assert!(err.contains("\"sequence_number\"") && err.contains("\"code\":\"upstream_stream_interrupted\""), "{err}");
     assert!(conv.chunk("not json").is_empty());
+}
+
+#[test]
+fn item_references_are_the_kept_items_they_name() {
+    let mut refs = References::new();
+    refs.insert("msg_x".into(), json!({"type": "message", "id": "msg_x", "role": "assistant", "status": "completed",
+        "content": [{"type": "output_text", "text": "Earlier.", "annotations": []}]}).to_string());
+    refs.insert("fc_x_0".into(), json!({"type": "function_call", "id": "fc_x_0", "call_id": "call_9", "name": "f", "arguments": "{}", "status": "completed"}).to_string());
+    let body = json!({"model": "m", "input": [
+        {"role": "user", "content": "q"},
+        {"type": "item_reference", "id": "msg_x"},
+        {"type": "item_reference", "id": "fc_x_0"},
+        {"type": "function_call_output", "call_id": "call_9", "output": "r"}
+    ]});
+    assert_eq!(referenced_ids(body.to_string().as_bytes()), ["msg_x", "fc_x_0"]);
+    let r = request_to_chat(body.to_string().as_bytes(), None, &refs).unwrap();
+    let c: Value = serde_json::from_slice(&r.chat).unwrap();
+    assert_eq!(
+        c["messages"],
+        json!([
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "Earlier.", "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "r"}
+        ])
+    );
+    let unknown = json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_gone"}]});
+    match request_to_chat(unknown.to_string().as_bytes(), None, &refs) {
+        Err(TranslateError::Invalid { param, message }) => assert!(param == "input[0].id" && message.contains("msg_gone"), "{message}"),
+        other => panic!("{other:?}"),
+    }
 }
