@@ -7,6 +7,7 @@ use joule::api::sse::{encode, SseItem, SseParser};
 use joule::pricing::cost::{insert_cost, remove_cost, Cost};
 use joule::translate::anthropic::inbound::{message_from_chat, request_to_chat, with_model, EventStream};
 use joule::translate::anthropic::{request_to_anthropic, response_from_anthropic, StreamConverter};
+use joule::translate::responses::{self, References, ResponseStream};
 
 /// The request inspector and the upstream body rewrite, on any bytes a client sends. Never
 /// panics; a body it accepts is rewritten into valid JSON naming the upstream model, with
@@ -178,6 +179,56 @@ pub fn check_messages(data: &[u8]) {
         if let SseItem::Event { event, data } = item {
             assert!(event.is_some(), "every event is named");
             assert!(!trees || serde_json::from_str::<serde_json::Value>(&data).is_ok(), "{data}");
+        }
+    }
+}
+
+/// The Responses API converters on any bytes: an accepted request yields a chat body that is
+/// JSON (a tree when the input is one) which the chat inspector accepts or refuses as a 400;
+/// any chat answer converts to a response object or is refused; any chunk sequence (the
+/// input's lines) converts to named events whose data is JSON with sequence numbers 0, 1, 2…
+pub fn check_responses(data: &[u8]) {
+    let tree = is_tree(data);
+    if let Ok(r) = responses::request_to_chat(data, None, &References::new()) {
+        if tree {
+            let v: serde_json::Value = serde_json::from_slice(&r.chat)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&r.chat)));
+            assert!(v["messages"].is_array(), "{v}");
+            let conv: serde_json::Value = serde_json::from_slice(&r.conversation).expect("the conversation is JSON");
+            assert!(conv.is_array());
+        }
+        if let Err(e) = inspect(&r.chat) {
+            assert_eq!(e.status(), 400, "{e:?}");
+        }
+        let meta = responses::Meta { id: "resp_f".into(), created_at: 0, model: "m".into(), echo: r.echo.clone() };
+        if let Ok(f) = responses::response_from_chat(data, &meta, &r.conversation) {
+            let v: serde_json::Value = serde_json::from_slice(&f.object).expect("a response object");
+            assert_eq!(v["object"], "response");
+        }
+    }
+    let meta = responses::Meta { id: "resp_f".into(), created_at: 0, model: "m".into(), echo: Default::default() };
+    if let Ok(f) = responses::response_from_chat(data, &meta, b"[]") {
+        let v: serde_json::Value = serde_json::from_slice(&f.object).expect("a response object");
+        assert_eq!(v["object"], "response");
+        let c: serde_json::Value = serde_json::from_slice(&f.conversation).expect("the conversation is JSON");
+        assert!(c.is_array());
+    }
+    let mut conv = ResponseStream::new(meta, b"[]".to_vec());
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(data).lines() {
+        out.extend(conv.chunk(line));
+    }
+    out.extend(conv.done().0);
+    let mut parser = SseParser::default();
+    let mut items = Vec::new();
+    parser.feed(&out, &mut items).expect("the converter writes SSE");
+    let mut seq = 0;
+    for item in items {
+        if let SseItem::Event { event, data } = item {
+            let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}"));
+            assert_eq!(v["type"].as_str(), event.as_deref());
+            assert_eq!(v["sequence_number"], seq);
+            seq += 1;
         }
     }
 }

@@ -55,3 +55,8 @@ fn anthropic() {
 fn messages() {
     run("messages", checks::check_messages);
 }
+
+#[test]
+fn responses() {
+    run("responses", checks::check_responses);
+}
