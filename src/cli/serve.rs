@@ -144,7 +144,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "  admin API: http://{admin_listen}/admin/projects (token: {})",
         if store.admin_token.is_some() { "as given" } else { demo::DEMO_ADMIN_TOKEN }
     );
-    println!("  models:    llama-3.1-8b-instruct (hosted), llama-3.2-1b-instruct (free), gpt-4o-mini (third-party)");
+    let models: Vec<String> = settings.catalog.models.iter().map(|m| format!("{} ({})", m.id, m.category.as_str())).collect();
+    println!("  models:    {}", models.join(", "));
+    println!("  APIs:      /v1/chat/completions, /v1/responses, /v1/messages (Anthropic), /v1/models");
     println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
     println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
     crate::server::run(settings, None)?;
