@@ -139,7 +139,10 @@ impl SseParser {
 }
 
 /// Encodes one item for the client with `\n` framing; multi-line data becomes several
-/// `data:` lines so the client rejoins exactly what the upstream sent.
+/// `data:` lines so the client rejoins exactly what the upstream sent. Every SSE line end in
+/// the data (`\n`, `\r\n`, a lone `\r`, which data joule builds from raw JSON can hold as
+/// whitespace) starts a new `data:` line: written as one line, the client would end the
+/// field there and read the rest as a field of its own.
 pub fn encode(item: &SseItem) -> Vec<u8> {
     let mut out = Vec::new();
     match item {
@@ -150,9 +153,11 @@ pub fn encode(item: &SseItem) -> Vec<u8> {
                 out.push(b'\n');
             }
             for line in data.split('\n') {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(line.as_bytes());
-                out.push(b'\n');
+                for part in line.strip_suffix('\r').unwrap_or(line).split('\r') {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(part.as_bytes());
+                    out.push(b'\n');
+                }
             }
         }
         SseItem::Comment(c) => {
@@ -208,6 +213,15 @@ mod tests {
         assert_eq!(out, vec![SseItem::Event { event: Some("x".into()), data: "{\"a\":\n1}".into() }]);
         assert_eq!(encode(&out[0]), b"event: x\ndata: {\"a\":\ndata: 1}\n\n".to_vec());
         assert_eq!(parse_all(&[&encode(&out[0])]), out);
+        // Data built from raw JSON may hold any SSE line end as whitespace: each starts a new
+        // `data:` line, so the client gets one event whose data is the JSON (ends as `\n`).
+        let built = SseItem::Event { event: Some("e".into()), data: "{\"a\":\r\r1,\r\n\"b\":\n2}".into() };
+        let bytes = encode(&built);
+        assert_eq!(bytes, b"event: e\ndata: {\"a\":\ndata: \ndata: 1,\ndata: \"b\":\ndata: 2}\n\n".to_vec());
+        let back = parse_all(&[&bytes]);
+        assert_eq!(back.len(), 1);
+        let SseItem::Event { data, .. } = &back[0] else { panic!("{back:?}") };
+        assert_eq!(serde_json::from_str::<serde_json::Value>(data).unwrap(), serde_json::json!({"a": 1, "b": 2}));
     }
 
     #[test]

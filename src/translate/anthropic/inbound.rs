@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{clip, invalid, is_string, number, read, string, unsupported};
+use crate::api::sse::{self, SseItem};
 use crate::translate::{json_str, write_json_str, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
@@ -835,12 +836,10 @@ pub struct EventStream {
     usage: Option<UsageOut>,
 }
 
+/// One named event; raw JSON copied into `data` may hold line ends as whitespace, which
+/// [`sse::encode`] keeps from breaking the framing.
 fn event(out: &mut Vec<u8>, name: &str, data: &str) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
+    out.extend_from_slice(&sse::encode(&SseItem::Event { event: Some(name.to_string()), data: data.to_string() }));
 }
 
 impl EventStream {
