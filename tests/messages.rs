@@ -40,8 +40,12 @@ async fn mocks(tokens: u32, tokens_per_s: f64) -> (MockServer, MockServer) {
 }
 
 fn messages(gw: &Gateway, body: &str) -> reqwest::RequestBuilder {
+    messages_to(gw, "messages", body)
+}
+
+fn messages_to(gw: &Gateway, path: &str, body: &str) -> reqwest::RequestBuilder {
     client()
-        .post(format!("{}/messages", gw.base()))
+        .post(format!("{}/{path}", gw.base()))
         .header("x-api-key", KEY)
         .header("anthropic-version", "2023-06-01")
         .header("content-type", "application/json")
@@ -224,7 +228,19 @@ async fn refusals_are_in_anthropic_shape() {
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty() && !m.contains("sk-nope")), "case {i}: {v}");
     }
     let resp = client().post(format!("{}/messages/count_tokens", gw.base())).header("x-api-key", KEY).body(ok).send().await.unwrap();
-    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.status(), 501, "no deployment of the hosted model can count");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+    // A Claude route counts: the body goes to the provider as sent, model replaced.
+    let count = r#"{"model":"claude","messages":[{"role":"user","content":"count me please"}],"system":"s"}"#;
+    let resp = messages_to(&gw, "messages/count_tokens", count).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["input_tokens"].as_u64().is_some_and(|n| n > 0), "{v}");
+    let seen = claude.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/messages/count_tokens");
+    assert_eq!(String::from_utf8_lossy(&seen.body), count.replacen("\"claude\"", "\"claude-sonnet-4\"", 1));
+    assert_eq!(seen.header("x-api-key"), Some(SECRET));
     let resp = client().post(format!("{}/messages/count_tokens", gw.base())).body(ok).send().await.unwrap();
     assert_eq!(resp.status(), 401, "authentication comes first");
 }

@@ -26,6 +26,14 @@ use super::http::{Conn, Request};
 
 /// The generation route.
 pub(crate) const MESSAGES_PATH: &str = "/v1/messages";
+/// Token counting (`POST /v1/messages/count_tokens`): `{"input_tokens": n}`, n counted as the
+/// generation route counts a prompt.
+pub(crate) const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+
+/// The count-tokens answer for a request.
+pub(crate) fn count_tokens(request: &Request) -> Value {
+    json!({"input_tokens": generate::prompt_tokens(&request.body)})
+}
 /// `created_at` of the listed models; the mock's models have no real release date.
 const MODELS_CREATED_AT: &str = "2025-01-01T00:00:00Z";
 

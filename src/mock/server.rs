@@ -337,6 +337,16 @@ where
             MockApi::OpenAi => openai::chat(conn, request, cfg).await,
             MockApi::Anthropic => anthropic::messages(conn, request, cfg).await,
         },
+        ("POST", anthropic::COUNT_TOKENS_PATH) if cfg.api == MockApi::Anthropic => {
+            if request.header("anthropic-version").is_none() {
+                ApiError::invalid_request(400, "anthropic-version: header is required".to_owned()).send(conn, cfg.api, &[], keep_alive).await?;
+                return Ok(Next::KeepAlive);
+            }
+            let body = anthropic::count_tokens(request).to_string();
+            let response = http::full_response(200, &[CONTENT_TYPE_JSON], body.as_bytes(), keep_alive);
+            conn.write(&response).await?;
+            Ok(Next::KeepAlive)
+        }
         // No `anthropic-version` check on the listing: health probes list models with whatever
         // headers they were given, and the listing does not depend on the version.
         ("GET", MODELS_PATH) => {

@@ -355,15 +355,10 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             Ok(key) => return responses::kept(gw, &key, &p["/v1/responses/".len()..], m == Method::DELETE, io, rec).await,
             Err(e) => Err(e),
         },
-        ("/v1/messages/count_tokens", &Method::POST) => {
-            let e = match authenticate_anthropic(gw, head, rec) {
-                Ok(_) => ApiError::NotImplemented {
-                    message: "Token counting is not available through this gateway; the usage of each answer reports the tokens counted.".into(),
-                },
-                Err(e) => e,
-            };
-            return refuse(ClientApi::Anthropic, head, io, rec, &e).await;
-        }
+        ("/v1/messages/count_tokens", &Method::POST) => match authenticate_anthropic(gw, head, rec) {
+            Ok(p) => return messages::count_tokens(&world, &p, head, io, rec).await,
+            Err(e) => return refuse(ClientApi::Anthropic, head, io, rec, &e).await,
+        },
         ("/v1/messages" | "/v1/messages/count_tokens", m) => {
             let e = ApiError::MethodNotAllowed { method: m.to_string(), path: head.path.clone(), allow: "POST".into() };
             return refuse(ClientApi::Anthropic, head, io, rec, &e).await;

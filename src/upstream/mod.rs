@@ -437,6 +437,46 @@ async fn attempt(
     }
 }
 
+/// Forwards an Anthropic client's `POST /v1/messages/count_tokens` body (model replaced) to
+/// the first deployment of the route's model that speaks Anthropic, with that provider's
+/// credentials and version (and the client's `anthropic-beta`), and returns its status and
+/// body as sent. `None` when no deployment of the model speaks Anthropic.
+///
+/// # Errors
+/// The deployment could not be reached, or did not answer whole within the request timeout
+/// or the answer size limit.
+pub async fn count_tokens(route: &Route<'_>, body: &[u8], model_span: &std::ops::Range<usize>) -> Option<Result<(u16, Bytes), AttemptFailure>> {
+    let (index, dep, version) = route.model.deployments.iter().enumerate().find_map(|(i, d)| match route.catalog.provider_of(d).map(|p| &p.api) {
+        Some(ProviderApi::Anthropic { version }) => Some((i, d, version)),
+        _ => None,
+    })?;
+    let url = route.clients.chat_url(route.model_index, index)?.as_str().to_string() + "/count_tokens";
+    let (_, key) = route.catalog.endpoint_of(dep);
+    let mut rb = route
+        .clients
+        .for_deployment(dep)
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .header("anthropic-version", version.as_str())
+        .header("x-request-id", route.request_id)
+        .body(anthropic::inbound::with_model(body, model_span, &dep.upstream_model));
+    if let Some(k) = key {
+        rb = rb.header("x-api-key", k.expose());
+    }
+    if let Some(beta) = route.anthropic_beta {
+        rb = rb.header("anthropic-beta", beta);
+    }
+    let sent_at = Instant::now();
+    let resp = match tokio::time::timeout(route.first_byte_timeout, rb.send()).await {
+        Err(_) => return Some(Err(AttemptFailure::Timeout)),
+        Ok(Err(_)) => return Some(Err(AttemptFailure::Connect)),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status().as_u16();
+    let deadline = tokio::time::Instant::from_std(sent_at + route.request_timeout);
+    Some(read_answer(resp, route.max_answer_bytes, deadline).await.map(|b| (status, b)))
+}
+
 /// Reads a whole non-stream body, at most `limit` bytes, by `deadline`.
 async fn read_answer(mut resp: reqwest::Response, limit: usize, deadline: tokio::time::Instant) -> Result<Bytes, AttemptFailure> {
     let too_large = AttemptFailure::AnswerTooLarge { limit };

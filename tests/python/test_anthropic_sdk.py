@@ -160,3 +160,8 @@ def test_count_tokens_answers_501(client):
         client.messages.count_tokens(model=HOSTED, messages=HELLO)
     assert e.value.status_code == 501
     assert e.value.body["type"] == "error"
+
+
+def test_count_tokens_on_a_claude_route(client):
+    r = client.messages.count_tokens(model=CLAUDE, messages=HELLO, system="Be brief.")
+    assert r.input_tokens > 0

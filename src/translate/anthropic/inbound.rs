@@ -509,6 +509,25 @@ pub fn request_to_chat(body: &[u8]) -> Result<Inbound, TranslateError> {
     Ok(Inbound { chat: out, model_span, unsupported: unsupported_slot })
 }
 
+/// The `model` of a Messages-shaped body (a count-tokens request has no `max_tokens`, so
+/// [`request_to_chat`] does not apply) and where its JSON string sits.
+///
+/// # Errors
+/// [`TranslateError::Invalid`] when the body is not a JSON object with a string `model`.
+pub fn model_of(body: &[u8]) -> Result<(String, Range<usize>), TranslateError> {
+    #[derive(Deserialize)]
+    struct M<'a> {
+        #[serde(borrow)]
+        model: Option<&'a RawValue>,
+    }
+    let text = std::str::from_utf8(body).map_err(|_| invalid("body", "not UTF-8."))?;
+    let m: M = serde_json::from_str(text).map_err(|e| invalid("body", format!("could not be parsed: {e}.")))?;
+    let raw = string(m.model, "model")?;
+    let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+    let name: String = read(raw, "model", "a string")?;
+    Ok((name, start..start + raw.get().len()))
+}
+
 /// The client's Messages body with `model` (at `span`, from [`Inbound::model_span`]) replaced
 /// by `upstream_model`; every other byte as sent.
 pub fn with_model(body: &[u8], span: &Range<usize>, upstream_model: &str) -> Vec<u8> {
