@@ -193,22 +193,7 @@ struct NameOnly<'a> {
     name: Option<&'a RawValue>,
 }
 
-fn invalid(param: impl Into<String>, message: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid { param: param.into(), message: message.into() }
-}
-
-fn unsupported(param: &str) -> TranslateError {
-    TranslateError::Unsupported { param: param.to_string() }
-}
-
-/// Parses a member into `T`, naming `param` if it does not fit.
-fn read<'a, T: Deserialize<'a>>(raw: &'a RawValue, param: &str, expected: &str) -> Result<T, TranslateError> {
-    serde_json::from_str(raw.get()).map_err(|_| invalid(param, format!("expected {expected}.")))
-}
-
-fn is_string(raw: &RawValue) -> bool {
-    raw.get().starts_with('"')
-}
+use super::{invalid, is_string, read, unsupported};
 
 /// A raw JSON string, or a 400 naming `param`.
 fn string<'a>(raw: Option<&'a RawValue>, param: &str) -> Result<&'a RawValue, TranslateError> {

@@ -62,6 +62,26 @@ impl TranslateError {
     }
 }
 
+/// A 400 naming `param`.
+pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> TranslateError {
+    TranslateError::Invalid { param: param.into(), message: message.into() }
+}
+
+/// A 400 naming what has no equivalent in the target API.
+pub(crate) fn unsupported(param: impl Into<String>) -> TranslateError {
+    TranslateError::Unsupported { param: param.into() }
+}
+
+/// Parses a member into `T`, naming `param` if it does not fit.
+pub(crate) fn read<'a, T: serde::Deserialize<'a>>(raw: &'a serde_json::value::RawValue, param: &str, expected: &str) -> Result<T, TranslateError> {
+    serde_json::from_str(raw.get()).map_err(|_| invalid(param, format!("expected {expected}.")))
+}
+
+/// A raw JSON value that is a string.
+pub(crate) fn is_string(raw: &serde_json::value::RawValue) -> bool {
+    raw.get().starts_with('"')
+}
+
 /// Appends `s` as a JSON string literal. Infallible, unlike `serde_json::to_writer`'s
 /// signature, so callers need no error path for writing into a `Vec`.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {

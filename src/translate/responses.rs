@@ -18,21 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::{write_json_str, TranslateError};
 
-fn invalid(param: impl Into<String>, message: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid { param: param.into(), message: message.into() }
-}
-
-fn unsupported(param: impl Into<String>) -> TranslateError {
-    TranslateError::Unsupported { param: param.into() }
-}
-
-fn read<'a, T: Deserialize<'a>>(raw: &'a RawValue, param: &str, expected: &str) -> Result<T, TranslateError> {
-    serde_json::from_str(raw.get()).map_err(|_| invalid(param, format!("expected {expected}.")))
-}
-
-fn is_string(raw: &RawValue) -> bool {
-    raw.get().starts_with('"')
-}
+use super::{invalid, is_string, read, unsupported};
 
 // ---------------------------------------------------------------------------------------------
 // Request
