@@ -326,7 +326,7 @@ fn content_blocks<'a>(content: &'a RawValue, param: &str, of: PartsOf) -> Result
             ("text", _) => Block::Text(string(part.text, &format!("{param}.text"))?),
             ("refusal", PartsOf::Assistant) => Block::Text(string(part.refusal, &format!("{param}.refusal"))?),
             ("image_url", PartsOf::User) => image_block(part.image_url, &format!("{param}.image_url"))?,
-            ("input_audio" | "file", PartsOf::User) => return Err(unsupported(&format!("{param}.type"))),
+            ("input_audio" | "file", PartsOf::User) => return Err(unsupported(format!("{param}.type"))),
             (other, _) => return Err(invalid(format!("{param}.type"), format!("content part type '{other}' is not allowed here."))),
         };
         if matches!(block, Block::Text(t) if t.get() == "\"\"") {
@@ -365,7 +365,7 @@ fn write_tool_uses(turns: &mut Turns, raw: &RawValue, param: &str) -> Result<(),
         let call: ToolCall = read(raw, &param_j, "a tool call object")?;
         if let Some(kind) = &call.kind {
             if kind != "function" {
-                return Err(unsupported(&format!("{param_j}.type")));
+                return Err(unsupported(format!("{param_j}.type")));
             }
         }
         let id = string(call.id, &format!("{param_j}.id"))?;
@@ -435,7 +435,7 @@ fn write_tools<'a>(out: &mut Vec<u8>, raw: &'a RawValue) -> Result<Vec<&'a RawVa
         let param = format!("tools[{i}]");
         let tool: Tool = read(raw, &param, "a tool object")?;
         if tool.kind.as_deref() != Some("function") {
-            return Err(unsupported(&format!("{param}.type")));
+            return Err(unsupported(format!("{param}.type")));
         }
         let function = tool.function.ok_or_else(|| invalid(format!("{param}.function"), "missing."))?;
         let def: FunctionDef = read(function, &format!("{param}.function"), "a function definition object")?;
