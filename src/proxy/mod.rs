@@ -314,7 +314,12 @@ pub async fn send_json(io: &mut dyn Downstream, rec: &mut Record, body: Vec<u8>)
 }
 
 fn authenticate(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
-    let p = gw.registry.load().keys.authenticate(head.authorization.as_deref()).map_err(ApiError::InvalidApiKey)?;
+    authenticate_header(gw, head.authorization.as_deref(), rec)
+}
+
+/// The principal of an `Authorization` header value.
+fn authenticate_header(gw: &Gateway, authorization: Option<&[u8]>, rec: &mut Record) -> Result<Principal, ApiError> {
+    let p = gw.registry.load().keys.authenticate(authorization).map_err(ApiError::InvalidApiKey)?;
     rec.key_name = Some(p.key_name.clone());
     Ok(p)
 }
@@ -323,10 +328,7 @@ fn authenticate(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Pr
 /// no `x-api-key` (as with `ANTHROPIC_AUTH_TOKEN`).
 fn authenticate_anthropic(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {
     let Some(key) = &head.api_key else { return authenticate(gw, head, rec) };
-    let header = [&b"Bearer "[..], key].concat();
-    let p = gw.registry.load().keys.authenticate(Some(&header)).map_err(ApiError::InvalidApiKey)?;
-    rec.key_name = Some(p.key_name.clone());
-    Ok(p)
+    authenticate_header(gw, Some(&[&b"Bearer "[..], key].concat()), rec)
 }
 
 /// Serves one request of the public API.

@@ -118,10 +118,7 @@ impl Output {
     /// The bytes to write for one event (`done`: it ends the stream).
     fn event(&mut self, item: &SseItem, done: bool) -> Vec<u8> {
         match (self, item) {
-            (Output::ToAnthropic(events), SseItem::Event { data, .. }) if done => {
-                let _ = data;
-                events.done()
-            }
+            (Output::ToAnthropic(events), SseItem::Event { .. }) if done => events.done(),
             (Output::ToAnthropic(events), SseItem::Event { data, .. }) => events.chunk(data),
             (Output::ToResponses(events, finished), SseItem::Event { .. }) if done => {
                 let (bytes, f) = events.done();
@@ -195,9 +192,11 @@ async fn forward_items(
         if rec.first_token_at.is_none() && chunk.content {
             rec.first_token_at = Some(Instant::now());
         }
-        // The upstream's model name becomes the catalog's; the usage event gets `cost` (or
-        // loses an upstream's own when its usage is not believed). Other bytes pass as sent.
-        let mut rewritten = chunk.model.and_then(|at| renamed(data, at, ctx.model));
+        // The upstream's model name becomes the catalog's (a converting output names the
+        // catalog model itself); the usage event gets `cost` (or loses an upstream's own when
+        // its usage is not believed). Other bytes pass as sent.
+        let passed_as_is = matches!(out, Output::Same(_));
+        let mut rewritten = chunk.model.filter(|_| passed_as_is).and_then(|at| renamed(data, at, ctx.model));
         if let Some(usage) = chunk.usage {
             let text = rewritten.as_deref().unwrap_or(data).as_bytes();
             let doc = match record_usage(usage, rec) {
