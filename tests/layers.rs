@@ -20,7 +20,7 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     ("leaves", &["secret", "clock", "metrics", "api", "catalog", "mock"]),
     ("domain", &["pricing", "telemetry", "routing", "access", "usage", "store"]),
-    ("edges", &["translate", "upstream", "proxy", "admin", "console"]),
+    ("edges", &["translate", "upstream", "proxy", "console", "admin"]),
     ("wiring", &["config", "demo", "server", "cli"]),
 ];
 

@@ -226,6 +226,17 @@ async fn suite(store: Store, reopen: impl Fn() -> Store) {
     assert_eq!((sum.requests, sum.tokens_in, sum.tokens_out), (200, 2000, 4000));
     assert!((sum.cost_usd - 200.0 * 5e-5).abs() < 1e-9, "{sum:?}");
 
+    // The same per 1-second bucket (records of project a every 10 ms from t0, 4 in 5).
+    let of_a = UsageFilter { project_id: Some(a.id.clone()), since_ms: Some(t0), ..all.clone() };
+    let series = store.usage_series(of_a.clone(), 1000, t0 + 10_000).await.unwrap();
+    let counts: Vec<(i64, u64, u64)> = series.iter().map(|b| (b.t - t0, b.totals.requests, b.totals.tokens_in)).collect();
+    assert_eq!(counts, vec![(0, 80, 800), (1000, 80, 800), (2000, 40, 400)]);
+    assert!((series.iter().map(|b| b.totals.cost_usd).sum::<f64>() - sum.cost_usd).abs() < 1e-9, "{series:?}");
+    assert!(store.usage_series(UsageFilter { since_ms: Some(t0 + 1500), ..of_a.clone() }, 1000, t0 + 10_000).await.unwrap()[0].t == t0 + 1000, "buckets align to the step");
+    assert!(matches!(store.usage_series(UsageFilter { since_ms: None, ..of_a.clone() }, 1000, t0).await, Err(StoreError::Invalid(_))), "needs since");
+    assert!(matches!(store.usage_series(of_a.clone(), 1000, t0 + 2_000_000).await, Err(StoreError::Invalid(_))), "too many buckets");
+    assert!(matches!(store.usage_series(of_a.clone(), 999, t0 + 10_000).await, Err(StoreError::Invalid(_))), "step under a second");
+
     // Budgets read other instances' spend only.
     let spend = store.spend_since(t0, "gw_me").await.unwrap();
     let spend_a = spend.iter().find(|(p, _)| *p == a.id).map(|(_, s)| *s).unwrap();

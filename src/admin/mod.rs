@@ -1,9 +1,16 @@
-//! The admin listener's surface: `GET /metrics` (Prometheus text) and `GET /healthz`, open;
-//! and the admin API under `/admin/`, behind the admin token (`Authorization: Bearer`;
-//! missing or wrong → 401; no token configured → every `/admin/` request is 401):
+//! The admin listener's surface: `GET /metrics` (Prometheus text), `GET /healthz` and the web
+//! console's files under `/console/` (see [`crate::console`]), open; and the admin API under
+//! `/admin/`, behind a bearer credential (`Authorization: Bearer`): the admin token gives
+//! every endpoint (the operator); a joule API key gives the read-only project view — the
+//! endpoints marked *key* below, with usage limited to the key's project (or to the key
+//! itself when it has none) — and 403 `admin_only` elsewhere. Missing or wrong → 401.
 //!
 //! | method and path | |
 //! |---|---|
+//! | `GET /admin/session` | *key* — who the credential is: `role` (`operator` or `project`), `api_base` (the public API's URL), `store`; for a key its `key` (id, name) and `project` |
+//! | `GET /admin/models` | *key* — the catalog as `GET /v1/models` shows it (the key's allowed models) |
+//! | `GET /admin/prices?window=4h\|24h\|7d` | *key* — price history of every model with a hosted deployment (`GET /v1/models/{id}/prices` for each) |
+//! | `GET /admin/data-centers` | *key* — every data center with its current energy price ($/MWh), stale flag and models |
 //! | `GET /admin/projects` | every project |
 //! | `POST /admin/projects` | create: `{"name", "allowed_models": [..] or null, "default_strategy", "rpm", "tpm", "budget_usd", "budget_period": "day"/"month"}` → 201 |
 //! | `GET /admin/projects/{name}` | one project, with `budget_spent_usd` as this instance sees it |
@@ -12,8 +19,8 @@
 //! | `GET /admin/keys[?project=P]` | keys (store keys and read-only config keys); never the key itself |
 //! | `POST /admin/keys` | create: `{"name", "project", "rpm", "tpm"}` → 201 with `key`, shown this once |
 //! | `DELETE /admin/keys/{id or name}` | revoke |
-//! | `GET /admin/usage` | usage records, newest first: `project`, `key` (id), `model`, `status`, `since`, `until` (unix ms), `limit` (default 100, max 10000), `cursor`, `format=csv` |
-//! | `GET /admin/usage/summary` | request count, tokens and cost over the same filters |
+//! | `GET /admin/usage` | *key* — usage records, newest first: `project`, `key` (id), `model`, `status`, `since`, `until` (unix ms), `limit` (default 100, max 10000), `cursor`, `format=csv` |
+//! | `GET /admin/usage/summary` | *key* — request count, tokens and cost over the same filters; with `step` (seconds; needs `since`) also a `series` of the same per time bucket |
 //! | `GET /admin/deployments` | live telemetry and breaker state of every deployment |
 //! | `GET /admin/plugins` | loaded strategy plugins, files refused with the reason, available tags |
 //! | `POST /admin/plugins` | a component as the body: validate, store, swap in (400 with the reason if refused) |
@@ -31,6 +38,7 @@
 //! Bind the admin listener to loopback or a private interface. Handlers are pingora-free,
 //! like the public API's, over [`Downstream`].
 
+mod catalog;
 mod deployments;
 mod energy;
 mod input;
@@ -39,6 +47,7 @@ mod open;
 mod plugins;
 mod projects;
 mod reload;
+mod session;
 mod usage;
 
 use std::sync::LazyLock;
@@ -48,7 +57,9 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 
+use crate::access::Principal;
 use crate::api::error::ApiError;
+use crate::console;
 use crate::proxy::body::read_body;
 use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, ResponseHead};
 use crate::store::{Store, StoreError};
@@ -68,6 +79,10 @@ const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 enum Endpoint {
     Metrics,
     Healthz,
+    Session,
+    Models,
+    Prices,
+    DataCenters,
     Deployments,
     ListPlugins,
     UploadPlugin,
@@ -84,6 +99,31 @@ enum Endpoint {
     Usage,
     UsageSummary,
     Reload,
+}
+
+impl Endpoint {
+    /// What an API key may read: the project view.
+    fn open_to_keys(self) -> bool {
+        matches!(self, Endpoint::Session | Endpoint::Models | Endpoint::Prices | Endpoint::DataCenters | Endpoint::Usage | Endpoint::UsageSummary)
+    }
+}
+
+/// Who is asking.
+enum Viewer {
+    /// The admin token: everything.
+    Operator,
+    /// A joule API key: the read-only view of its project.
+    Key(Principal),
+}
+
+impl Viewer {
+    /// Whether the viewer sees `model` (a key: its project's allowed models).
+    fn may_use(&self, model: &str) -> bool {
+        match self {
+            Viewer::Operator => true,
+            Viewer::Key(p) => p.may_use(model),
+        }
+    }
 }
 
 /// One path of the route table and what it answers.
@@ -114,6 +154,10 @@ const fn stored(path: &'static str, methods: &'static [(Method, Endpoint)]) -> R
 static TABLE: &[Resource] = &[
     exact("/metrics", &[(Method::GET, Endpoint::Metrics)]),
     exact("/healthz", &[(Method::GET, Endpoint::Healthz)]),
+    exact("/admin/session", &[(Method::GET, Endpoint::Session)]),
+    exact("/admin/models", &[(Method::GET, Endpoint::Models)]),
+    exact("/admin/prices", &[(Method::GET, Endpoint::Prices)]),
+    exact("/admin/data-centers", &[(Method::GET, Endpoint::DataCenters)]),
     exact("/admin/deployments", &[(Method::GET, Endpoint::Deployments)]),
     exact("/admin/plugins", &[(Method::GET, Endpoint::ListPlugins), (Method::POST, Endpoint::UploadPlugin)]),
     exact("/admin/plugins/{tag}/rollback", &[(Method::POST, Endpoint::RollbackPlugin)]),
@@ -172,6 +216,8 @@ enum Reply {
     Csv(Vec<u8>, Option<String>),
     /// Prometheus text.
     Metrics(Vec<u8>),
+    /// A console file, a revalidation, a redirect.
+    Console(console::Answer),
 }
 
 impl Reply {
@@ -187,6 +233,8 @@ struct Call<'a> {
     io: &'a mut dyn Downstream,
     /// The request body has been read to its end: an error answer leaves the connection usable.
     body_read: bool,
+    /// Who asks (the admin API's endpoints); the operator on open paths.
+    viewer: Viewer,
 }
 
 impl Call<'_> {
@@ -224,7 +272,7 @@ impl Call<'_> {
 /// # Errors
 /// Only downstream I/O failures.
 pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, rec: &mut Record) -> Result<(), DownstreamError> {
-    let mut call = Call { gw, head, io, body_read: false };
+    let mut call = Call { gw, head, io, body_read: false, viewer: Viewer::Operator };
     match serve(&mut call).await {
         Ok(reply) => send(call.io, rec, reply).await,
         Err(e) => {
@@ -239,18 +287,31 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
 
 async fn serve(c: &mut Call<'_>) -> Result<Reply, ApiError> {
     let head = c.head;
+    if head.path == "/console" || head.path.starts_with("/console/") {
+        return match head.method {
+            Method::GET | Method::HEAD => Ok(Reply::Console(console::answer(&head.path, head.if_none_match.as_deref()))),
+            _ => Err(ApiError::MethodNotAllowed { method: head.method.to_string(), path: clip(&head.path, 200), allow: "GET, HEAD".into() }),
+        };
+    }
     let route = resolve(&head.path, &head.method);
-    // The energy push has its own optional token; every other `/admin` path needs the admin
-    // token before anything else, unknown paths included.
+    // The energy push has its own optional token; every other `/admin` path needs a
+    // credential before anything else, unknown paths included.
     let push = matches!(route, Ok((Endpoint::PushPrices, _)));
     if !push && (head.path == "/admin" || head.path.starts_with("/admin/")) {
-        authorize(c.gw, head)?;
+        c.viewer = authorize(c.gw, head)?;
     }
     let (endpoint, param) = route?;
+    if matches!(c.viewer, Viewer::Key(_)) && !endpoint.open_to_keys() {
+        return Err(ApiError::AdminOnly);
+    }
     let param = param.unwrap_or_default();
     match endpoint {
         Endpoint::Metrics => Ok(open::metrics(c.gw)),
         Endpoint::Healthz => Ok(open::healthz()),
+        Endpoint::Session => session::session(c).await,
+        Endpoint::Models => catalog::models(c),
+        Endpoint::Prices => catalog::prices(c),
+        Endpoint::DataCenters => catalog::data_centers(c),
         Endpoint::Deployments => Ok(deployments::list(c.gw)),
         Endpoint::ListPlugins => Ok(plugins::list(c.gw)),
         Endpoint::UploadPlugin => plugins::upload(c).await,
@@ -270,17 +331,18 @@ async fn serve(c: &mut Call<'_>) -> Result<Reply, ApiError> {
     }
 }
 
-fn authorize(gw: &Gateway, head: &RequestHead) -> Result<(), ApiError> {
-    let want = gw.world.load().admin_token.ok_or(ApiError::AdminUnauthorized)?;
-    if crate::api::bearer::verify_bearer(&want, head.authorization.as_deref()) {
-        Ok(())
-    } else {
-        Err(ApiError::AdminUnauthorized)
+/// The admin token makes the operator; otherwise a valid API key makes a project viewer.
+fn authorize(gw: &Gateway, head: &RequestHead) -> Result<Viewer, ApiError> {
+    let token = gw.world.load().admin_token;
+    if token.is_some_and(|want| crate::api::bearer::verify_bearer(&want, head.authorization.as_deref())) {
+        return Ok(Viewer::Operator);
     }
+    gw.registry.load().keys.authenticate(head.authorization.as_deref()).map(Viewer::Key).map_err(|_| ApiError::AdminUnauthorized)
 }
 
 async fn send(io: &mut dyn Downstream, rec: &mut Record, reply: Reply) -> Result<(), DownstreamError> {
     let (status, content_type, body, cursor) = match reply {
+        Reply::Console(answer) => return send_console(io, rec, answer).await,
         Reply::Json(status, body) => (status, "application/json", body, None),
         Reply::Csv(body, cursor) => (200, "text/csv; charset=utf-8", body, cursor),
         Reply::Metrics(text) => (200, "text/plain; version=0.0.4", text, None),
@@ -292,6 +354,34 @@ async fn send(io: &mut dyn Downstream, rec: &mut Record, reply: Reply) -> Result
     }
     io.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
     io.send_body(Bytes::from(body), true).await
+}
+
+/// A console answer, with the security headers on every status.
+async fn send_console(io: &mut dyn Downstream, rec: &mut Record, answer: console::Answer) -> Result<(), DownstreamError> {
+    let mut headers: Vec<(&'static str, String)> = console::SECURITY_HEADERS.iter().map(|&(k, v)| (k, v.to_string())).collect();
+    headers.push(("x-request-id", rec.request_id.clone()));
+    let (status, body) = match answer {
+        console::Answer::File(a) => {
+            headers.extend([("content-type", a.content_type.to_string()), ("etag", a.etag), ("cache-control", "no-cache".to_string())]);
+            (200, Bytes::from(a.body.into_owned()))
+        }
+        console::Answer::NotModified { etag } => {
+            headers.extend([("etag", etag), ("cache-control", "no-cache".to_string())]);
+            (304, Bytes::new())
+        }
+        console::Answer::Redirect(to) => {
+            headers.push(("location", to.to_string()));
+            (308, Bytes::new())
+        }
+        console::Answer::NotFound => {
+            let e = ApiError::ResourceNotFound { message: "No such console file.".into() };
+            headers.push(("content-type", "application/json".to_string()));
+            (404, Bytes::from(e.body()))
+        }
+    };
+    rec.status = status;
+    io.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
+    io.send_body(body, true).await
 }
 
 /// The client-visible form of a store error.

@@ -64,7 +64,7 @@ impl ProjectBody {
 
 /// A project as stored, plus `budget_spent_usd`: the period's spend as this instance sees it
 /// (its own requests exactly, other instances' as of the last budget sync).
-fn view(gw: &Gateway, p: &store::Project) -> Value {
+pub(super) fn view(gw: &Gateway, p: &store::Project) -> Value {
     let mut v = json!(p);
     if let Some(b) = gw.registry.load().projects.get(&p.id).and_then(|x| x.budget.clone()) {
         v["budget_spent_usd"] = json!(b.spent());

@@ -1,12 +1,14 @@
 //! Usage records: `GET /admin/usage` (newest first; filters `project` (name), `key` (id),
 //! `model`, `status`, `since`, `until` (unix ms); `limit` (default 100, max
 //! [`store::MAX_PAGE`]) and `cursor`; `format=csv` with the next cursor in `x-next-cursor`) and
-//! `GET /admin/usage/summary` (request count, tokens and cost over the same filters).
+//! `GET /admin/usage/summary` (request count, tokens and cost over the same filters; with
+//! `step` seconds also `series`, the same per time bucket, for charts). A key viewer sees only
+//! its project's records (or its own, for a key without a project).
 
 use serde_json::json;
 
 use super::input::Query;
-use super::{store_error, Call, Reply};
+use super::{store_error, Call, Reply, Viewer};
 use crate::api::error::ApiError;
 use crate::store::{self, Cursor, Store, UsageFilter};
 use crate::usage::UsageRecord;
@@ -31,7 +33,7 @@ pub(super) async fn records(c: &mut Call<'_>) -> Result<Reply, ApiError> {
         Some("csv") => true,
         Some(_) => return Err(ApiError::invalid("`format` must be json or csv.", Some("format"))),
     };
-    let filter = filter(&store, &query, limit).await?;
+    let filter = filter(&c.viewer, &store, &query, limit).await?;
     let page = store.usage(filter).await.map_err(store_error)?;
     if csv {
         return Ok(Reply::Csv(to_csv(&page.records), page.next_cursor));
@@ -39,25 +41,43 @@ pub(super) async fn records(c: &mut Call<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &json!(page)))
 }
 
-/// `GET /admin/usage/summary`.
+/// `GET /admin/usage/summary`, with `series` when `step` (seconds) is given.
 pub(super) async fn summary(c: &mut Call<'_>) -> Result<Reply, ApiError> {
     let store = c.store()?;
-    let query = c.query(&FILTERS)?;
-    let filter = filter(&store, &query, 1).await?;
-    Ok(Reply::json(200, &json!(store.usage_summary(filter).await.map_err(store_error)?)))
+    let query = c.query(&[&FILTERS[..], &["step"]].concat())?;
+    let filter = filter(&c.viewer, &store, &query, 1).await?;
+    let step_ms = query
+        .get("step")
+        .map(|v| v.parse::<i64>().ok().filter(|s| *s > 0).map(|s| s.saturating_mul(1000)).ok_or_else(|| ApiError::invalid("`step` must be a positive number of seconds.", Some("step"))))
+        .transpose()?;
+    let mut body = json!(store.usage_summary(filter.clone()).await.map_err(store_error)?);
+    if let Some(step_ms) = step_ms {
+        body["series"] = json!(store.usage_series(filter, step_ms, crate::clock::now_ms()).await.map_err(store_error)?);
+    }
+    Ok(Reply::json(200, &body))
 }
 
-async fn filter(store: &Store, query: &Query, limit: u32) -> Result<UsageFilter, ApiError> {
+/// The filter a query asks for. A key viewer's is confined to its project (or, for a key
+/// without one, to the key): naming another project or key is refused.
+async fn filter(viewer: &Viewer, store: &Store, query: &Query, limit: u32) -> Result<UsageFilter, ApiError> {
     let int = |name: &'static str| -> Result<Option<i64>, ApiError> {
         query
             .get(name)
             .map(|v| v.parse::<i64>().map_err(|_| ApiError::invalid(format!("`{name}` must be unix milliseconds."), Some(name))))
             .transpose()
     };
-    let project_id = match query.get("project") {
+    let mut project_id = match query.get("project") {
         Some(name) => Some(store.project(name).await.map_err(store_error)?.id),
         None => None,
     };
+    let mut key_id = query.get("key").map(str::to_string);
+    if let Viewer::Key(p) = viewer {
+        match &p.project {
+            Some(own) if project_id.as_deref().is_none_or(|id| id == &*own.id) => project_id = Some(own.id.to_string()),
+            None if project_id.is_none() && key_id.as_deref().is_none_or(|k| k == &*p.key_id) => key_id = Some(p.key_id.to_string()),
+            _ => return Err(ApiError::AdminOnly),
+        }
+    }
     let status = query
         .get("status")
         .map(|s| s.parse::<u16>().ok().filter(|s| (100..=599).contains(s)).ok_or_else(|| ApiError::invalid("`status` must be an HTTP status code.", Some("status"))))
@@ -65,7 +85,7 @@ async fn filter(store: &Store, query: &Query, limit: u32) -> Result<UsageFilter,
     let after = query.get("cursor").map(Cursor::decode).transpose().map_err(store_error)?;
     Ok(UsageFilter {
         project_id,
-        key_id: query.get("key").map(str::to_string),
+        key_id,
         model: query.get("model").map(str::to_string),
         status,
         since_ms: int("since")?,

@@ -44,8 +44,10 @@ pub enum ApiError {
     RateLimited { message: String, retry_after: u64 },
     /// 429: the project's budget for the period is spent.
     QuotaExceeded { message: String, retry_after: u64 },
-    /// 401 on the admin API: missing or wrong admin token.
+    /// 401 on the admin API: missing or wrong admin token (or API key, where one is accepted).
     AdminUnauthorized,
+    /// 403 on the admin API: an API key asked for what only the admin token may do.
+    AdminOnly,
     /// 404 on the admin API: an unknown project or key.
     ResourceNotFound { message: String },
     /// 409 on the admin API: a duplicate name, or a change the current state forbids.
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::NotImplemented { .. } => 501,
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => 429,
             ApiError::AdminUnauthorized => 401,
+            ApiError::AdminOnly => 403,
             ApiError::ResourceNotFound { .. } => 404,
             ApiError::Conflict { .. } => 409,
             ApiError::StoreUnavailable => 503,
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::QuotaExceeded { .. } => "insufficient_quota",
             ApiError::AdminUnauthorized => "invalid_admin_token",
+            ApiError::AdminOnly => "admin_only",
             ApiError::ResourceNotFound { .. } => "resource_not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::StoreUnavailable => "store_unavailable",
@@ -206,6 +210,12 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("invalid_admin_token"),
+            ),
+            ApiError::AdminOnly => (
+                "This needs the admin token. An API key gives the read-only project view: its session, models, prices, data centers and usage.".into(),
+                "permission_error",
+                None,
+                Some("admin_only"),
             ),
             ApiError::ResourceNotFound { message } => {
                 (message.clone(), "invalid_request_error", None, Some("not_found"))

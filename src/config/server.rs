@@ -26,6 +26,9 @@ pub struct RawServer {
     pub threads: Option<usize>,
     /// Seconds in-flight requests may run after SIGTERM. Default 30.
     pub grace_period_s: Option<u64>,
+    /// The API's base URL as clients reach it (`https://api.example.com/v1`), shown by the
+    /// web console beside keys. Default: built from the first listener.
+    pub public_url: Option<String>,
 }
 
 /// `[server.tls]`: a TLS listener; all three fields are required when the table is present.
@@ -69,6 +72,9 @@ pub struct ServerSettings {
     pub threads: usize,
     /// How long in-flight requests may run after SIGTERM. Default 30 s.
     pub grace_period: Duration,
+    /// The API base URL clients use (`…/v1`): `public_url`, else `https://` + the first TLS
+    /// listener, else `http://` + the first cleartext one.
+    pub api_base: String,
 }
 
 /// TLS listener settings; files are checked to exist and parse at validation time.
@@ -97,12 +103,26 @@ pub(super) fn server(p: &mut Problems, raw: &RawServer, base: &Path) -> ServerSe
         Some(n) => n,
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
     };
+    let api_base = match raw.public_url.as_deref().map(str::trim) {
+        Some(u) => {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+                p.add("server.public_url", "must be an http:// or https:// URL without spaces, e.g. https://api.example.com/v1");
+            }
+            u.trim_end_matches('/').to_string()
+        }
+        None => match (tls.as_ref().and_then(|t| t.listen.first()), listen.first()) {
+            (Some(a), _) => format!("https://{a}/v1"),
+            (None, Some(a)) => format!("http://{a}/v1"),
+            (None, None) => String::new(),
+        },
+    };
     ServerSettings {
         listen,
         tls,
         admin_listen,
         threads,
         grace_period: Duration::from_secs(raw.grace_period_s.unwrap_or(30)),
+        api_base,
     }
 }
 

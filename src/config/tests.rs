@@ -340,13 +340,23 @@ floor_price_output = 1
     assert_eq!(problems(text), expected);
 }
 
+/// `public_url` is the console's API base; without it the first listener's URL is.
+#[test]
+fn public_url_must_be_an_http_url() {
+    let text = "[server]\nlisten = [\"127.0.0.1:9\"]\npublic_url = \"api.example.com/v1\"\n";
+    assert_eq!(problems(text), ["server.public_url: must be an http:// or https:// URL without spaces, e.g. https://api.example.com/v1"]);
+    let ok = |extra: &str| parse(&format!("[server]\nlisten = [\"127.0.0.1:9\"]\n{extra}"), Path::new(""), &|_| None).map(|s| s.server.api_base).map_err(|e| e.to_string());
+    assert_eq!(ok("public_url = \"https://api.example.com/v1/\"\n").as_deref(), Ok("https://api.example.com/v1"));
+    assert_eq!(ok("").as_deref(), Ok("http://127.0.0.1:9/v1"));
+}
+
 /// An unknown field is one problem at its line, naming the fields allowed there.
 #[test]
 fn unknown_field_names_its_line() {
     let text = "[server]\nlisten = [\"127.0.0.1:9\"]\nunknown = 1\n";
     assert_eq!(
         problems(text),
-        ["line 3: unknown field `unknown`, expected one of `listen`, `tls`, `admin_listen`, `threads`, `grace_period_s`"]
+        ["line 3: unknown field `unknown`, expected one of `listen`, `tls`, `admin_listen`, `threads`, `grace_period_s`, `public_url`"]
     );
 }
 

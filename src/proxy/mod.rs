@@ -105,6 +105,8 @@ pub struct Gateway {
     pub decision_log: Option<DecisionLog>,
     /// How long Responses API responses are kept in the store; `None`: not kept.
     pub response_retention: Option<std::time::Duration>,
+    /// The public API's base URL (`http://127.0.0.1:8080/v1`), for the console's snippets.
+    pub api_base: String,
     /// Re-reads the config file and swaps the world (set by the server when there is a file).
     pub reloader: std::sync::OnceLock<Arc<dyn Reload>>,
     in_flight: AtomicUsize,
@@ -141,12 +143,13 @@ pub struct GatewayParts {
     pub strategies: Arc<PluginRegistry>,
     pub decision_log: Option<DecisionLog>,
     pub response_retention: Option<std::time::Duration>,
+    pub api_base: String,
 }
 
 impl Gateway {
     /// Assembles the gateway state.
     pub fn from_parts(parts: GatewayParts) -> Arc<Self> {
-        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention } = parts;
+        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention, api_base } = parts;
         Arc::new(Gateway {
             world: ArcSwap::from_pointee(world),
             metrics,
@@ -157,6 +160,7 @@ impl Gateway {
             strategies,
             decision_log,
             response_retention,
+            api_base,
             reloader: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         })
@@ -205,6 +209,8 @@ pub struct RequestHead {
     pub authorization: Option<Vec<u8>>,
     /// `x-api-key` (how Anthropic clients send a key; read on `/v1/messages` only).
     pub api_key: Option<Vec<u8>>,
+    /// `If-None-Match` (the console's files revalidate by `ETag`).
+    pub if_none_match: Option<String>,
     pub content_length: Option<u64>,
     /// `x-joule-explain: 1`: answer with the route decision in `x-joule-explain`.
     pub explain: bool,

@@ -1,7 +1,8 @@
 //! `GET /v1/models`, `GET /v1/models/{id}`: the OpenAI model object (`id`, `object`,
 //! `created`, `owned_by`) extended with joule's category, the model's best current price and
 //! every deployment's price from the price book. `GET /v1/models/{id}/prices?window=4h|24h|7d`:
-//! the price history per data center (and provider route) and the model's best price.
+//! the price history per data center (and provider route) and the model's best price; the
+//! same for every hosted model at once ([`all_prices`], the console's charts).
 
 use serde_json::{json, Value};
 
@@ -86,6 +87,17 @@ pub fn one(catalog: &Catalog, book: &PriceBook, id: &str, visible: &dyn Fn(&str)
     find(catalog, id, visible).map(|m| model_json(catalog, book, m).to_string().into_bytes())
 }
 
+/// The `window` parameter of a query string (default `24h`).
+///
+/// # Errors
+/// 400 for a window other than `4h`, `24h`, `7d`.
+pub fn window_of(query: Option<&str>) -> Result<Window, ApiError> {
+    let requested = query.unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("window=")).unwrap_or("24h");
+    Window::parse(requested).ok_or_else(|| {
+        ApiError::invalid(format!("Invalid 'window': expected one of 4h, 24h, 7d, got '{}'.", requested.chars().take(20).collect::<String>()), Some("window"))
+    })
+}
+
 /// The price history of a model over a window (default `24h`).
 ///
 /// # Errors
@@ -93,17 +105,39 @@ pub fn one(catalog: &Catalog, book: &PriceBook, id: &str, visible: &dyn Fn(&str)
 /// `4h`, `24h`, `7d`.
 pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str>, visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, ApiError> {
     let m = find(catalog, id, visible)?;
-    let requested = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("window="))
-        .unwrap_or("24h");
-    let window = Window::parse(requested).ok_or_else(|| {
-        ApiError::invalid(format!("Invalid 'window': expected one of 4h, 24h, 7d, got '{}'.", requested.chars().take(20).collect::<String>()), Some("window"))
-    })?;
+    let window = window_of(query)?;
+    Ok(prices_json(catalog, &pricing.history().frames(), m, window, pricing.clock().now()).to_string().into_bytes())
+}
+
+/// The price history of every model with a hosted deployment that `visible` admits, in one
+/// document (`data`: one [`prices`] document per model) — what the console's charts poll.
+///
+/// # Errors
+/// 400 for a window other than `4h`, `24h`, `7d`.
+pub fn all_prices(catalog: &Catalog, pricing: &Pricing, query: Option<&str>, visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, ApiError> {
+    let window = window_of(query)?;
+    let frames = pricing.history().frames();
     let now = pricing.clock().now();
+    let data: Vec<Value> = catalog
+        .models
+        .iter()
+        .filter(|m| visible(&m.id) && m.deployments.iter().any(|d| matches!(d.kind, DeploymentKind::Hosted { .. })))
+        .map(|m| prices_json(catalog, &frames, m, window, now))
+        .collect();
+    Ok(json!({
+        "object": "list",
+        "window": window.label(),
+        "step_seconds": window.step(),
+        "now": format_rfc3339(now),
+        "data": data,
+    })
+    .to_string()
+    .into_bytes())
+}
+
+fn prices_json(catalog: &Catalog, frames: &[std::sync::Arc<history::Frame>], m: &Model, window: Window, now: i64) -> Value {
     let ids: Vec<&str> = m.deployments.iter().map(|d| d.id.as_str()).collect();
-    let (series, best) = history::series(&pricing.history().frames(), &ids, window, now);
+    let (series, best) = history::series(frames, &ids, window, now);
     let point = |p: &history::SeriesPoint| {
         let mwh = p.usd_per_mwh.map(|x| (x * 1e6).round() / 1e6);
         json!({"t": format_rfc3339(p.t), "input": r9(p.input), "output": r9(p.output), "usd_per_mwh": mwh, "stale": p.stale})
@@ -122,7 +156,7 @@ pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str
         .iter()
         .map(|b| json!({"t": format_rfc3339(b.t), "input": r9(b.input), "output": r9(b.output), "deployment": b.deployment}))
         .collect();
-    Ok(json!({
+    json!({
         "object": "model.prices",
         "model": m.id,
         "window": window.label(),
@@ -134,6 +168,4 @@ pub fn prices(catalog: &Catalog, pricing: &Pricing, id: &str, query: Option<&str
         "providers": providers,
         "best": best,
     })
-    .to_string()
-    .into_bytes())
 }

@@ -106,6 +106,7 @@ fn request_head(session: &Session) -> RequestHead {
         query: req.uri.query().map(str::to_string),
         authorization: req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()),
         api_key: req.headers.get("x-api-key").map(|v| v.as_bytes().to_vec()),
+        if_none_match: req.headers.get(http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string),
         content_length: req
             .headers
             .get(http::header::CONTENT_LENGTH)

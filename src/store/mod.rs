@@ -169,6 +169,18 @@ pub struct UsageSummary {
     pub cost_usd: f64,
 }
 
+/// The totals of one time bucket of a usage series.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageBucket {
+    /// Start of the bucket, unix ms (a multiple of the step).
+    pub t: i64,
+    #[serde(flatten)]
+    pub totals: UsageSummary,
+}
+
+/// Most buckets one usage series may have.
+pub const MAX_BUCKETS: i64 = 1000;
+
 /// A response of the Responses API kept for `GET /v1/responses/{id}` and follow-ups
 /// (`previous_response_id`).
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +216,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
     async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError>;
     async fn usage_summary(&self, filter: &UsageFilter) -> Result<UsageSummary, StoreError>;
+    /// Totals per `step_ms` bucket of `ts_ms`, oldest first, buckets without records left out.
+    async fn usage_series(&self, filter: &UsageFilter, step_ms: i64) -> Result<Vec<UsageBucket>, StoreError>;
     async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, StoreError>;
     /// Inserts price history rows ([`rows::price_rows`]) in one transaction.
     async fn insert_prices(&self, rows: Vec<[rows::Param; schema::PRICE_NCOLS]>) -> Result<(), StoreError>;
@@ -504,6 +518,23 @@ impl Store {
         check_filter(&UsageFilter { limit: 1, ..filter.clone() })?;
         let b = self.backend.clone();
         self.spawn(async move { b.usage_summary(&filter).await }).await
+    }
+
+    /// Totals over the records `filter` selects per `step_ms` of time, oldest first (only
+    /// buckets with records). The filter needs `since_ms`, and the span from it to `until_ms`
+    /// (or now) may hold at most [`MAX_BUCKETS`] steps.
+    ///
+    /// # Errors
+    /// A bad filter or step, or the database.
+    pub async fn usage_series(&self, filter: UsageFilter, step_ms: i64, now_ms: i64) -> Result<Vec<UsageBucket>, StoreError> {
+        check_filter(&UsageFilter { limit: 1, ..filter.clone() })?;
+        let Some(since) = filter.since_ms else { return Err(StoreError::Invalid("A usage series needs `since`.".into())) };
+        let span = filter.until_ms.unwrap_or(now_ms).saturating_sub(since);
+        if step_ms < 1000 || span / step_ms > MAX_BUCKETS {
+            return Err(StoreError::Invalid(format!("`step` must be at least 1 second and divide the time range into at most {MAX_BUCKETS} buckets.")));
+        }
+        let b = self.backend.clone();
+        self.spawn(async move { b.usage_series(&filter, step_ms).await }).await
     }
 
     /// Spend (USD) per project since `since_ms`, over records written by other instances.

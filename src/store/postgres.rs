@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
 
 use super::rows::{self, Param, RowLike};
 use super::schema;
-use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageBucket, UsageFilter, UsageSummary};
 use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
@@ -370,6 +370,14 @@ impl Backend for PgStore {
         let r = query(&c, &sql, &ps, rows::usage_summary).await;
         self.put(c);
         Ok(r?.pop().unwrap_or_default())
+    }
+
+    async fn usage_series(&self, filter: &UsageFilter, step_ms: i64) -> Result<Vec<UsageBucket>, StoreError> {
+        let (sql, ps) = rows::usage_series_query(filter, step_ms);
+        let c = self.conn().await?;
+        let r = query(&c, &sql, &ps, rows::usage_bucket).await;
+        self.put(c);
+        r
     }
 
     async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, StoreError> {

@@ -283,10 +283,20 @@ pub fn price_point(r: &dyn RowLike) -> Result<(i64, FramePoint), StoreError> {
 
 /// A row of [`usage_summary_query`].
 pub fn usage_summary(r: &dyn RowLike) -> Result<super::UsageSummary, StoreError> {
-    let count = u64::try_from(r.int(0)?.unwrap_or(0)).unwrap_or(0);
+    totals_at(r, 0)
+}
+
+/// A row of [`usage_series_query`].
+pub fn usage_bucket(r: &dyn RowLike) -> Result<super::UsageBucket, StoreError> {
+    Ok(super::UsageBucket { t: req_int(r, 0)?, totals: totals_at(r, 1)? })
+}
+
+/// Count, tokens in, tokens out and cost from column `at` on.
+fn totals_at(r: &dyn RowLike, at: usize) -> Result<super::UsageSummary, StoreError> {
+    let count = u64::try_from(r.int(at)?.unwrap_or(0)).unwrap_or(0);
     // Sums are `DOUBLE PRECISION` (see `schema::SUMMED_TOKENS_IN`); `as` saturates (NaN → 0).
-    let sum = |i| -> Result<u64, StoreError> { Ok(r.real(i)?.unwrap_or(0.0) as u64) };
-    Ok(super::UsageSummary { requests: count, tokens_in: sum(1)?, tokens_out: sum(2)?, cost_usd: r.real(3)?.unwrap_or(0.0) })
+    let sum = |i| -> Result<u64, StoreError> { Ok(r.real(at + i)?.unwrap_or(0.0) as u64) };
+    Ok(super::UsageSummary { requests: count, tokens_in: sum(1)?, tokens_out: sum(2)?, cost_usd: r.real(at + 3)?.unwrap_or(0.0) })
 }
 
 /// `WHERE …` for a usage filter (cursor included when `with_cursor`), with its parameters.
@@ -340,14 +350,24 @@ pub fn usage_query(f: &UsageFilter) -> (String, Vec<Param>) {
 /// The totals query for a filter: count, tokens in, tokens out, cost.
 pub fn usage_summary_query(f: &UsageFilter) -> (String, Vec<Param>) {
     let (w, params) = usage_where(f, false);
-    (
-        format!(
-            "SELECT COUNT(*), CAST(COALESCE({}, 0) AS DOUBLE PRECISION), CAST(COALESCE({}, 0) AS DOUBLE PRECISION), CAST(COALESCE({}, 0) AS DOUBLE PRECISION) FROM usage_records{w}",
-            schema::SUMMED_TOKENS_IN,
-            schema::SUMMED_TOKENS_OUT,
-            schema::SUMMED_COST
-        ),
-        params,
+    (format!("SELECT {} FROM usage_records{w}", totals_columns()), params)
+}
+
+/// The totals query per `step_ms` bucket: bucket start, then the totals' columns.
+pub fn usage_series_query(f: &UsageFilter, step_ms: i64) -> (String, Vec<Param>) {
+    let (w, mut params) = usage_where(f, false);
+    params.push(step_ms.into());
+    let n = params.len();
+    // Integer division on both backends (`ts_ms` and the parameter are BIGINT).
+    (format!("SELECT (ts_ms / ${n}) * ${n} AS bucket, {} FROM usage_records{w} GROUP BY bucket ORDER BY bucket", totals_columns()), params)
+}
+
+fn totals_columns() -> String {
+    format!(
+        "COUNT(*), CAST(COALESCE({}, 0) AS DOUBLE PRECISION), CAST(COALESCE({}, 0) AS DOUBLE PRECISION), CAST(COALESCE({}, 0) AS DOUBLE PRECISION)",
+        schema::SUMMED_TOKENS_IN,
+        schema::SUMMED_TOKENS_OUT,
+        schema::SUMMED_COST
     )
 }
 

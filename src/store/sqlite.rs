@@ -10,7 +10,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::rows::{self, Param, RowLike};
 use super::schema::{self, sqlite_sql as q};
-use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageFilter, UsageSummary};
+use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageBucket, UsageFilter, UsageSummary};
 use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
@@ -311,6 +311,11 @@ impl Backend for SqliteStore {
             Ok(v.pop().unwrap_or_default())
         })
         .await
+    }
+
+    async fn usage_series(&self, filter: &UsageFilter, step_ms: i64) -> Result<Vec<UsageBucket>, StoreError> {
+        let (sql, ps) = rows::usage_series_query(filter, step_ms);
+        self.with(move |c| query(c, &sql, &ps, rows::usage_bucket)).await
     }
 
     async fn spend_since(&self, since_ms: i64, exclude_instance: &str) -> Result<Vec<(String, f64)>, StoreError> {

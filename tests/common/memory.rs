@@ -236,5 +236,6 @@ pub fn head(method: http::Method, path: &str, key: Option<&str>, content_length:
         explain: false,
         anthropic_beta: None,
         api_key: None,
+        if_none_match: None,
     }
 }
