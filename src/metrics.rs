@@ -60,6 +60,11 @@ pub struct Metrics {
     /// Client connections the gateway ended before a handler ran, by `reason`:
     /// `head_timeout` | `idle_timeout` | `malformed_head`.
     pub connections_closed: IntCounterVec,
+    /// TLS certificates' `notAfter` (unix seconds), by certificate `name` (from the config).
+    pub tls_expiry: IntGaugeVec,
+    /// Certificate file reloads by `name` and `result`: `success` | `failure` (a bad new file:
+    /// the previous certificate keeps serving).
+    pub tls_reloads: IntCounterVec,
     /// Strategy plugins.
     pub strategy: StrategyMetrics,
 }
@@ -214,6 +219,14 @@ impl Metrics {
             Opts::new("joule_connections_closed_total", "Client connections ended before a handler ran, by reason"),
             &["reason"],
         )?;
+        let tls_expiry = IntGaugeVec::new(
+            Opts::new("joule_tls_certificate_expiry_seconds", "When each TLS certificate expires (its notAfter), unix seconds"),
+            &["name"],
+        )?;
+        registry.register(Box::new(tls_expiry.clone()))?;
+        let tls_reloads =
+            IntCounterVec::new(Opts::new("joule_tls_certificate_reloads_total", "Renewed certificate files loaded, by certificate and result"), &["name", "result"])?;
+        registry.register(Box::new(tls_reloads.clone()))?;
         for reason in ["head_timeout", "idle_timeout", "malformed_head"] {
             connections_closed.with_label_values(&[reason]);
         }
@@ -243,6 +256,8 @@ impl Metrics {
             limit_rejections,
             config_reloads,
             connections_closed,
+            tls_expiry,
+            tls_reloads,
             strategy,
         })
     }

@@ -149,6 +149,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  APIs:      /v1/chat/completions, /v1/responses, /v1/messages (Anthropic), /v1/models");
     println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
     println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
+    println!("  console:   http://{admin_listen}/console/ (sign in with the admin token, or an API key for its project's view)");
     crate::server::run(settings, None)?;
     Ok(())
 }

@@ -31,7 +31,7 @@ pub mod reload;
 mod server;
 mod store;
 mod timeouts;
-mod tls;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -58,7 +58,7 @@ pub use health::{RawHealth, RawTelemetry};
 pub use keys::{RawAdmin, RawKey};
 pub use plugins::RawPlugins;
 pub use problems::{ConfigError, ConfigProblem};
-pub use server::{LogFormat, RawLog, RawServer, RawTls, ServerSettings, TlsSettings};
+pub use server::{CertificateSettings, LogFormat, RawCertificate, RawLog, RawServer, RawTls, ServerSettings, TlsSettings};
 pub use store::RawStore;
 pub use timeouts::RawLimits;
 

@@ -1,8 +1,9 @@
 //! What a config reload may change. Catalog, upstream clients, timeouts (`[limits]`),
 //! telemetry settings, the default strategy, config keys and the admin token are swapped
 //! while traffic flows; listeners and the store location are bound at start, so a reload
-//! that changes them is refused naming the field. Other sections (energy feeds, plugins,
-//! health probes, logging, the usage writer's tuning) keep their start-up values until the
+//! that changes them is refused naming the field (a renewed certificate *file* needs no reload:
+//! the TLS listener re-reads its files itself). Other sections (energy feeds, plugins,
+//! health probes, logging, the usage writer's tuning, `server.public_url`) keep their start-up values until the
 //! next start; a reload that changes them is applied and says so.
 
 use super::Settings;
@@ -50,6 +51,9 @@ pub fn restart_required(old: &Settings, new: &Settings) -> Vec<String> {
     }
     if old.log_format != new.log_format || old.log_level != new.log_level {
         sections.push("log");
+    }
+    if old.server.api_base != new.server.api_base {
+        sections.push("server.public_url");
     }
     if !same(&old.store, &new.store) {
         sections.push("store");

@@ -31,7 +31,8 @@ pub struct RawServer {
     pub public_url: Option<String>,
 }
 
-/// `[server.tls]`: a TLS listener; all three fields are required when the table is present.
+/// `[server.tls]`: TLS listeners and their certificates — `cert_file` + `key_file` (the
+/// default certificate), `[[server.tls.certificates]]` chosen by SNI, or both.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -40,6 +41,24 @@ pub struct RawTls {
     /// PEM certificate chain, leaf first; relative to the config file.
     pub cert_file: Option<String>,
     /// PEM private key; relative to the config file.
+    pub key_file: Option<String>,
+    /// Certificates chosen by the client's server name (SNI).
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// How often the certificate files are checked for a renewal, in ms. Default 5000.
+    pub reload_interval_ms: Option<u64>,
+}
+
+/// `[[server.tls.certificates]]`: one certificate and the server names it answers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// Label in logs and metrics. Default: its first server name.
+    pub name: Option<String>,
+    /// Host names (`api.example.com`) or wildcards of one label (`*.example.com`).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    pub cert_file: Option<String>,
     pub key_file: Option<String>,
 }
 
@@ -81,6 +100,20 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsSettings {
     pub listen: Vec<SocketAddr>,
+    /// At least one; the first is the default, answered to clients without SNI or with a name
+    /// no certificate lists.
+    pub certificates: Vec<CertificateSettings>,
+    /// How often the files are checked for a renewal.
+    pub reload_interval: Duration,
+}
+
+/// One certificate of the TLS listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateSettings {
+    /// Label in logs and metrics (`default` for the top-level `cert_file`).
+    pub name: String,
+    /// Lower-case host names, wildcards as `*.example.com`; empty for the top-level default.
+    pub server_names: Vec<String>,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
@@ -126,28 +159,76 @@ pub(super) fn server(p: &mut Problems, raw: &RawServer, base: &Path) -> ServerSe
     }
 }
 
-/// Validates `[server.tls]`: at least one address, both files present, and an identity that
-/// [`tls::check_identity`] accepts. `None` when either file is missing.
+/// Validates `[server.tls]`: at least one address; a certificate (top-level or listed), each
+/// with both files and an identity [`tls::load_identity`] accepts; server names well formed and
+/// not claimed twice. `None` when no certificate is usable.
 fn tls_settings(p: &mut Problems, t: &RawTls, base: &Path) -> Option<TlsSettings> {
     let listen = p.addrs("server.tls.listen", &t.listen);
     if t.listen.is_empty() {
         p.add("server.tls.listen", "at least one address is required when [server.tls] is present");
     }
+    let mut certificates = Vec::new();
+    let mut names_seen = std::collections::HashSet::new();
+    if t.cert_file.is_some() || t.key_file.is_some() || t.certificates.is_empty() {
+        if let Some(c) = certificate(p, "server.tls", "default".into(), Vec::new(), &t.cert_file, &t.key_file, base) {
+            certificates.push(c);
+        }
+    }
+    for (i, c) in t.certificates.iter().enumerate() {
+        let at = format!("server.tls.certificates[{i}]");
+        if c.server_names.is_empty() {
+            p.add(format!("{at}.server_names"), "at least one server name is required");
+        }
+        let mut server_names = Vec::new();
+        for n in &c.server_names {
+            let lower = n.trim().to_ascii_lowercase();
+            if !valid_server_name(&lower) {
+                p.add(format!("{at}.server_names"), format!("`{n}` is not a host name or a one-label wildcard (api.example.com, *.example.com)"));
+            } else if !names_seen.insert(lower.clone()) {
+                p.add(format!("{at}.server_names"), format!("`{n}` is already served by another certificate"));
+            } else {
+                server_names.push(lower);
+            }
+        }
+        let name = c.name.clone().or_else(|| server_names.first().cloned()).unwrap_or_else(|| format!("certificate-{i}"));
+        if certificates.iter().any(|x: &CertificateSettings| x.name == name) {
+            p.add(format!("{at}.name"), format!("`{name}` names another certificate too"));
+        }
+        if let Some(c) = certificate(p, &at, name, server_names, &c.cert_file, &c.key_file, base) {
+            certificates.push(c);
+        }
+    }
+    let reload_interval = Duration::from_millis(t.reload_interval_ms.unwrap_or(5000));
+    if t.reload_interval_ms == Some(0) {
+        p.add("server.tls.reload_interval_ms", "must be at least 1");
+    }
+    (!certificates.is_empty()).then_some(TlsSettings { listen, certificates, reload_interval })
+}
+
+/// One certificate's files, resolved and checked.
+fn certificate(p: &mut Problems, at: &str, name: String, server_names: Vec<String>, cert: &Option<String>, key: &Option<String>, base: &Path) -> Option<CertificateSettings> {
     let mut file = |field: &str, v: &Option<String>| match v {
         Some(f) => Some(resolve(base, f)),
         None => {
-            p.add(format!("server.tls.{field}"), "missing");
+            p.add(format!("{at}.{field}"), "missing");
             None
         }
     };
-    let cert = file("cert_file", &t.cert_file);
-    let key = file("key_file", &t.key_file);
-    if let (Some(c), Some(k)) = (&cert, &key) {
-        if let Err(e) = tls::check_identity(c, k) {
-            p.add("server.tls", e.to_string());
-        }
+    let cert_file = file("cert_file", cert);
+    let key_file = file("key_file", key);
+    let (cert_file, key_file) = (cert_file?, key_file?);
+    if let Err(e) = tls::load_identity(&cert_file, &key_file) {
+        p.add(at, e.to_string());
     }
-    Some(TlsSettings { listen, cert_file: cert?, key_file: key? })
+    Some(CertificateSettings { name, server_names, cert_file, key_file })
+}
+
+/// A DNS host name (letters, digits, `-`; labels of 1–63; at most 253) or `*.` and one.
+fn valid_server_name(n: &str) -> bool {
+    let host = n.strip_prefix("*.").unwrap_or(n);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// Validates `[log]`: the format (default text) and the level (default `info`), which must

@@ -340,6 +340,40 @@ floor_price_output = 1
     assert_eq!(problems(text), expected);
 }
 
+/// `[[server.tls.certificates]]`: names well formed and claimed once, files required.
+#[test]
+fn tls_certificates_need_good_names_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap().self_signed(&key).unwrap();
+    let (c, k) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let (c, k) = (c.display(), k.display());
+    let text = format!(
+        "[server.tls]\nlisten = [\"127.0.0.1:9\"]\n\
+         [[server.tls.certificates]]\nserver_names = [\"A.test\", \"*.b.test\"]\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n\
+         [[server.tls.certificates]]\nserver_names = [\"a.test\", \"bad name\", \"*.*.x\", \"-x.test\"]\ncert_file = \"{c}\"\n\
+         [[server.tls.certificates]]\nname = \"a.test\"\nserver_names = []\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "server.tls.certificates[1].server_names: `a.test` is already served by another certificate",
+            "server.tls.certificates[1].server_names: `bad name` is not a host name or a one-label wildcard (api.example.com, *.example.com)",
+            "server.tls.certificates[1].server_names: `*.*.x` is not a host name or a one-label wildcard (api.example.com, *.example.com)",
+            "server.tls.certificates[1].server_names: `-x.test` is not a host name or a one-label wildcard (api.example.com, *.example.com)",
+            "server.tls.certificates[1].key_file: missing",
+            "server.tls.certificates[2].server_names: at least one server name is required",
+            "server.tls.certificates[2].name: `a.test` names another certificate too",
+        ]
+    );
+    let ok = format!("[server.tls]\nlisten = [\"127.0.0.1:9\"]\nreload_interval_ms = 250\n[[server.tls.certificates]]\nserver_names = [\"A.test\"]\ncert_file = \"{c}\"\nkey_file = \"{k}\"\n");
+    let tls = parse(&ok, Path::new(""), &|_| None).unwrap().server.tls.unwrap();
+    assert_eq!((tls.certificates.len(), tls.certificates[0].name.as_str(), tls.certificates[0].server_names.as_slice()), (1, "a.test", &["a.test".to_string()][..]));
+    assert_eq!(tls.reload_interval, Duration::from_millis(250));
+}
+
 /// `public_url` is the console's API base; without it the first listener's URL is.
 #[test]
 fn public_url_must_be_an_http_url() {

@@ -12,6 +12,7 @@
 pub mod adapter;
 pub mod guard;
 pub mod reload;
+pub mod tls;
 
 
 use std::sync::Arc;
@@ -252,15 +253,12 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
         api.add_tcp(&addr.to_string());
     }
     if let Some(t) = &settings.server.tls {
+        let certs = Arc::new(tls::Certificates::load(&t.certificates, gw.metrics.clone()).map_err(|e| StartError::Tls(e.to_string()))?);
         for addr in &t.listen {
-            let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
-                &t.cert_file.to_string_lossy(),
-                &t.key_file.to_string_lossy(),
-            )
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-            tls.enable_h2();
-            api.add_tls_with_settings(&addr.to_string(), None, tls);
+            let settings = tls::listener_settings(&certs).map_err(|e| StartError::Tls(e.to_string()))?;
+            api.add_tls_with_settings(&addr.to_string(), None, settings);
         }
+        server.add_service(background_service("tls certificates", tls::Renewal { certs, interval: t.reload_interval }));
     }
     server.add_service(api);
 
