@@ -245,7 +245,16 @@ function route() {
   main.focus({ preventScroll: true });
 }
 
-window.addEventListener('hashchange', route);
+window.addEventListener('hashchange', () => {
+  // Only "#/page" hashes are routes; others (an in-page anchor) leave the page as it is.
+  if (location.hash.startsWith('#/')) route();
+});
+
+// The skip link moves focus to the content without touching the hash (the router's).
+document.querySelector('.skip-link').addEventListener('click', (event) => {
+  event.preventDefault();
+  main.focus();
+});
 
 // ---- boot ---------------------------------------------------------------------------------
 

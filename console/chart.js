@@ -4,8 +4,9 @@
 // Owns: creating a time-series chart in a container, resizing it with its container, updating
 // its data in place (so a live chart keeps its hover state), and the marks drawn on the
 // canvas: shaded bands (stale energy prices), point markers (negative energy prices) and a zero
-// line. The container carries `data-points` (how many x values are plotted) and `data-last`
-// (the newest sample) so tests and people can see the chart's data change.
+// line. The container carries `data-points` (how many x values are plotted), `data-last` (the
+// newest sample), `data-bands` and `data-markers` (how many shaded ranges and point markers)
+// so tests and people can see the chart's data change.
 
 const Uplot = window.uPlot;
 
@@ -13,6 +14,8 @@ const Uplot = window.uPlot;
 export const PALETTE = ['#0072b2', '#d55e00', '#009e73', '#cc79a7', '#e69f00', '#56b4e9', '#7f7f7f'];
 export const BEST_COLOR = '#111827';
 const NEGATIVE_COLOR = '#6d28d9';
+/** Tick steps for counts: whole numbers only. */
+const INTEGER_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 1e6, 1e7];
 
 /** "12:05" or "07-11 12:05" for the hover legend (times are local). */
 function legendTime(seconds) {
@@ -25,10 +28,11 @@ function legendTime(seconds) {
 /**
  * Creates a chart in `container` (an element the caller placed in the page).
  *
- * options: height, ariaLabel, axes: { y: { label, format(v) }, y2?: {...} }.
+ * options: height, ariaLabel, axes: { y: { label, format(v), integer }, y2?: { ..., size } }
+ * (`integer`: whole-number ticks, for counts; `size`: the axis' width in px).
  * Returns { update(data), destroy() } where data is
  *   { xs: [unix seconds], series: [{ label, values, color, dash, width, scale: 'y'|'y2', bars, format }],
- *     bands: [{ from, to, color }]          // shaded x ranges, behind the lines
+ *     bands: [{ from, to, color, label }]   // shaded x ranges behind the lines, optionally named
  *     markers: [{ series: i, index: j }]   // a purple triangle on series i at point j
  *     zeroLine: bool }                      // a line at y = 0 when the y scale crosses it
  */
@@ -57,6 +61,14 @@ export function timeChart(container, { height = 260, ariaLabel = 'chart', axes =
       if (right <= left) continue;
       ctx.fillStyle = b.color;
       ctx.fillRect(left, top, right - left, hgt);
+      // Name the band when it is wide enough to hold the word.
+      const label = b.label || '';
+      ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+      if (label && ctx.measureText(label).width + 6 * devicePixelRatio < right - left) {
+        ctx.fillStyle = '#374151';
+        ctx.textBaseline = 'top';
+        ctx.fillText(label, left + 3 * devicePixelRatio, top + 3 * devicePixelRatio);
+      }
     }
     ctx.restore();
   }
@@ -114,7 +126,8 @@ export function timeChart(container, { height = 260, ariaLabel = 'chart', axes =
       });
     }
     const uAxes = [
-      { stroke: '#4b5563', grid: { stroke: '#e5e7eb' }, ticks: { stroke: '#d1d5db' } },
+      // space: at least 90 px between time ticks, so labels like "10:30pm" never touch.
+      { stroke: '#4b5563', grid: { stroke: '#e5e7eb' }, ticks: { stroke: '#d1d5db' }, space: 90 },
       {
         scale: 'y',
         label: yAxis.label,
@@ -122,6 +135,7 @@ export function timeChart(container, { height = 260, ariaLabel = 'chart', axes =
         grid: { stroke: '#e5e7eb' },
         ticks: { stroke: '#d1d5db' },
         size: 64,
+        incrs: yAxis.integer ? INTEGER_INCRS : undefined,
         values: yAxis.format ? (u, vals) => vals.map((v) => yAxis.format(v)) : undefined,
       },
     ];
@@ -133,7 +147,8 @@ export function timeChart(container, { height = 260, ariaLabel = 'chart', axes =
         label: y2Axis.label,
         stroke: '#4b5563',
         grid: { show: false },
-        size: 72,
+        size: y2Axis.size || 72,
+        incrs: y2Axis.integer ? INTEGER_INCRS : undefined,
         values: y2Axis.format ? (u, vals) => vals.map((v) => y2Axis.format(v)) : undefined,
       });
       scales.y2 = { auto: true };
@@ -178,7 +193,13 @@ export function timeChart(container, { height = 260, ariaLabel = 'chart', axes =
     } else {
       plot.setData(toColumns(data));
     }
+    // Unless the pointer is on the chart, the legend shows the newest sample (instead of "--").
+    if (plot.cursor.idx === null || plot.cursor.idx === undefined || plot.cursor.left < 0) {
+      if (data.xs.length) plot.setLegend({ idx: data.xs.length - 1 });
+    }
     container.setAttribute('data-points', String(data.xs.length));
+    container.setAttribute('data-bands', String(marks.bands.length));
+    container.setAttribute('data-markers', String(marks.markers.length));
     const last = data.xs.length - 1;
     container.setAttribute(
       'data-last',

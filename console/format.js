@@ -70,13 +70,6 @@ export function toDate(value) {
   return Number.isNaN(d.getTime()) ? null : d;
 }
 
-/** The value of a `<input type="datetime-local">` for unix ms (local time). */
-export function toLocalInput(msValue) {
-  const d = new Date(msValue);
-  const p = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
-}
-
 /** Unix ms of a `datetime-local` value (local time), or null when empty/invalid. */
 export function fromLocalInput(text) {
   if (!text) return null;

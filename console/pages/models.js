@@ -104,7 +104,8 @@ export function mount(ctx, root) {
     }
     for (const m of state.models) updateCard(cards.get(m.id), m);
     const doc = prices.get(windowsInUse()[0]);
-    asOf.textContent = doc && doc.now ? `Energy prices as of ${time(doc.now)} (replay clock in the demo)` : '';
+    // `now` is the energy feed's clock: in the demo, the replayed trace's time.
+    asOf.textContent = doc && doc.now ? `Energy prices as of ${time(doc.now)} (energy feed time)` : '';
   }
 
   function buildCard(model) {
@@ -119,7 +120,9 @@ export function mount(ctx, root) {
       empty: 'No deployments.',
       columns: deploymentColumns(),
     });
-    const card = { el: null, summary, depTable, chart: null, window: DEFAULT_WINDOW, metric: 'output', hosted, note: null, buttons: [] };
+    // A free model's token prices are $0: its chart shows what moves, the energy price.
+    const metric = cat.text === 'Free' ? 'energy' : 'output';
+    const card = { el: null, summary, depTable, chart: null, window: DEFAULT_WINDOW, metric, note: null, buttons: [] };
     let chartSection = null;
     if (hosted) {
       const container = h('div', { 'data-testid': 'price-chart', 'data-model': model.id });
@@ -329,13 +332,13 @@ export function chartData(entry, metricName) {
         if (runStart === null) runStart = x;
         prev = x;
       } else if (runStart !== null) {
-        bands.push({ from: runStart, to: prev + step, color: `${color}30` });
+        bands.push({ from: runStart, to: prev + step, color: `${color}40`, label: 'stale' });
         staleRuns += 1;
         runStart = null;
       }
     }
     if (runStart !== null) {
-      bands.push({ from: runStart, to: prev + step, color: `${color}30` });
+      bands.push({ from: runStart, to: prev + step, color: `${color}40`, label: 'stale' });
       staleRuns += 1;
     }
     if (staleRuns) staleBy.push(`${l.label} (${staleRuns})`);

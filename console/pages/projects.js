@@ -239,5 +239,10 @@ function budgetCell(p) {
     },
     fill,
   );
-  return h('span', { class: 'budget', 'data-testid': 'budget' }, bar, h('span', { class: 'budget-text', text: `${spent === undefined || spent === null ? DASH : usd(used)} of ${usd(p.budget_usd)} ${periodText} (${(ratio * 100).toFixed(ratio < 0.01 && ratio > 0 ? 3 : 0)}%)` }));
+  return h('span', { class: 'budget', 'data-testid': 'budget' }, bar, h('span', { class: 'budget-text', text: `${spent === undefined || spent === null ? DASH : usd(used)} of ${usd(p.budget_usd)} ${periodText} (${percent(ratio)})` }));
+}
+
+function percent(ratio) {
+  if (ratio > 0 && ratio < 0.0001) return 'under 0.01%';
+  return `${(ratio * 100).toFixed(ratio < 0.1 ? 2 : 0)}%`;
 }

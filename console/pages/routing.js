@@ -160,7 +160,7 @@ function breaker(d) {
 function samples(d) {
   const s = d.samples;
   if (!s) return DASH;
-  const parts = Object.entries(s).map(([k, v]) => `${k.replace(/_/g, ' ')} ${v}`);
+  const parts = Object.entries(s).map(([k, v]) => `${v} ${k === 'tokens_per_s' ? 'tokens/s' : k.replace(/_/g, ' ')}`);
   return parts.join(' · ') + (d.prior && Object.values(s).every((v) => !v) ? ' (priors)' : '');
 }
 

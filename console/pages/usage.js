@@ -9,7 +9,7 @@
 
 import { getJson, send, withQuery } from '../api.js';
 import { h, append, replace, keyedTable, field, statusLine, section } from '../dom.js';
-import { usd, num, ms, time, perMtok, toLocalInput, fromLocalInput, DASH } from '../format.js';
+import { usd, num, ms, time, perMtok, fromLocalInput, DASH } from '../format.js';
 import { timeChart, chartsAvailable } from '../chart.js';
 
 const POLL_MS = 3000;
@@ -29,7 +29,7 @@ export function mount(ctx, root) {
   const statusInput = h('input', { type: 'number', id: 'f-status', min: '100', max: '599', step: '1', inputmode: 'numeric', placeholder: 'any', 'data-testid': 'filter-status' });
   const since = h('input', { type: 'datetime-local', id: 'f-since', 'data-testid': 'filter-since' });
   const until = h('input', { type: 'datetime-local', id: 'f-until', 'data-testid': 'filter-until' });
-  const limit = h('select', { id: 'f-limit', 'data-testid': 'filter-limit' }, [25, 50, 100, 500].map((n) => h('option', { value: String(n), text: `${n} per page`, selected: n === 50 })));
+  const limit = h('select', { id: 'f-limit', 'data-testid': 'filter-limit' }, [10, 25, 50, 100, 500].map((n) => h('option', { value: String(n), text: `${n} per page`, selected: n === 50 })));
   const apply = h('button', { type: 'submit', 'data-testid': 'apply-filters', text: 'Apply filters' });
   const reset = h('button', { type: 'button', class: 'secondary', 'data-testid': 'reset-filters', text: 'Reset' });
   const filtersForm = h(
@@ -53,7 +53,7 @@ export function mount(ctx, root) {
     ? timeChart(chartBox, {
         height: 220,
         ariaLabel: 'Requests and spend over time',
-        axes: { y: { label: 'requests', format: (v) => num(v) }, y2: { label: 'spend', format: (v) => usd(v) } },
+        axes: { y: { label: 'requests', format: (v) => num(v), integer: true }, y2: { label: 'spend', format: (v) => usd(v), size: 100 } },
       })
     : null;
   if (!chart) chartBox.appendChild(h('p', { class: 'notice', text: 'The chart library (vendor/uplot) did not load.' }));
@@ -195,8 +195,10 @@ export function mount(ctx, root) {
     event.preventDefault();
     try {
       filters = readFilters();
+      ctx.clearError('usage-filters');
     } catch (e) {
-      ctx.showError('usage', e);
+      // Its own source: the 3-second refresh clears 'usage' messages when it succeeds.
+      ctx.showError('usage-filters', e);
       return;
     }
     cursors = [];
@@ -246,9 +248,6 @@ export function mount(ctx, root) {
     }
   });
 
-  since.value = '';
-  until.value = '';
-  since.max = toLocalInput(Date.now() + DAY_MS);
   run(loadOptions, 'usage-options');
   // The first page follows new requests; a later page stays as it is while being read.
   ctx.poll('usage', POLL_MS, () => refresh({ records: cursor === null }));
