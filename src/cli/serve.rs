@@ -16,6 +16,11 @@ use crate::store::StoreLocation;
 pub struct ServeArgs {
     #[arg(long, short)]
     config: PathBuf,
+    /// Take over the listening sockets of the running joule (zero-downtime upgrade): start the
+    /// new binary with this flag, then send the old process SIGQUIT within 5 s; it hands its
+    /// sockets over through `server.upgrade_sock` and drains. See README "Zero-downtime upgrade".
+    #[arg(long, short)]
+    upgrade: bool,
 }
 
 /// `joule demo`.
@@ -109,7 +114,7 @@ pub struct CheckConfigArgs {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = load_config(&args.config)?;
     init_logging(&settings);
-    crate::server::run(settings, Some(args.config))?;
+    crate::server::run(settings, Some(args.config), args.upgrade)?;
     Ok(())
 }
 
@@ -150,7 +155,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
     println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
     println!("  console:   http://{admin_listen}/console/ (sign in with the admin token, or an API key for its project's view)");
-    crate::server::run(settings, None)?;
+    crate::server::run(settings, None, false)?;
     Ok(())
 }
 

@@ -29,6 +29,9 @@ pub struct RawServer {
     /// The API's base URL as clients reach it (`https://api.example.com/v1`), shown by the
     /// web console beside keys. Default: built from the first listener.
     pub public_url: Option<String>,
+    /// Unix socket through which a running joule hands its listening sockets to a new one
+    /// (`joule serve --upgrade`). Default `/tmp/joule_upgrade.sock`; relative to the config file.
+    pub upgrade_sock: Option<String>,
 }
 
 /// `[server.tls]`: TLS listeners and their certificates — `cert_file` + `key_file` (the
@@ -94,6 +97,8 @@ pub struct ServerSettings {
     /// The API base URL clients use (`…/v1`): `public_url`, else `https://` + the first TLS
     /// listener, else `http://` + the first cleartext one.
     pub api_base: String,
+    /// Where the listening sockets are handed over on a zero-downtime upgrade.
+    pub upgrade_sock: PathBuf,
 }
 
 /// TLS listener settings; files are checked to exist and parse at validation time.
@@ -156,6 +161,7 @@ pub(super) fn server(p: &mut Problems, raw: &RawServer, base: &Path) -> ServerSe
         threads,
         grace_period: Duration::from_secs(raw.grace_period_s.unwrap_or(30)),
         api_base,
+        upgrade_sock: raw.upgrade_sock.as_deref().map_or_else(|| PathBuf::from("/tmp/joule_upgrade.sock"), |s| resolve(base, s)),
     }
 }
 

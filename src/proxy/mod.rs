@@ -110,6 +110,8 @@ pub struct Gateway {
     /// Re-reads the config file and swaps the world (set by the server when there is a file).
     pub reloader: std::sync::OnceLock<Arc<dyn Reload>>,
     in_flight: AtomicUsize,
+    /// Set when a shutdown or upgrade signal arrives: answers close their connections.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A config reload, as the admin API and signal handlers trigger it; the server implements
@@ -163,7 +165,20 @@ impl Gateway {
             api_base,
             reloader: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// From now on every answer closes its connection (`Connection: close` on HTTP/1.1), so
+    /// kept-alive clients move to new connections — to the new process after an upgrade —
+    /// before this one stops reading from them.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Gateway::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Requests being served now (graceful shutdown waits for 0).

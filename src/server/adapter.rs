@@ -132,6 +132,9 @@ impl ProxyHttp for JouleProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx._in_flight = Some(self.gateway.enter());
         guard::head_received(session.stream());
+        if self.gateway.is_draining() {
+            session.set_keepalive(None);
+        }
         let head = request_head(session);
         ctx.method = head.method.to_string();
         ctx.path = head.path.chars().take(200).collect();

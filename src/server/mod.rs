@@ -11,6 +11,7 @@
 
 pub mod adapter;
 pub mod guard;
+mod notify;
 pub mod reload;
 pub mod tls;
 
@@ -75,7 +76,8 @@ fn check_bind(settings: &Settings) -> Result<(), StartError> {
 /// pingora's signal handling with SIGINT as a graceful terminate, like SIGTERM: SIGQUIT hands
 /// the listeners over (graceful upgrade), SIGTERM and SIGINT drain, flush and exit; a second
 /// SIGINT exits at once.
-struct Signals;
+/// Turns signals into pingora's shutdown kinds; every one starts the gateway's drain first.
+struct Signals(Arc<Gateway>);
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -90,9 +92,17 @@ impl ShutdownSignalWatch for Signals {
             }
         };
         tokio::select! {
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT received: handing the listening sockets to the new process, then draining");
+                self.0.begin_drain();
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                self.0.begin_drain();
+                ShutdownSignal::GracefulTerminate
+            }
             _ = int.recv() => {
+                self.0.begin_drain();
                 tracing::info!("SIGINT received: draining as for SIGTERM (a second SIGINT exits at once)");
                 // The server's runtime keeps running through the grace period.
                 tokio::spawn(async move {
@@ -103,6 +113,16 @@ impl ShutdownSignalWatch for Signals {
                 ShutdownSignal::GracefulTerminate
             }
         }
+    }
+}
+
+/// Says the services run (systemd readiness, see [`notify`]).
+struct Ready;
+
+#[async_trait]
+impl BackgroundService for Ready {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        notify::ready();
     }
 }
 
@@ -221,8 +241,11 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
 ///
 /// # Errors
 /// See [`StartError`]; does not return once serving.
-pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(), StartError> {
-    check_bind(&settings)?;
+pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool) -> Result<(), StartError> {
+    // An upgrade takes the running process's sockets: its ports are busy by design.
+    if !upgrade {
+        check_bind(&settings)?;
+    }
     let (gw, feeds) = gateway(&settings)?;
     let reloader = config.map(|path| {
         let r = reload::Reloader::new(path, &gw, settings.clone());
@@ -243,10 +266,19 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
         // upper bound.
         grace_period_seconds: Some(settings.server.grace_period.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: settings.server.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if upgrade {
+        tracing::info!(socket = %settings.server.upgrade_sock.display(), "upgrade: waiting up to 5 s for the running process's listening sockets (send it SIGQUIT)");
+    }
+    // On an upgrade this receives the sockets, or exits the process when none arrive.
     server.bootstrap();
+    if upgrade {
+        tracing::info!("upgrade: listening sockets taken over; the previous process drains");
+    }
 
     let mut api = guarded_service(&server.configuration, &gw, Role::Api, "joule api");
     for addr in &settings.server.listen {
@@ -273,7 +305,8 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
     if let Some(reloader) = reloader {
         server.add_service(background_service("reload", reload::OnHangup { reloader }));
     }
-    server.add_service(background_service("drain", Drain { gateway: gw, grace: settings.server.grace_period }));
+    server.add_service(background_service("drain", Drain { gateway: gw.clone(), grace: settings.server.grace_period }));
+    server.add_service(background_service("ready", Ready));
 
     for a in &settings.server.listen {
         tracing::info!("API listening on http://{a}/v1");
@@ -286,7 +319,7 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>) -> Result<(),
     if let Some(a) = settings.server.admin_listen {
         tracing::info!("admin listening on http://{a} (/metrics, /healthz, /admin/…)");
     }
-    server.run(RunArgs { shutdown_signal: Box::new(Signals) });
+    server.run(RunArgs { shutdown_signal: Box::new(Signals(gw)) });
     std::process::exit(0)
 }
 

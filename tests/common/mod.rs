@@ -262,7 +262,7 @@ async fn wait_serving(child: &mut Child, ports: &Ports, log: &Path) -> Attempt {
     }
 }
 
-fn read_log(path: &Path) -> String {
+pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
