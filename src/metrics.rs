@@ -60,6 +60,8 @@ pub struct Metrics {
     /// Client connections the gateway ended before a handler ran, by `reason`:
     /// `head_timeout` | `idle_timeout` | `malformed_head`.
     pub connections_closed: IntCounterVec,
+    /// Calls to the shared limits server (Valkey/Redis) that failed or timed out.
+    pub limits_backend_errors: IntCounter,
     /// TLS certificates' `notAfter` (unix seconds), by certificate `name` (from the config).
     pub tls_expiry: IntGaugeVec,
     /// Certificate file reloads by `name` and `result`: `success` | `failure` (a bad new file:
@@ -219,6 +221,9 @@ impl Metrics {
             Opts::new("joule_connections_closed_total", "Client connections ended before a handler ran, by reason"),
             &["reason"],
         )?;
+        let limits_backend_errors =
+            IntCounter::new("joule_limits_backend_errors_total", "Calls to the shared limits server (Valkey/Redis) that failed or timed out")?;
+        registry.register(Box::new(limits_backend_errors.clone()))?;
         let tls_expiry = IntGaugeVec::new(
             Opts::new("joule_tls_certificate_expiry_seconds", "When each TLS certificate expires (its notAfter), unix seconds"),
             &["name"],
@@ -256,6 +261,7 @@ impl Metrics {
             limit_rejections,
             config_reloads,
             connections_closed,
+            limits_backend_errors,
             tls_expiry,
             tls_reloads,
             strategy,

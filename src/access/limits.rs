@@ -20,30 +20,92 @@
 //! flight when the budget is reached (a request is admitted or refused before its cost is
 //! known).
 //!
+//! **Shared** (`[limits] backend = "redis"`): the same buckets and budgets live in Valkey/Redis,
+//! shared by every instance naming the server; each bucket and budget here then also carries
+//! its lease and pending counts for [`super::shared`], which decides how a unit is taken.
+//!
 //! Bucket and budget states live in `Arc`s that survive snapshot refreshes (carried over by
 //! key and project id), so a refresh neither resets nor leaks them.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::keys::Principal;
 use super::directory::BudgetPeriod;
+use super::keys::Principal;
+use super::shared::{Mode, SharedLimits};
 
-const MINUTE_NS: u64 = 60_000_000_000;
+pub(super) const MINUTE_NS: u64 = 60_000_000_000;
 
 /// One GCRA bucket: `rate` units per minute, bursts up to `rate`.
 #[derive(Debug)]
 pub struct Bucket {
-    /// Theoretical arrival time (ns on [`now_ns`]'s clock).
+    /// Theoretical arrival time (ns on [`now_ns`]'s clock) of the local bucket (the only one
+    /// with the local backend; the fallback while the shared server is down).
     tat: AtomicU64,
     /// Nanoseconds one unit is worth (60 s / rate).
     interval: AtomicU64,
+    /// Shared-mode state.
+    pub(super) shared: SharedState,
+}
+
+/// What a bucket keeps for the shared backend (unused with the local one).
+#[derive(Debug)]
+pub(super) struct SharedState {
+    pub backend: Option<Arc<SharedLimits>>,
+    /// The key in the shared server (`joule:rl:project:<id>:requests`).
+    pub name: Arc<str>,
+    /// Units granted by the shared server and not used yet; negative: used on credit, to be
+    /// paid from the next grant.
+    pub lease: AtomicI64,
+    /// The shared bucket's theoretical arrival time as of the last answer, on this process's
+    /// `now_ns` clock (0: unknown).
+    pub tat: AtomicU64,
+    /// Tokens charged here and not yet sent (token buckets).
+    pub pending: AtomicU64,
+    /// A refill is queued or under way.
+    pub refilling: AtomicBool,
+    /// Last local use (ns) and uses in the current one-second window (for the lease size).
+    pub last_use: AtomicU64,
+    pub window: AtomicU64,
+    pub window_uses: AtomicU64,
+    pub last_window_uses: AtomicU64,
 }
 
 impl Bucket {
-    /// A full bucket for `per_minute` (≥ 1) units.
+    /// A full bucket for `per_minute` (≥ 1) units, local only.
     pub fn new(per_minute: u32) -> Self {
-        Bucket { tat: AtomicU64::new(0), interval: AtomicU64::new(Self::interval_for(per_minute)) }
+        Self::named(per_minute, Arc::from(""), None)
+    }
+
+    /// A bucket called `name` in the shared server `backend` (local only when `None`).
+    pub(super) fn named(per_minute: u32, name: Arc<str>, backend: Option<Arc<SharedLimits>>) -> Self {
+        Bucket {
+            tat: AtomicU64::new(0),
+            interval: AtomicU64::new(Self::interval_for(per_minute)),
+            shared: SharedState {
+                backend,
+                name,
+                lease: AtomicI64::new(0),
+                tat: AtomicU64::new(0),
+                pending: AtomicU64::new(0),
+                refilling: AtomicBool::new(false),
+                last_use: AtomicU64::new(0),
+                window: AtomicU64::new(0),
+                window_uses: AtomicU64::new(0),
+                last_window_uses: AtomicU64::new(0),
+            },
+        }
+    }
+
+    /// Nanoseconds one unit is worth.
+    pub(super) fn interval(&self) -> u64 {
+        self.interval.load(Ordering::Relaxed)
+    }
+
+    /// Units per minute.
+    pub(super) fn per_minute(&self) -> u64 {
+        MINUTE_NS / self.interval().max(1)
     }
 
     fn interval_for(per_minute: u32) -> u64 {
@@ -57,7 +119,12 @@ impl Bucket {
 
     /// Takes `n` units if they fit; otherwise returns how long until they would.
     pub fn try_take(&self, now: u64, n: u64) -> Result<(), Duration> {
-        let add = self.interval.load(Ordering::Relaxed).saturating_mul(n);
+        self.try_take_scaled(now, n, 1)
+    }
+
+    /// As [`Bucket::try_take`] at `1/share` of the rate (the fallback's share of a shared limit).
+    pub(super) fn try_take_scaled(&self, now: u64, n: u64, share: u64) -> Result<(), Duration> {
+        let add = self.interval.load(Ordering::Relaxed).saturating_mul(share.max(1)).saturating_mul(n);
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let new = tat.max(now).saturating_add(add);
@@ -73,7 +140,12 @@ impl Bucket {
 
     /// Whether at least one unit is left; otherwise how long until one is.
     pub fn check(&self, now: u64) -> Result<(), Duration> {
-        let interval = self.interval.load(Ordering::Relaxed);
+        self.check_scaled(now, 1)
+    }
+
+    /// As [`Bucket::check`] at `1/share` of the rate.
+    pub(super) fn check_scaled(&self, now: u64, share: u64) -> Result<(), Duration> {
+        let interval = self.interval.load(Ordering::Relaxed).saturating_mul(share.max(1));
         let tat = self.tat.load(Ordering::Acquire).max(now);
         let new = tat.saturating_add(interval);
         if new - now > MINUTE_NS {
@@ -85,13 +157,23 @@ impl Bucket {
 
     /// Takes `n` units unconditionally (may leave the bucket in debt).
     pub fn charge(&self, now: u64, n: u64) {
-        let add = self.interval.load(Ordering::Relaxed).saturating_mul(n);
+        self.charge_scaled(now, n, 1);
+    }
+
+    /// As [`Bucket::charge`] at `1/share` of the rate.
+    pub(super) fn charge_scaled(&self, now: u64, n: u64, share: u64) {
+        let add = self.interval.load(Ordering::Relaxed).saturating_mul(share.max(1)).saturating_mul(n);
         let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.max(now).saturating_add(add)));
     }
 
     /// Gives back `n` units taken by [`Bucket::try_take`] (when a later check refused).
     pub fn refund(&self, n: u64) {
-        let sub = self.interval.load(Ordering::Relaxed).saturating_mul(n);
+        self.refund_scaled(n, 1);
+    }
+
+    /// As [`Bucket::refund`] at `1/share` of the rate.
+    pub(super) fn refund_scaled(&self, n: u64, share: u64) {
+        let sub = self.interval.load(Ordering::Relaxed).saturating_mul(share.max(1)).saturating_mul(n);
         let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(tat.saturating_sub(sub)));
     }
 }
@@ -99,17 +181,24 @@ impl Bucket {
 /// Requests- and tokens-per-minute buckets of one key or project.
 #[derive(Debug, Default)]
 pub struct RateLimits {
-    pub requests: Option<Bucket>,
-    pub tokens: Option<Bucket>,
+    pub requests: Option<Arc<Bucket>>,
+    pub tokens: Option<Arc<Bucket>>,
 }
 
 impl RateLimits {
-    /// Buckets for the given limits; `None` when there is neither.
+    /// Local buckets for the given limits; `None` when there is neither.
     pub fn new(rpm: Option<u32>, tpm: Option<u32>) -> Option<Self> {
+        Self::shared("", rpm, tpm, None)
+    }
+
+    /// Buckets of the key or project `id` (`key:<id>`, `project:<id>`), shared through
+    /// `backend` when there is one.
+    pub fn shared(id: &str, rpm: Option<u32>, tpm: Option<u32>, backend: Option<&Arc<SharedLimits>>) -> Option<Self> {
         if rpm.is_none() && tpm.is_none() {
             return None;
         }
-        Some(RateLimits { requests: rpm.map(Bucket::new), tokens: tpm.map(Bucket::new) })
+        let bucket = |rate: u32, kind: &str| Arc::new(Bucket::named(rate, Arc::from(format!("joule:rl:{id}:{kind}")), backend.cloned()));
+        Some(RateLimits { requests: rpm.map(|r| bucket(r, "requests")), tokens: tpm.map(|r| bucket(r, "tokens")) })
     }
 
     /// Whether these buckets have exactly the given limits' presence (rates may differ).
@@ -142,6 +231,14 @@ pub struct Budget {
     local: AtomicU64,
     /// Other instances' spend in the period as last read from the store, nano-USD.
     others: AtomicU64,
+    /// Shared-mode state: the project id (the key in the shared server), this instance's
+    /// spend not yet sent and already sent in the period, and when the shared server last
+    /// answered (unix ms; the store's slower sync stands back meanwhile).
+    pub(super) backend: Option<Arc<SharedLimits>>,
+    pub(super) project: Arc<str>,
+    pub(super) pending: AtomicU64,
+    pub(super) sent: AtomicU64,
+    pub(super) shared_at: AtomicI64,
 }
 
 fn nanos(usd: f64) -> u64 {
@@ -160,8 +257,13 @@ fn period_code(p: BudgetPeriod) -> u8 {
 }
 
 impl Budget {
-    /// A budget of `usd` per `period`, nothing spent yet.
+    /// A budget of `usd` per `period`, nothing spent yet, counted locally.
     pub fn new(usd: f64, period: BudgetPeriod) -> Self {
+        Self::shared("", usd, period, None)
+    }
+
+    /// The budget of project `project`, counted in `backend` too when there is one.
+    pub fn shared(project: &str, usd: f64, period: BudgetPeriod, backend: Option<&Arc<SharedLimits>>) -> Self {
         let (start, end) = period.bounds(crate::clock::now_ms());
         Budget {
             limit: AtomicU64::new(nanos(usd)),
@@ -170,6 +272,11 @@ impl Budget {
             period_end: AtomicI64::new(end),
             local: AtomicU64::new(0),
             others: AtomicU64::new(0),
+            backend: backend.cloned(),
+            project: Arc::from(project),
+            pending: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            shared_at: AtomicI64::new(0),
         }
     }
 
@@ -189,6 +296,7 @@ impl Budget {
             self.period_end.store(end, Ordering::Release);
             self.local.store(0, Ordering::Relaxed);
             self.others.store(0, Ordering::Relaxed);
+            self.sent.store(0, Ordering::Relaxed);
         }
     }
 
@@ -212,10 +320,29 @@ impl Budget {
         Ok(())
     }
 
-    /// Adds this instance's cost of a finished request.
+    /// Adds this instance's cost of a finished request (and queues it for the shared server).
     pub fn add(&self, usd: f64, now_ms: i64) {
         self.roll(self.period().bounds(now_ms));
         self.local.fetch_add(nanos(usd), Ordering::Relaxed);
+        if self.backend.is_some() {
+            self.pending.fetch_add(nanos(usd), Ordering::Relaxed);
+        }
+    }
+
+    /// The shared server's total for the period starting `start` after this instance sent
+    /// `sent_now` more nano-USD: the others' part is the total minus all this instance sent.
+    pub(super) fn shared_total(&self, start: i64, sent_now: u64, total: u64, now_ms: i64) {
+        if self.period_start.load(Ordering::Relaxed) != start {
+            return;
+        }
+        let mine = self.sent.fetch_add(sent_now, Ordering::Relaxed) + sent_now;
+        self.others.store(total.saturating_sub(mine), Ordering::Relaxed);
+        self.shared_at.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The current period's start and end (unix ms).
+    pub(super) fn period_bounds(&self) -> (i64, i64) {
+        (self.period_start.load(Ordering::Relaxed), self.period_end.load(Ordering::Relaxed))
     }
 
     /// Starts a new period's counters if `(start, end)` is newer than the current period.
@@ -228,8 +355,12 @@ impl Budget {
         }
     }
 
-    /// Sets other instances' spend in the period starting at `start`, as read from the store.
+    /// Sets other instances' spend in the period starting at `start`, as read from the store —
+    /// unless the shared server answered within the last 5 s (it knows better and sooner).
     pub fn sync_others(&self, start: i64, usd: f64) {
+        if crate::clock::now_ms() - self.shared_at.load(Ordering::Relaxed) < 5_000 {
+            return;
+        }
         self.roll(self.period().bounds(start));
         if self.period_start.load(Ordering::Relaxed) == start {
             self.others.store(nanos(usd), Ordering::Relaxed);
@@ -279,7 +410,8 @@ impl Refusal {
 }
 
 /// Checks budget, token buckets and request buckets of `p` (in that order), taking one
-/// request unit from each request bucket if all pass. Lock-free.
+/// request unit from each request bucket if all pass. Lock-free; with the shared backend it
+/// still makes no network round trip (see [`super::shared`]).
 ///
 /// # Errors
 /// The first limit that refuses.
@@ -292,17 +424,17 @@ pub fn admit(p: &Principal, now: u64, now_ms: i64) -> Result<(), Refusal> {
     let plim = project.and_then(|p| p.limits.as_deref());
     for (scope, l) in [(Scope::Key, key), (Scope::Project, plim)] {
         if let Some(t) = l.and_then(|l| l.tokens.as_ref()) {
-            t.check(now).map_err(|retry_after| Refusal::Rate { scope, kind: Kind::Tokens, retry_after })?;
+            check_tokens(t, now).map_err(|retry_after| Refusal::Rate { scope, kind: Kind::Tokens, retry_after })?;
         }
     }
     let key_req = key.and_then(|l| l.requests.as_ref());
     if let Some(b) = key_req {
-        b.try_take(now, 1).map_err(|retry_after| Refusal::Rate { scope: Scope::Key, kind: Kind::Requests, retry_after })?;
+        take_request(b, now).map_err(|retry_after| Refusal::Rate { scope: Scope::Key, kind: Kind::Requests, retry_after })?;
     }
     if let Some(b) = plim.and_then(|l| l.requests.as_ref()) {
-        if let Err(retry_after) = b.try_take(now, 1) {
+        if let Err(retry_after) = take_request(b, now) {
             if let Some(k) = key_req {
-                k.refund(1);
+                refund_request(k);
             }
             return Err(Refusal::Rate { scope: Scope::Project, kind: Kind::Requests, retry_after });
         }
@@ -310,12 +442,46 @@ pub fn admit(p: &Principal, now: u64, now_ms: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
+fn mode(b: &Bucket) -> Mode<'_> {
+    b.shared.backend.as_ref().map_or(Mode::Local, |s| s.mode())
+}
+
+fn check_tokens(b: &Arc<Bucket>, now: u64) -> Result<(), Duration> {
+    match mode(b) {
+        Mode::Local => b.check(now),
+        Mode::Fallback(share) => b.check_scaled(now, share),
+        Mode::Shared(s) => s.check_tokens(b, now),
+    }
+}
+
+fn take_request(b: &Arc<Bucket>, now: u64) -> Result<(), Duration> {
+    match mode(b) {
+        Mode::Local => b.try_take(now, 1),
+        Mode::Fallback(share) => b.try_take_scaled(now, 1, share),
+        Mode::Shared(s) => s.take_request(b, now),
+    }
+}
+
+fn refund_request(b: &Arc<Bucket>) {
+    match mode(b) {
+        Mode::Local => b.refund(1),
+        Mode::Fallback(share) => b.refund_scaled(1, share),
+        Mode::Shared(_) => {
+            b.shared.lease.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Accounts a finished request: its tokens to the token buckets, its cost to the budget.
 pub fn settle(p: &Principal, tokens: u64, cost_usd: f64, now: u64, now_ms: i64) {
     let project = p.project.as_deref();
     for l in [p.limits.as_deref(), project.and_then(|p| p.limits.as_deref())].into_iter().flatten() {
         if let (Some(t), true) = (&l.tokens, tokens > 0) {
-            t.charge(now, tokens);
+            match mode(t) {
+                Mode::Local => t.charge(now, tokens),
+                Mode::Fallback(share) => t.charge_scaled(now, tokens, share),
+                Mode::Shared(s) => s.charge_tokens(t, tokens),
+            }
         }
     }
     if let (Some(b), true) = (project.and_then(|p| p.budget.as_deref()), cost_usd > 0.0) {

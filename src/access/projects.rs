@@ -28,6 +28,7 @@ use futures_util::future::BoxFuture;
 use super::directory::{check_id, Directory, InvalidInput, ProjectChanges};
 use super::keys::{KeyEntry, KeySnapshot, Principal};
 use super::limits::{Budget, RateLimits};
+use super::shared::SharedLimits;
 use crate::catalog::Catalog;
 use crate::routing::tags::StrategySet;
 use crate::secret::KeyHash;
@@ -87,20 +88,28 @@ pub struct Access {
     pub seq: i64,
 }
 
-fn carry_limits(old: Option<&Arc<RateLimits>>, rpm: Option<u32>, tpm: Option<u32>) -> Option<Arc<RateLimits>> {
+fn carry_limits(old: Option<&Arc<RateLimits>>, id: &str, rpm: Option<u32>, tpm: Option<u32>, shared: Option<&Arc<SharedLimits>>) -> Option<Arc<RateLimits>> {
     match old {
         Some(o) if o.same_shape(rpm, tpm) => {
             o.set_rates(rpm, tpm);
             Some(o.clone())
         }
-        _ => RateLimits::new(rpm, tpm).map(Arc::new),
+        _ => {
+            let l = RateLimits::shared(id, rpm, tpm, shared)?;
+            if let Some(s) = shared {
+                for b in [&l.requests, &l.tokens].into_iter().flatten() {
+                    s.register_bucket(b);
+                }
+            }
+            Some(Arc::new(l))
+        }
     }
 }
 
 impl Access {
     /// Builds a snapshot from the store's directory and the config keys, carrying bucket and
     /// budget states over from `old` by id.
-    pub fn build(dir: &Directory, config_keys: &[KeyEntry], old: &Access) -> Access {
+    pub fn build(dir: &Directory, config_keys: &[KeyEntry], old: &Access, shared: Option<&Arc<SharedLimits>>) -> Access {
         let old_key_limits: HashMap<&str, &Arc<RateLimits>> =
             old.keys.principals().filter_map(|p| Some((&*p.key_id, p.limits.as_ref()?))).collect();
         let mut projects = HashMap::new();
@@ -111,14 +120,20 @@ impl Access {
                     b.set(usd, p.budget_period);
                     b
                 }
-                None => Arc::new(Budget::new(usd, p.budget_period)),
+                None => {
+                    let b = Arc::new(Budget::shared(&p.id, usd, p.budget_period, shared));
+                    if let Some(s) = shared {
+                        s.register_budget(&b);
+                    }
+                    b
+                }
             });
             let policy = ProjectPolicy {
                 id: Arc::from(p.id.as_str()),
                 name: Arc::from(p.name.as_str()),
                 allowed: p.allowed_models.as_ref().map(|m| m.iter().cloned().collect()),
                 default_strategy: p.default_strategy.as_deref().and_then(|s| StrategySet::parse_list(s).ok()),
-                limits: carry_limits(prev.and_then(|o| o.limits.as_ref()), p.rpm, p.tpm),
+                limits: carry_limits(prev.and_then(|o| o.limits.as_ref()), &format!("project:{}", p.id), p.rpm, p.tpm, shared),
                 budget,
             };
             projects.insert(p.id.clone(), Arc::new(policy));
@@ -155,7 +170,7 @@ impl Access {
                 Principal {
                     key_name: Arc::from(k.name.as_str()),
                     key_id: Arc::from(k.id.as_str()),
-                    limits: carry_limits(old_key_limits.get(k.id.as_str()).copied(), k.rpm, k.tpm),
+                    limits: carry_limits(old_key_limits.get(k.id.as_str()).copied(), &format!("key:{}", k.id), k.rpm, k.tpm, shared),
                     project,
                 },
             ));
@@ -177,13 +192,16 @@ pub struct Registry {
     seq: AtomicI64,
     /// Serialises rebuilds so an older directory never replaces a newer one.
     rebuilding: tokio::sync::Mutex<()>,
+    /// Where buckets and budgets are shared with other instances, if anywhere.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl Registry {
     /// A registry over the config keys and, if any, a durable source (call
-    /// [`Registry::refresh`] before serving to load its keys).
-    pub fn new(config_keys: Vec<KeyEntry>, source: Option<Arc<dyn DirectorySource>>) -> Arc<Self> {
-        let access = Access::build(&Directory::default(), &config_keys, &Access::default());
+    /// [`Registry::refresh`] before serving to load its keys), its limits shared through
+    /// `shared` when given.
+    pub fn new(config_keys: Vec<KeyEntry>, source: Option<Arc<dyn DirectorySource>>, shared: Option<Arc<SharedLimits>>) -> Arc<Self> {
+        let access = Access::build(&Directory::default(), &config_keys, &Access::default(), shared.as_ref());
         let config_keys = ArcSwap::from_pointee(config_keys);
         Arc::new(Registry {
             access: ArcSwap::from_pointee(access),
@@ -192,6 +210,7 @@ impl Registry {
             directory: std::sync::Mutex::new(Arc::new(Directory::default())),
             seq: AtomicI64::new(-1),
             rebuilding: tokio::sync::Mutex::new(()),
+            shared,
         })
     }
 
@@ -210,7 +229,7 @@ impl Registry {
     pub fn set_config_keys(&self, keys: Vec<KeyEntry>) {
         let dir = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         self.config_keys.store(Arc::new(keys));
-        let next = Access::build(&dir, &self.config_keys.load(), &self.access.load());
+        let next = Access::build(&dir, &self.config_keys.load(), &self.access.load(), self.shared.as_ref());
         self.access.store(Arc::new(next));
     }
 
@@ -227,7 +246,7 @@ impl Registry {
             // Held only for the in-memory build: a reload's new config keys and a new
             // directory never overwrite each other.
             let mut last = self.directory.lock().unwrap_or_else(|e| e.into_inner());
-            let next = Access::build(&dir, &self.config_keys.load(), &self.access.load());
+            let next = Access::build(&dir, &self.config_keys.load(), &self.access.load(), self.shared.as_ref());
             tracing::debug!(seq, keys = next.keys.len(), projects = next.projects.len(), "access snapshot rebuilt");
             self.access.store(Arc::new(next));
             *last = dir;
@@ -376,7 +395,7 @@ mod tests {
             KeyEntry { name: "bad".into(), hash: KeyHash::of("sk-bad"), project: Some("nope".into()) },
             KeyEntry { name: "team".into(), hash: KeyHash::of("sk-team"), project: Some("n-p1".into()) },
         ];
-        let a = Access::build(&dir, &cfg, &Access::default());
+        let a = Access::build(&dir, &cfg, &Access::default(), None);
         let p = a.keys.authenticate(Some(b"Bearer sk-1")).unwrap();
         assert_eq!(&*p.key_id, "key_1");
         assert!(p.may_use("a") && !p.may_use("b"));
@@ -390,7 +409,7 @@ mod tests {
         assert_eq!(team.project.as_ref().map(|p| &*p.name), Some("n-p1"));
 
         // A rebuild keeps the same bucket and budget objects.
-        let b = Access::build(&dir, &cfg, &a);
+        let b = Access::build(&dir, &cfg, &a, None);
         let p2 = b.keys.authenticate(Some(b"Bearer sk-1")).unwrap();
         assert!(Arc::ptr_eq(p.limits.as_ref().unwrap(), p2.limits.as_ref().unwrap()));
         let (pa, pb) = (p.project.unwrap(), p2.project.unwrap());

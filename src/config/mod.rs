@@ -105,6 +105,8 @@ pub struct RawConfig {
 pub struct Settings {
     pub server: ServerSettings,
     pub limits: ExchangeLimits,
+    /// `[limits] backend = "redis"`: rate limits and budgets shared through that server.
+    pub shared_limits: Option<crate::access::SharedSettings>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub default_strategy: StrategySet,
@@ -173,6 +175,7 @@ fn validate(raw: RawConfig, base: &Path, env: Env<'_>) -> Result<Settings, Confi
     let mut p = Problems::default();
     let server = server::server(&mut p, &raw.server, base);
     let limits = timeouts::limits(&mut p, &raw.limits);
+    let shared_limits = timeouts::shared_limits(&mut p, &raw.limits, env);
     let (log_format, log_level) = server::log(&mut p, &raw.log);
     let telemetry = health::telemetry(&mut p, &raw.telemetry, &raw.health);
     let health = health::probes(&mut p, &raw.health);
@@ -186,6 +189,7 @@ fn validate(raw: RawConfig, base: &Path, env: Env<'_>) -> Result<Settings, Confi
     p.into_result(|| Settings {
         server,
         limits,
+        shared_limits,
         log_format,
         log_level,
         default_strategy,

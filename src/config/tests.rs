@@ -390,7 +390,7 @@ fn unknown_field_names_its_line() {
     let text = "[server]\nlisten = [\"127.0.0.1:9\"]\nunknown = 1\n";
     assert_eq!(
         problems(text),
-        ["line 3: unknown field `unknown`, expected one of `listen`, `tls`, `admin_listen`, `threads`, `grace_period_s`, `public_url`"]
+        ["line 3: unknown field `unknown`, expected one of `listen`, `tls`, `admin_listen`, `threads`, `grace_period_s`, `public_url`, `upgrade_sock`"]
     );
 }
 

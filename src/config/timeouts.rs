@@ -1,9 +1,12 @@
 //! `[limits]`: the request body limit, the upstream answer limit and the timeouts of an upstream exchange, validated into
-//! [`ExchangeLimits`].
+//! [`ExchangeLimits`]; and where rate limits and budgets are counted (`backend`), validated
+//! into [`SharedSettings`].
 
 use serde::Deserialize;
 
-use super::problems::{ms, Problems};
+use super::problems::{ms, Env, Problems};
+use crate::access::SharedSettings;
+use crate::secret::Secret;
 use crate::upstream::ExchangeLimits;
 
 /// `[limits]`. Every field is optional and must be > 0 when set.
@@ -29,6 +32,49 @@ pub struct RawLimits {
     /// A client connection with no request on it (new, or keep-alive between requests).
     /// Default 60000.
     pub client_idle_timeout_ms: Option<u64>,
+    /// Where rate limits and budgets are counted: `local` (default: each instance alone) or
+    /// `redis` (Valkey or Redis, shared by every instance naming the same server).
+    pub backend: Option<String>,
+    /// The server's URL (`redis://host:6379/0`, `rediss://…`, `unix:///run/valkey.sock`);
+    /// prefer `url_env` when it holds a password.
+    pub url: Option<String>,
+    /// Environment variable holding the URL.
+    pub url_env: Option<String>,
+    /// Longest wait for one answer of the server; past it the server counts as down. Default 250.
+    pub backend_timeout_ms: Option<u64>,
+    /// How often charges and spend are sent to the server. Default 100.
+    pub sync_interval_ms: Option<u64>,
+}
+
+/// Validates the shared-limits part of `[limits]`: `None` for the local backend.
+pub(super) fn shared_limits(p: &mut Problems, l: &RawLimits, env: Env<'_>) -> Option<SharedSettings> {
+    match l.backend.as_deref().unwrap_or("local") {
+        "local" => {
+            if l.url.is_some() || l.url_env.is_some() {
+                p.add("limits", "url/url_env are for backend = \"redis\"");
+            }
+            None
+        }
+        "redis" | "valkey" => {
+            p.nonzero("limits", &[("backend_timeout_ms", l.backend_timeout_ms), ("sync_interval_ms", l.sync_interval_ms)]);
+            let url = match (&l.url, &l.url_env) {
+                (Some(u), None) => Some(Secret::new(u.clone())),
+                (None, Some(_)) => p.secret_env("limits.url_env", &l.url_env, env),
+                _ => {
+                    p.add("limits", "backend = \"redis\" needs exactly one of url and url_env");
+                    None
+                }
+            }?;
+            if redis::Client::open(url.expose().as_str()).is_err() {
+                p.add("limits.url", "not a redis://, rediss://, valkey:// or unix:// URL");
+            }
+            Some(SharedSettings { url, timeout: ms(l.backend_timeout_ms, 250), sync_interval: ms(l.sync_interval_ms, 100) })
+        }
+        other => {
+            p.add("limits.backend", format!("`{other}` is not one of: local, redis"));
+            None
+        }
+    }
 }
 
 /// Validates `[limits]`. A zero is a problem (`must be > 0`); the value is kept as given.

@@ -107,6 +107,8 @@ pub struct Gateway {
     pub response_retention: Option<std::time::Duration>,
     /// The public API's base URL (`http://127.0.0.1:8080/v1`), for the console's snippets.
     pub api_base: String,
+    /// Where rate limits and budgets are shared with other instances (`[limits] backend`).
+    pub shared_limits: Option<Arc<crate::access::SharedLimits>>,
     /// Re-reads the config file and swaps the world (set by the server when there is a file).
     pub reloader: std::sync::OnceLock<Arc<dyn Reload>>,
     in_flight: AtomicUsize,
@@ -146,12 +148,13 @@ pub struct GatewayParts {
     pub decision_log: Option<DecisionLog>,
     pub response_retention: Option<std::time::Duration>,
     pub api_base: String,
+    pub shared_limits: Option<Arc<crate::access::SharedLimits>>,
 }
 
 impl Gateway {
     /// Assembles the gateway state.
     pub fn from_parts(parts: GatewayParts) -> Arc<Self> {
-        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention, api_base } = parts;
+        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention, api_base, shared_limits } = parts;
         Arc::new(Gateway {
             world: ArcSwap::from_pointee(world),
             metrics,
@@ -163,6 +166,7 @@ impl Gateway {
             decision_log,
             response_retention,
             api_base,
+            shared_limits,
             reloader: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),

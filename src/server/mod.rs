@@ -54,6 +54,8 @@ pub enum StartError {
     Energy(#[from] crate::pricing::feed::StartError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Limits(#[from] crate::access::shared::SharedError),
     #[error("store: {0}")]
     Access(#[from] crate::access::SourceError),
     #[error("{0}")]
@@ -113,6 +115,19 @@ impl ShutdownSignalWatch for Signals {
                 ShutdownSignal::GracefulTerminate
             }
         }
+    }
+}
+
+/// Runs the shared limits' sync loop until shutdown (see `access::shared`).
+struct SharedSync(Arc<crate::access::SharedLimits>);
+
+#[async_trait]
+impl BackgroundService for SharedSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.0.clone().run(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
     }
 }
 
@@ -218,10 +233,17 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
         None => None,
     };
     let instance: Arc<str> = Arc::from(new_instance_id());
+    let shared_limits = match &settings.shared_limits {
+        Some(s) => Some(
+            crate::access::SharedLimits::new(s.clone(), instance.clone(), metrics.limits_backend_errors.clone())
+?,
+        ),
+        None => None,
+    };
     let store_handle = store.clone();
     let (registry, usage) = match (&settings.store, store) {
         (Some(s), Some(store)) => {
-            let registry = Registry::new(settings.keys.clone(), Some(Arc::new(store.clone())));
+            let registry = Registry::new(settings.keys.clone(), Some(Arc::new(store.clone())), shared_limits.clone());
             store.wait(registry.refresh())?;
             // Budgets start from the spend already recorded, before the first request.
             store.wait(registry.sync_budgets_once(&instance))?;
@@ -229,10 +251,10 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
             tracing::info!(backend = store.kind(), instance = %instance, "store open");
             (registry, UsageSink::start(Arc::new(store), s.usage.clone(), metrics.clone(), instance))
         }
-        _ => (Registry::new(settings.keys.clone(), None), UsageSink::disabled(metrics.clone())),
+        _ => (Registry::new(settings.keys.clone(), None, shared_limits.clone()), UsageSink::disabled(metrics.clone())),
     };
     let response_retention = settings.store.as_ref().and_then(|s| s.responses_retention);
-    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log, response_retention, api_base: settings.server.api_base.clone() };
+    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log, response_retention, api_base: settings.server.api_base.clone(), shared_limits };
     Ok((Gateway::from_parts(parts), feeds))
 }
 
@@ -307,6 +329,9 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
     }
     server.add_service(background_service("drain", Drain { gateway: gw.clone(), grace: settings.server.grace_period }));
     server.add_service(background_service("ready", Ready));
+    if let Some(shared) = gw.shared_limits.clone() {
+        server.add_service(background_service("shared limits", SharedSync(shared)));
+    }
 
     for a in &settings.server.listen {
         tracing::info!("API listening on http://{a}/v1");

@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod pg;
+pub mod redis_server;
 pub mod ports;
 
 use std::path::{Path, PathBuf};
