@@ -14,6 +14,10 @@ use common::*;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "shared-limits-admin-0123";
+
+/// The scenarios run one at a time: each is four gateways, PostgreSQL and Redis on two cores,
+/// and the budget and outage figures depend on latency.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const MODEL: &str = "llama-shared";
 
 fn config(m: &MockServer, pg: &str, backend: &str) -> String {
@@ -82,10 +86,12 @@ async fn metric(gw: &Gateway, name: &str) -> f64 {
     text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
 
-/// Four instances, 120 s of round-robin load at 3× a 600 requests/minute project limit: the
+/// Four instances, 120 s of round-robin load at 4.5× a 600 requests/minute project limit (and
+/// above the 2400 four local buckets admit): the
 /// second minute (the first includes the full bucket's burst) admits 600 ± 3 %. The same
 /// scenario with `backend = "local"` (run with `--ignored`) shows today's four-fold figure.
 async fn four_instances(backend: &str) -> (usize, usize) {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let pg = PgCluster::start();
     let redis = RedisServer::start();
     let m = mock(MockConfig { ttft_ms: 0, tokens: 4, ..Default::default() }).await;
@@ -107,7 +113,7 @@ async fn four_instances(backend: &str) -> (usize, usize) {
     let bases: Vec<String> = gws.iter().map(|g| g.base()).collect();
     let log: Log = Arc::default();
     let start = Instant::now();
-    load(&bases, &key, 30.0, 120.0, log.clone(), start).await;
+    load(&bases, &key, 45.0, 120.0, log.clone(), start).await;
     let admitted = count(&log, 60.0, 120.0, 200);
     let refused = count(&log, 60.0, 120.0, 429);
     let other = log.lock().unwrap().iter().filter(|(_, s)| *s != 200 && *s != 429).count();
@@ -129,13 +135,14 @@ async fn four_instances_share_a_requests_per_minute_limit() {
 #[ignore = "baseline for the README: the local backend admits the limit once per instance"]
 async fn four_instances_with_local_limits_admit_four_times_the_limit() {
     let (admitted, _) = four_instances("local").await;
-    assert!(admitted > 1800, "{admitted}");
+    assert!(admitted > 2000, "{admitted}");
 }
 
 /// Tokens per minute and a budget, shared by four instances; then Redis stops under load
 /// (no request fails, each instance keeps to its share) and comes back (shared again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_budgets_and_an_outage_of_the_shared_server() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let pg = PgCluster::start();
     let mut redis = RedisServer::start();
     // Answers of 20 completion tokens; requests carry about 20 prompt tokens.
@@ -159,8 +166,8 @@ async fn tokens_budgets_and_an_outage_of_the_shared_server() {
     }
     let bases: Vec<String> = gws.iter().map(|g| g.base()).collect();
 
-    // Budget: spend until refused; the overshoot past $0.20 is what other instances spend in
-    // one sync interval plus requests in flight.
+    // Budget: spend until refused; the overshoot past $0.20 is at most the spend rate over two
+    // sync intervals (100 ms each) plus requests in flight.
     let log: Log = Arc::default();
     load(&bases, &budget_key, 40.0, 12.0, log.clone(), Instant::now()).await;
     assert!(count(&log, 0.0, 1e9, 429) > 0, "the budget ran out");
@@ -176,7 +183,8 @@ async fn tokens_budgets_and_an_outage_of_the_shared_server() {
     let per_request = spent / count(&log, 0.0, 1e9, 200) as f64;
     let overshoot = spent - 0.2;
     eprintln!("budget $0.20 over 4 instances at 40 req/s: spent ${spent:.5} (overshoot ${overshoot:.5} = {:.1} requests of ${per_request:.5})", overshoot / per_request);
-    assert!(overshoot < 8.0 * per_request, "overshoot {overshoot} ≥ 8 requests ({per_request} each)");
+    // 40 requests/s × 2 × 100 ms = 8 requests, plus those in flight.
+    assert!(overshoot <= 11.0 * per_request, "overshoot {overshoot} > 11 requests ({per_request} each)");
 
     // Tokens per minute: 2400 over 4 instances, load at about 3× what fits.
     let log: Log = Arc::default();

@@ -23,8 +23,9 @@
 //!   are admitted before their tokens are known), the other instances' charges of one sync
 //!   interval.
 //! - *Budgets*: each instance adds its finished requests' cost to the project's per-period
-//!   counter every sync interval and reads the total back, so overshoot is what the other
-//!   instances spend in one sync interval plus requests in flight — no longer the store's
+//!   counter every sync interval and reads the total back, so a cost reaches every instance
+//!   within two sync intervals: overshoot ≤ the project's spend rate over all instances ×
+//!   2 × `sync_interval_ms` + the cost of requests in flight — no longer the store's
 //!   `budget_sync_interval_ms` (the store's sync stands back while the shared server answers).
 //!
 //! **Server down or slow.** Every call has `timeout_ms` (default 250 ms) and runs in the sync
@@ -455,11 +456,13 @@ impl SharedLimits {
         for b in self.live_budgets() {
             let (start, end) = b.period_bounds();
             let n = b.pending.swap(0, Ordering::AcqRel);
-            if n == 0 && now_wall - b.shared_at.load(Ordering::Relaxed) < 1000 {
-                continue;
-            }
             let key = format!("joule:budget:{}:{start}", b.project);
-            p.cmd("INCRBY").arg(&key).arg(n).cmd("PEXPIRE").arg(&key).arg((end - now_wall).max(0) + 86_400_000).ignore();
+            if n == 0 {
+                // Nothing to add: read the others' spend.
+                p.cmd("INCRBY").arg(&key).arg(0);
+            } else {
+                p.cmd("INCRBY").arg(&key).arg(n).cmd("PEXPIRE").arg(&key).arg((end - now_wall).max(0) + 86_400_000).ignore();
+            }
             sent.push(Sent::Spend(b.clone(), start, n));
         }
         if beat {

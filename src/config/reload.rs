@@ -55,6 +55,9 @@ pub fn restart_required(old: &Settings, new: &Settings) -> Vec<String> {
     if old.server.api_base != new.server.api_base {
         sections.push("server.public_url");
     }
+    if !same(&old.shared_limits, &new.shared_limits) {
+        sections.push("limits.backend");
+    }
     if !same(&old.store, &new.store) {
         sections.push("store");
     }

@@ -3,8 +3,11 @@
 //! One [`Host`] per process: the wasmtime `Engine` is built once (component model on,
 //! `concurrency_support` off — on by default in wasmtime 48 with the async feature, and it
 //! triples the cost of a component call —, epoch interruption, pooling allocator) with a
-//! background thread advancing the epoch every millisecond. Loading compiles, validates against
-//! the world and pre-instantiates; nothing of that happens on the request path.
+//! background thread advancing the epoch every millisecond while calls run. The thread parks
+//! after [`IDLE_TICKS`] ticks without a call (an idle gateway does not wake every millisecond;
+//! at most once a second) and the next call wakes it; so under steady traffic a call costs two
+//! atomic operations and no wake-up. Loading compiles, validates against the world and
+//! pre-instantiates; nothing of that happens on the request path.
 //!
 //! Each call gets an epoch deadline (`call_timeout`) and runs under a memory cap
 //! (`memory_limit`, enforced by a `ResourceLimiter`, with the pool's slot size as the hard
@@ -12,7 +15,7 @@
 //! caller falls back to the native ranking.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ use crate::routing::Candidate;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Ticks without a call after which the epoch thread parks (100 ms).
+const IDLE_TICKS: u64 = 100;
 /// Largest table a guest may grow to (Rust guests use one small function table).
 const MAX_TABLE_ELEMENTS: usize = 10_000;
 /// Deadline for instantiation and `describe()` at load: off the request path, so generous
@@ -139,16 +144,89 @@ impl ResourceLimiter for GuestState {
     }
 }
 
-/// Stops the epoch thread when the host goes away.
+/// What the epoch thread and the calls share.
+#[derive(Default)]
+struct TickState {
+    stop: AtomicBool,
+    /// Calls (and loads) running now.
+    active: AtomicUsize,
+    /// Calls started so far: the thread sees activity even between its looks at `active`.
+    started: AtomicU64,
+    /// The thread is parked (or about to): a starting call must wake it.
+    parked: AtomicBool,
+    /// Loop turns of the thread (each a wake-up), for tests and diagnostics.
+    turns: AtomicU64,
+}
+
+/// The epoch thread; stops it when the host goes away.
 struct Ticker {
-    stop: Arc<AtomicBool>,
+    state: Arc<TickState>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> std::io::Result<Ticker> {
+        let state = Arc::new(TickState::default());
+        let s = state.clone();
+        let thread = std::thread::Builder::new().name("joule-wasm-epoch".into()).spawn(move || {
+            let mut idle = 0_u64;
+            let mut seen = s.started.load(Ordering::Acquire);
+            while !s.stop.load(Ordering::Acquire) {
+                s.turns.fetch_add(1, Ordering::Relaxed);
+                let started = s.started.load(Ordering::Acquire);
+                if started != seen || s.active.load(Ordering::Acquire) > 0 {
+                    seen = started;
+                    idle = 0;
+                } else {
+                    idle += 1;
+                }
+                if idle > IDLE_TICKS {
+                    s.parked.store(true, Ordering::SeqCst);
+                    // Checked after `parked` is set: a call starting now either is seen here
+                    // or sees `parked` and unparks (an unpark before the park is kept).
+                    if s.active.load(Ordering::SeqCst) == 0 && s.started.load(Ordering::SeqCst) == seen {
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                    s.parked.store(false, Ordering::SeqCst);
+                    // Still idle after a timeout: park again at once (the check above resets
+                    // `idle` when a call came).
+                    continue;
+                }
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(Ticker { state, thread: Some(thread) })
+    }
+
+    /// Marks a call running until the guard drops, waking the thread if it parked.
+    fn enter(&self) -> Active<'_> {
+        let s = &self.state;
+        s.started.fetch_add(1, Ordering::SeqCst);
+        s.active.fetch_add(1, Ordering::SeqCst);
+        if s.parked.load(Ordering::SeqCst) {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
+        Active(s)
+    }
+}
+
+/// A call in progress (see [`Ticker::enter`]).
+struct Active<'a>(&'a TickState);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.state.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -160,7 +238,7 @@ pub struct Host {
     linker: Linker<GuestState>,
     config: HostConfig,
     deadline_ticks: u64,
-    _ticker: Ticker,
+    ticker: Ticker,
 }
 
 impl std::fmt::Debug for Host {
@@ -199,27 +277,9 @@ impl Host {
             .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(|e| EngineError(format!("{e:#}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (engine, stop) = (engine.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("joule-wasm-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| EngineError(format!("epoch thread: {e}")))?
-        };
+        let ticker = Ticker::start(engine.clone()).map_err(|e| EngineError(format!("epoch thread: {e}")))?;
         let deadline_ticks = ticks(config.call_timeout);
-        Ok(Arc::new(Host {
-            linker: Linker::new(&engine),
-            engine,
-            config,
-            deadline_ticks,
-            _ticker: Ticker { stop, thread: Some(thread) },
-        }))
+        Ok(Arc::new(Host { linker: Linker::new(&engine), engine, config, deadline_ticks, ticker }))
     }
 
     /// The sandbox settings.
@@ -262,6 +322,7 @@ impl Host {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = StrategyPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let mut store = self.store();
+        let _active = self.ticker.enter();
         self.arm_for(&mut store, ticks(LOAD_TIMEOUT));
         let instance = pre.instantiate(&mut store).map_err(|e| LoadError::Describe(format!("instantiation failed: {e:#}")))?;
         let info = instance.call_describe(&mut store).map_err(|e| LoadError::Describe(format!("{e:#}")))?;
@@ -301,7 +362,9 @@ impl Host {
 
     fn timed(&self, plugin: &Plugin, f: impl FnOnce() -> CallOutcome) -> CallOutcome {
         let started = Instant::now();
+        let active = self.ticker.enter();
         let out = f();
+        drop(active);
         plugin.record(&out, started.elapsed(), self.config.disable_after);
         out
     }
@@ -389,4 +452,36 @@ thread_local! {
 /// returning their pool slots.
 pub(crate) fn retain_warm(keep: impl Fn(u64) -> bool) {
     WARM.with(|w| w.borrow_mut().retain(|w| keep(w.uid)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_epoch_thread_sleeps_when_idle_and_ticks_while_calls_run() {
+        let host = Host::new(HostConfig::default()).unwrap();
+        let s = host.ticker.state.clone();
+        wait_until("parked after 100 idle ticks", || s.parked.load(Ordering::SeqCst));
+        let before = s.turns.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_turns = s.turns.load(Ordering::Relaxed) - before;
+        assert!(idle_turns <= 3, "{idle_turns} wake-ups in an idle second");
+
+        // A call wakes it and it ticks every millisecond while the call runs.
+        let active = host.ticker.enter();
+        let woke = s.turns.load(Ordering::Relaxed);
+        wait_until("ticking while a call runs", || s.turns.load(Ordering::Relaxed) > woke + 20);
+        assert!(!s.parked.load(Ordering::SeqCst));
+        drop(active);
+        wait_until("parked again", || s.parked.load(Ordering::SeqCst));
+    }
 }
