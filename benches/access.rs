@@ -51,7 +51,7 @@ fn snapshot() -> (ArcSwap<Access>, Vec<String>) {
         })
         .collect();
     let dir = Directory { seq: 1, projects, keys };
-    (ArcSwap::from_pointee(Access::build(&dir, &[], &Access::default())), secrets)
+    (ArcSwap::from_pointee(Access::build(&dir, &[], &Access::default(), None)), secrets)
 }
 
 fn bench(c: &mut Criterion) {

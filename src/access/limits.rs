@@ -231,14 +231,12 @@ pub struct Budget {
     local: AtomicU64,
     /// Other instances' spend in the period as last read from the store, nano-USD.
     others: AtomicU64,
-    /// Shared-mode state: the project id (the key in the shared server), this instance's
-    /// spend not yet sent and already sent in the period, and when the shared server last
-    /// answered (unix ms; the store's slower sync stands back meanwhile).
-    pub(super) backend: Option<Arc<SharedLimits>>,
+    /// Shared mode: the project id (its key in the shared server) and the other instances'
+    /// spend in the period as the shared server last said, nano-USD. Admission uses the larger
+    /// of this and the store's figure, so a shared server that lost its data (restarted without
+    /// persistence) is corrected by the store within `budget_sync_interval_ms`.
     pub(super) project: Arc<str>,
-    pub(super) pending: AtomicU64,
-    pub(super) sent: AtomicU64,
-    pub(super) shared_at: AtomicI64,
+    pub(super) shared_others: AtomicU64,
 }
 
 fn nanos(usd: f64) -> u64 {
@@ -257,13 +255,13 @@ fn period_code(p: BudgetPeriod) -> u8 {
 }
 
 impl Budget {
-    /// A budget of `usd` per `period`, nothing spent yet, counted locally.
+    /// A budget of `usd` per `period`, nothing spent yet.
     pub fn new(usd: f64, period: BudgetPeriod) -> Self {
-        Self::shared("", usd, period, None)
+        Self::of_project("", usd, period)
     }
 
-    /// The budget of project `project`, counted in `backend` too when there is one.
-    pub fn shared(project: &str, usd: f64, period: BudgetPeriod, backend: Option<&Arc<SharedLimits>>) -> Self {
+    /// The budget of project `project` (its name in the shared server, when one is used).
+    pub fn of_project(project: &str, usd: f64, period: BudgetPeriod) -> Self {
         let (start, end) = period.bounds(crate::clock::now_ms());
         Budget {
             limit: AtomicU64::new(nanos(usd)),
@@ -272,11 +270,8 @@ impl Budget {
             period_end: AtomicI64::new(end),
             local: AtomicU64::new(0),
             others: AtomicU64::new(0),
-            backend: backend.cloned(),
             project: Arc::from(project),
-            pending: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            shared_at: AtomicI64::new(0),
+            shared_others: AtomicU64::new(0),
         }
     }
 
@@ -296,13 +291,18 @@ impl Budget {
             self.period_end.store(end, Ordering::Release);
             self.local.store(0, Ordering::Relaxed);
             self.others.store(0, Ordering::Relaxed);
-            self.sent.store(0, Ordering::Relaxed);
+            self.shared_others.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// The other instances' spend: the larger of the store's and the shared server's figure.
+    fn others(&self) -> u64 {
+        self.others.load(Ordering::Relaxed).max(self.shared_others.load(Ordering::Relaxed))
     }
 
     /// Spend known to this instance in the current period, USD.
     pub fn spent(&self) -> f64 {
-        (self.local.load(Ordering::Relaxed) + self.others.load(Ordering::Relaxed)) as f64 / 1e9
+        (self.local.load(Ordering::Relaxed) + self.others()) as f64 / 1e9
     }
 
     /// Refuses when the period's spend has reached the limit; the error is the time until
@@ -313,31 +313,30 @@ impl Budget {
             // A new period began and nothing has rolled the counters yet: nothing spent in it.
             return Ok(());
         }
-        let spent = self.local.load(Ordering::Relaxed).saturating_add(self.others.load(Ordering::Relaxed));
+        let spent = self.local.load(Ordering::Relaxed).saturating_add(self.others());
         if spent >= self.limit.load(Ordering::Relaxed) {
             return Err(Duration::from_millis(u64::try_from(end - now_ms).unwrap_or(0)));
         }
         Ok(())
     }
 
-    /// Adds this instance's cost of a finished request (and queues it for the shared server).
+    /// Adds this instance's cost of a finished request.
     pub fn add(&self, usd: f64, now_ms: i64) {
         self.roll(self.period().bounds(now_ms));
         self.local.fetch_add(nanos(usd), Ordering::Relaxed);
-        if self.backend.is_some() {
-            self.pending.fetch_add(nanos(usd), Ordering::Relaxed);
-        }
     }
 
-    /// The shared server's total for the period starting `start` after this instance sent
-    /// `sent_now` more nano-USD: the others' part is the total minus all this instance sent.
-    pub(super) fn shared_total(&self, start: i64, sent_now: u64, total: u64, now_ms: i64) {
-        if self.period_start.load(Ordering::Relaxed) != start {
-            return;
+    /// This instance's spend in the current period (nano-USD), which the shared server keeps
+    /// per instance (an absolute figure: resending it never counts twice).
+    pub(super) fn local_nanos(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+
+    /// The other instances' spend in the period starting `start`, as the shared server said.
+    pub(super) fn set_shared_others(&self, start: i64, nanos: u64) {
+        if self.period_start.load(Ordering::Relaxed) == start {
+            self.shared_others.store(nanos, Ordering::Relaxed);
         }
-        let mine = self.sent.fetch_add(sent_now, Ordering::Relaxed) + sent_now;
-        self.others.store(total.saturating_sub(mine), Ordering::Relaxed);
-        self.shared_at.store(now_ms, Ordering::Relaxed);
     }
 
     /// The current period's start and end (unix ms).
@@ -355,12 +354,8 @@ impl Budget {
         }
     }
 
-    /// Sets other instances' spend in the period starting at `start`, as read from the store —
-    /// unless the shared server answered within the last 5 s (it knows better and sooner).
+    /// Sets other instances' spend in the period starting at `start`, as read from the store.
     pub fn sync_others(&self, start: i64, usd: f64) {
-        if crate::clock::now_ms() - self.shared_at.load(Ordering::Relaxed) < 5_000 {
-            return;
-        }
         self.roll(self.period().bounds(start));
         if self.period_start.load(Ordering::Relaxed) == start {
             self.others.store(nanos(usd), Ordering::Relaxed);

@@ -121,7 +121,7 @@ impl Access {
                     b
                 }
                 None => {
-                    let b = Arc::new(Budget::shared(&p.id, usd, p.budget_period, shared));
+                    let b = Arc::new(Budget::of_project(&p.id, usd, p.budget_period));
                     if let Some(s) = shared {
                         s.register_budget(&b);
                     }

@@ -22,19 +22,29 @@
 //!   `sync_interval_ms` (default 100 ms). Bound: on top of the local rule's (requests in flight
 //!   are admitted before their tokens are known), the other instances' charges of one sync
 //!   interval.
-//! - *Budgets*: each instance adds its finished requests' cost to the project's per-period
-//!   counter every sync interval and reads the total back, so a cost reaches every instance
-//!   within two sync intervals: overshoot ≤ the project's spend rate over all instances ×
-//!   2 × `sync_interval_ms` + the cost of requests in flight — no longer the store's
-//!   `budget_sync_interval_ms` (the store's sync stands back while the shared server answers).
+//! - *Budgets*: every sync interval each instance writes its own spend in the period (an
+//!   absolute figure, in a hash per project and period, so a resend never counts twice) and
+//!   reads the others' sum back, so a cost reaches every instance within two sync intervals:
+//!   overshoot ≤ the project's spend rate over all instances × 2 × `sync_interval_ms` + the
+//!   cost of requests in flight — no longer the store's `budget_sync_interval_ms`. The store's
+//!   figure still counts (the larger of the two is used), so a server that lost its data is
+//!   corrected within that interval.
 //!
-//! **Server down or slow.** Every call has `timeout_ms` (default 250 ms) and runs in the sync
-//! task, never on the request path, so requests neither fail nor wait because of it. On an
-//! error or timeout the instance falls back to its local buckets at its share of each limit
-//! (limit ÷ the number of instances seen in the last 10 s through the server's heartbeat set),
-//! counts `joule_limits_backend_errors_total`, logs once, retries every sync interval and
-//! re-joins when the server answers (leases start empty again). Until the first answer after
-//! start an instance is in that fallback with a share of 1.
+//! **Server down or slow.** Every call has `backend_timeout_ms` (default 250 ms) and runs in
+//! the sync task, never on the request path, so requests neither fail nor wait because of it.
+//! On an error or timeout the instance falls back to its local buckets at its share of each
+//! limit (limit ÷ the number of instances seen in the last 10 s through the server's heartbeat
+//! set), counts `joule_limits_backend_errors_total`, logs once, retries every sync interval
+//! and re-joins when the server answers (leases start empty again). The bounds above hold
+//! while the server answers; during an outage each instance's local bucket applies (at most
+//! its share's burst plus its refill), and requests admitted meanwhile are not charged to the
+//! shared bucket afterwards. Until the first answer after start an instance is in that
+//! fallback with a share of 1. One failed command (a key of the wrong type) fails only
+//! itself, not the others of the same pass.
+//!
+//! Keys are `joule:rl:<scope>:<id>:<kind>`, `joule:budget:<project>:<period start>` and
+//! `joule:instances`: give each joule deployment its own database (`redis://host/2`).
+//! TLS to the server (`rediss://`) is not supported: use a private network or a Unix socket.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -50,7 +60,7 @@ use crate::secret::Secret;
 /// `[limits] backend = "redis"`.
 #[derive(Debug, Clone)]
 pub struct SharedSettings {
-    /// `redis://host:port/db`, `rediss://…`, `valkey://…` or `unix:///path/to/socket`.
+    /// `redis://host:port/db`, `valkey://…` or `unix:///path/to/socket`.
     pub url: Secret<String>,
     /// Longest wait for one answer; past it the server counts as down. Default 250 ms.
     pub timeout: Duration,
@@ -81,9 +91,9 @@ local room = math.floor((now + window - tat) / unit)
 local g = math.min(tonumber(ARGV[3]), math.max(room, 0))
 if g > 0 then
   tat = tat + g * unit
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
-return {g, string.format('%.0f', tat - now)}
+return {g, string.format('%.3f', tat - now)}
 ";
 
 /// Adds `ARGV[2]` units (unit = `ARGV[1]` µs) to bucket `KEYS[1]` unconditionally (debt
@@ -97,9 +107,36 @@ local d = tonumber(ARGV[1]) * tonumber(ARGV[2])
 if tonumber(ARGV[3]) == 1 then d = -d end
 if d ~= 0 then
   tat = math.max(tat + d, now)
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
-return string.format('%.0f', tat - now)
+return string.format('%.3f', tat - now)
+";
+
+/// Records this instance's (`ARGV[1]`) spend `ARGV[2]` (nano-USD, absolute) in the period
+/// hash `KEYS[1]` (expiring after `ARGV[3]` ms) when it is not 0, and returns the sum of the
+/// other instances' fields.
+const BUDGET: &str = r"
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+local all = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then others = others + tonumber(all[i + 1]) end
+end
+return string.format('%.0f', others)
+";
+
+/// Marks instance `ARGV[1]` alive in `KEYS[1]` on the server's clock, forgets those silent for
+/// 10 s, and returns how many are alive.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10000)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return redis.call('ZCARD', KEYS[1])
 ";
 
 /// The shared backend of one instance.
@@ -114,6 +151,8 @@ pub struct SharedLimits {
     refills: tokio::sync::mpsc::Sender<Arc<Bucket>>,
     queue: Mutex<Option<tokio::sync::mpsc::Receiver<Arc<Bucket>>>>,
     errors: prometheus::IntCounter,
+    /// Sync passes completed (see [`SharedLimits::synced`]).
+    passes: AtomicU64,
 }
 
 impl std::fmt::Debug for SharedLimits {
@@ -127,8 +166,9 @@ impl std::fmt::Debug for SharedLimits {
 #[error("limits backend: {0}")]
 pub struct SharedError(String);
 
-fn micros(ns: u64) -> u64 {
-    (ns / 1000).max(1)
+/// A unit in µs with ns precision, for the scripts (whole µs would round large limits' units).
+fn micros(ns: u64) -> String {
+    format!("{}.{:03}", ns / 1000, ns % 1000)
 }
 
 impl SharedLimits {
@@ -139,7 +179,7 @@ impl SharedLimits {
     ///
     /// [`run`]: SharedLimits::run
     pub fn new(settings: SharedSettings, instance: Arc<str>, errors: prometheus::IntCounter) -> Result<Arc<Self>, SharedError> {
-        let client = redis::Client::open(settings.url.expose().as_str()).map_err(|_| SharedError("the URL is not a redis://, rediss://, valkey:// or unix:// URL".into()))?;
+        let client = redis::Client::open(settings.url.expose().as_str()).map_err(|_| SharedError("the URL is not a redis://, valkey:// or unix:// URL".into()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         Ok(Arc::new(SharedLimits {
             settings,
@@ -152,7 +192,19 @@ impl SharedLimits {
             refills: tx,
             queue: Mutex::new(Some(rx)),
             errors,
+            passes: AtomicU64::new(0),
         }))
+    }
+
+    /// Waits (at most `within`) until two more sync passes have completed — so that the spend
+    /// and tokens of requests finished before the call reached the server — or returns at once
+    /// when the server is down. For the shutdown drain.
+    pub async fn synced(&self, within: Duration) {
+        let target = self.passes.load(Ordering::Acquire) + 2;
+        let deadline = tokio::time::Instant::now() + within;
+        while self.is_up() && self.passes.load(Ordering::Acquire) < target && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// How buckets take units now.
@@ -401,15 +453,37 @@ impl SharedLimits {
             p.cmd("EVAL").arg(TAKE).arg(1).arg(&*b.shared.name).arg(micros(b.interval())).arg(MINUTE_NS / 1000).arg(want);
         }
         let sent_at = now_ns();
-        let answers: Result<Vec<(i64, String)>, String> = self.query(c, &p).await;
-        for b in batch {
+        p.ignore_errors();
+        let answers: Result<Vec<redis::RedisResult<(i64, String)>>, String> = self.query(c, &p).await;
+        let answers = match answers {
+            Ok(a) => a,
+            Err(e) => {
+                for b in batch {
+                    b.shared.refilling.store(false, Ordering::Release);
+                }
+                return Err(e);
+            }
+        };
+        for (b, answer) in batch.iter().zip(answers) {
+            match answer {
+                Ok((granted, tat)) => {
+                    // The grant first, then the flag: a request in between must not ask for
+                    // a refill computed from the old lease.
+                    b.shared.lease.fetch_add(granted, Ordering::AcqRel);
+                    Self::set_tat(b, sent_at, &tat);
+                }
+                Err(e) => self.command_failed(&b.shared.name, &e),
+            }
             b.shared.refilling.store(false, Ordering::Release);
         }
-        for (b, (granted, tat)) in batch.iter().zip(answers?) {
-            b.shared.lease.fetch_add(granted, Ordering::AcqRel);
-            Self::set_tat(b, sent_at, &tat);
-        }
         Ok(())
+    }
+
+    /// One command failed (the server answered with an error): counted and logged; the other
+    /// commands of the pass stand.
+    fn command_failed(&self, key: &str, e: &redis::RedisError) {
+        self.errors.inc();
+        tracing::warn!(key, error = %e, "limits backend refused a command");
     }
 
     fn set_tat(b: &Bucket, at: u64, offset_us: &str) {
@@ -425,7 +499,7 @@ impl SharedLimits {
             Tokens(Arc<Bucket>, u64),
             Debt(Arc<Bucket>),
             Returned(Arc<Bucket>),
-            Spend(Arc<Budget>, i64, u64),
+            Spend(Arc<Budget>, i64),
         }
         let mut sent = Vec::new();
         for b in self.live_buckets() {
@@ -455,25 +529,20 @@ impl SharedLimits {
         let now_wall = now_ms();
         for b in self.live_budgets() {
             let (start, end) = b.period_bounds();
-            let n = b.pending.swap(0, Ordering::AcqRel);
             let key = format!("joule:budget:{}:{start}", b.project);
-            if n == 0 {
-                // Nothing to add: read the others' spend.
-                p.cmd("INCRBY").arg(&key).arg(0);
-            } else {
-                p.cmd("INCRBY").arg(&key).arg(n).cmd("PEXPIRE").arg(&key).arg((end - now_wall).max(0) + 86_400_000).ignore();
-            }
-            sent.push(Sent::Spend(b.clone(), start, n));
+            let ttl = (end - now_wall).max(0) + 86_400_000;
+            p.cmd("EVAL").arg(BUDGET).arg(1).arg(&key).arg(&*self.instance).arg(b.local_nanos()).arg(ttl);
+            sent.push(Sent::Spend(b.clone(), start));
         }
         if beat {
-            p.cmd("ZADD").arg("joule:instances").arg(now_wall).arg(&*self.instance).ignore();
-            p.cmd("ZREMRANGEBYSCORE").arg("joule:instances").arg("-inf").arg(now_wall - 10_000).ignore();
-            p.cmd("ZCARD").arg("joule:instances");
+            p.cmd("EVAL").arg(HEARTBEAT).arg(1).arg("joule:instances").arg(&*self.instance);
         }
         if sent.is_empty() && !beat {
+            self.passes.fetch_add(1, Ordering::AcqRel);
             return Ok(());
         }
-        let answers: Result<Vec<redis::Value>, String> = self.query(c, &p).await;
+        p.ignore_errors();
+        let answers: Result<Vec<redis::RedisResult<redis::Value>>, String> = self.query(c, &p).await;
         let answers = match answers {
             Ok(a) => a,
             Err(e) => {
@@ -484,10 +553,7 @@ impl SharedLimits {
                             b.shared.pending.fetch_add(n, Ordering::Relaxed);
                         }
                         Sent::Debt(b) => b.shared.refilling.store(false, Ordering::Release),
-                        Sent::Returned(_) => {}
-                        Sent::Spend(b, _, n) => {
-                            b.pending.fetch_add(n, Ordering::Relaxed);
-                        }
+                        Sent::Returned(_) | Sent::Spend(..) => {}
                     }
                 }
                 return Err(e);
@@ -495,29 +561,51 @@ impl SharedLimits {
         };
         let mut answers = answers.into_iter();
         for s in sent {
-            let v = answers.next().unwrap_or(redis::Value::Nil);
+            let v = match answers.next() {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    match &s {
+                        // Not applied: send the tokens again next time.
+                        Sent::Tokens(b, n) => {
+                            b.shared.pending.fetch_add(*n, Ordering::Relaxed);
+                            self.command_failed(&b.shared.name, &e);
+                        }
+                        Sent::Debt(b) | Sent::Returned(b) => {
+                            b.shared.refilling.store(false, Ordering::Release);
+                            self.command_failed(&b.shared.name, &e);
+                        }
+                        Sent::Spend(b, _) => self.command_failed(&b.project, &e),
+                    }
+                    continue;
+                }
+                None => redis::Value::Nil,
+            };
             match s {
                 Sent::Tokens(b, _) | Sent::Returned(b) => {
                     let tat: String = redis::from_redis_value(v).unwrap_or_default();
                     Self::set_tat(&b, now, &tat);
                 }
                 Sent::Debt(b) => {
-                    b.shared.refilling.store(false, Ordering::Release);
                     let (granted, tat): (i64, String) = redis::from_redis_value(v).unwrap_or((0, String::new()));
                     b.shared.lease.fetch_add(granted, Ordering::AcqRel);
                     Self::set_tat(&b, now, &tat);
+                    b.shared.refilling.store(false, Ordering::Release);
                 }
-                Sent::Spend(b, start, n) => {
-                    let total: i64 = redis::from_redis_value(v).unwrap_or(0);
-                    b.shared_total(start, n, u64::try_from(total).unwrap_or(0), now_wall);
+                Sent::Spend(b, start) => {
+                    let others: String = redis::from_redis_value(v).unwrap_or_default();
+                    let nanos = others.parse::<f64>().unwrap_or(0.0).max(0.0) as u64;
+                    b.set_shared_others(start, nanos);
                 }
             }
         }
         if beat {
-            if let Some(n) = answers.next().and_then(|v| redis::from_redis_value::<u64>(v).ok()) {
-                self.instances.store(n.max(1), Ordering::Relaxed);
+            if let Some(Ok(v)) = answers.next() {
+                if let Ok(n) = redis::from_redis_value::<u64>(v) {
+                    self.instances.store(n.max(1), Ordering::Relaxed);
+                }
             }
         }
+        self.passes.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 }

@@ -55,7 +55,9 @@ pub fn restart_required(old: &Settings, new: &Settings) -> Vec<String> {
     if old.server.api_base != new.server.api_base {
         sections.push("server.public_url");
     }
-    if !same(&old.shared_limits, &new.shared_limits) {
+    // The URL is a secret (printed redacted): compared by digest.
+    let shared = |s: &Settings| s.shared_limits.as_ref().map(|l| (crate::secret::KeyHash::of(l.url.expose()).to_hex(), l.timeout, l.sync_interval));
+    if shared(old) != shared(new) {
         sections.push("limits.backend");
     }
     if !same(&old.store, &new.store) {

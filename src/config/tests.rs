@@ -374,6 +374,24 @@ fn tls_certificates_need_good_names_and_files() {
     assert_eq!(tls.reload_interval, Duration::from_millis(250));
 }
 
+/// `[limits] backend = "redis"`: one URL, a URL the client takes, no TLS.
+#[test]
+fn shared_limits_need_one_usable_url() {
+    let base = "[server]\nlisten = [\"127.0.0.1:9\"]\n[limits]\n";
+    assert_eq!(problems(&format!("{base}backend = \"memcached\"\n")), ["limits.backend: `memcached` is not one of: local, redis (or its alias valkey)"]);
+    assert_eq!(problems(&format!("{base}backend = \"redis\"\n")), ["limits: backend = \"redis\" needs exactly one of url and url_env"]);
+    assert_eq!(
+        problems(&format!("{base}backend = \"redis\"\nurl = \"rediss://h:6380\"\n")),
+        ["limits.url: not a redis://, valkey:// or unix:// URL (TLS, rediss://, is not supported: use a private network or a Unix socket)"]
+    );
+    assert_eq!(problems(&format!("{base}url = \"redis://h\"\n")), ["limits: url/url_env are for backend = \"redis\""]);
+    assert_eq!(problems(&format!("{base}backend = \"redis\"\nurl_env = \"NOPE\"\n")), ["limits.url_env: environment variable `NOPE` is not set"]);
+    let ok = parse(&format!("{base}backend = \"redis\"\nurl = \"unix:///run/valkey.sock\"\nsync_interval_ms = 50\n"), Path::new(""), &|_| None).unwrap();
+    let shared = ok.shared_limits.unwrap();
+    assert_eq!((shared.timeout, shared.sync_interval), (Duration::from_millis(250), Duration::from_millis(50)));
+    assert!(!format!("{shared:?}").contains("valkey.sock"), "the URL is a secret: {shared:?}");
+}
+
 /// `public_url` is the console's API base; without it the first listener's URL is.
 #[test]
 fn public_url_must_be_an_http_url() {

@@ -35,7 +35,7 @@ pub struct RawLimits {
     /// Where rate limits and budgets are counted: `local` (default: each instance alone) or
     /// `redis` (Valkey or Redis, shared by every instance naming the same server).
     pub backend: Option<String>,
-    /// The server's URL (`redis://host:6379/0`, `rediss://…`, `unix:///run/valkey.sock`);
+    /// The server's URL (`redis://host:6379/0`, `valkey://…`, `unix:///run/valkey.sock`);
     /// prefer `url_env` when it holds a password.
     pub url: Option<String>,
     /// Environment variable holding the URL.
@@ -66,12 +66,12 @@ pub(super) fn shared_limits(p: &mut Problems, l: &RawLimits, env: Env<'_>) -> Op
                 }
             }?;
             if redis::Client::open(url.expose().as_str()).is_err() {
-                p.add("limits.url", "not a redis://, rediss://, valkey:// or unix:// URL");
+                p.add("limits.url", "not a redis://, valkey:// or unix:// URL (TLS, rediss://, is not supported: use a private network or a Unix socket)");
             }
             Some(SharedSettings { url, timeout: ms(l.backend_timeout_ms, 250), sync_interval: ms(l.sync_interval_ms, 100) })
         }
         other => {
-            p.add("limits.backend", format!("`{other}` is not one of: local, redis"));
+            p.add("limits.backend", format!("`{other}` is not one of: local, redis (or its alias valkey)"));
             None
         }
     }

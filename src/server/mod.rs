@@ -118,16 +118,15 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Runs the shared limits' sync loop until shutdown (see `access::shared`).
+/// Runs the shared limits' sync loop until the process exits (see `access::shared`): it
+/// keeps running through the drain, whose requests still take leases and spend budgets, and
+/// the drain waits for its last passes before exiting.
 struct SharedSync(Arc<crate::access::SharedLimits>);
 
 #[async_trait]
 impl BackgroundService for SharedSync {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.0.clone().run(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.clone().run(std::future::pending()).await;
     }
 }
 
@@ -161,6 +160,10 @@ impl BackgroundService for Drain {
         // runs before a request stops counting as in flight).
         if !self.gateway.usage.flush(USAGE_FLUSH_TIMEOUT).await {
             tracing::error!("usage records not flushed within {USAGE_FLUSH_TIMEOUT:?}");
+        }
+        // The last requests' tokens and spend reach the shared limits server.
+        if let Some(shared) = &self.gateway.shared_limits {
+            shared.synced(Duration::from_secs(2)).await;
         }
         // Price history frames still queued for the store are written before the exit.
         self.gateway.pricing.history().flush();
