@@ -15,6 +15,16 @@ use common::*;
 const MODEL: &str = "llama-upgrade";
 const ADMIN: &str = "upgrade-admin-token-0123";
 
+/// The new process, killed when the test ends however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     sent: AtomicUsize,
@@ -82,13 +92,13 @@ async fn the_binary_is_swapped_under_load_without_losing_a_request() {
 
     // The new binary (the same one here) waits for the sockets; SIGQUIT makes the old hand them over.
     let new_log = gw.dir.path().join("new.log");
-    let mut new = Command::new(env!("CARGO_BIN_EXE_joule"))
+    let _new = KillOnDrop(Command::new(env!("CARGO_BIN_EXE_joule"))
         .args(["serve", "--upgrade", "--config"])
         .arg(gw.dir.path().join("joule.toml"))
         .stdout(Stdio::null())
         .stderr(log_file(&new_log))
         .spawn()
-        .expect("spawn the new joule");
+        .expect("spawn the new joule"));
     let listening = Instant::now() + Duration::from_secs(10);
     while !read_log(&new_log).contains("upgrade: waiting") {
         assert!(Instant::now() < listening, "the new process did not start: {}", read_log(&new_log));
@@ -143,7 +153,4 @@ async fn the_binary_is_swapped_under_load_without_losing_a_request() {
     seen.dedup();
     assert_eq!(seen.len(), 2, "both processes served: {seen:?}");
     eprintln!("upgrade: {sent} requests ({before_swap} before SIGQUIT to pid {old_pid}, {after_exit} when it exited), 0 failed, 0 broken, {records} usage records");
-
-    let _ = new.kill();
-    let _ = new.wait();
 }
