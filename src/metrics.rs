@@ -60,6 +60,9 @@ pub struct Metrics {
     /// Client connections the gateway ended before a handler ran, by `reason`:
     /// `head_timeout` | `idle_timeout` | `malformed_head`.
     pub connections_closed: IntCounterVec,
+    /// Requests refused because this process had no file descriptor left for the upstream
+    /// connection (not counted against any deployment).
+    pub descriptors_exhausted: IntCounter,
     /// Calls to the shared limits server (Valkey/Redis) that failed or timed out.
     pub limits_backend_errors: IntCounter,
     /// TLS certificates' `notAfter` (unix seconds), by certificate `name` (from the config).
@@ -221,6 +224,11 @@ impl Metrics {
             Opts::new("joule_connections_closed_total", "Client connections ended before a handler ran, by reason"),
             &["reason"],
         )?;
+        let descriptors_exhausted = IntCounter::new(
+            "joule_descriptors_exhausted_total",
+            "Requests refused because the gateway had no file descriptor left for the upstream connection",
+        )?;
+        registry.register(Box::new(descriptors_exhausted.clone()))?;
         let limits_backend_errors =
             IntCounter::new("joule_limits_backend_errors_total", "Calls to the shared limits server (Valkey/Redis) that failed or timed out")?;
         registry.register(Box::new(limits_backend_errors.clone()))?;
@@ -261,6 +269,7 @@ impl Metrics {
             limit_rejections,
             config_reloads,
             connections_closed,
+            descriptors_exhausted,
             limits_backend_errors,
             tls_expiry,
             tls_reloads,

@@ -54,6 +54,9 @@ pub enum ApiError {
     Conflict { message: String },
     /// 503 on the admin API: the store cannot be reached.
     StoreUnavailable,
+    /// 503: the gateway itself ran out of file descriptors (its process limit) and could not
+    /// open the upstream connection; not the deployment's fault.
+    DescriptorsExhausted,
 }
 
 #[derive(Serialize)]
@@ -94,7 +97,7 @@ impl ApiError {
             ApiError::AdminOnly => 403,
             ApiError::ResourceNotFound { .. } => 404,
             ApiError::Conflict { .. } => 409,
-            ApiError::StoreUnavailable => 503,
+            ApiError::StoreUnavailable | ApiError::DescriptorsExhausted => 503,
             ApiError::UpstreamFailed { .. } => 502,
             ApiError::UpstreamUnavailable { .. } => 503,
             ApiError::UpstreamTimeout { .. } => 504,
@@ -123,6 +126,7 @@ impl ApiError {
             ApiError::ResourceNotFound { .. } => "resource_not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::DescriptorsExhausted => "descriptors_exhausted",
             ApiError::UpstreamFailed { .. } => "upstream_failed",
             ApiError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -140,6 +144,7 @@ impl ApiError {
     /// `retry-after` seconds, when the client should wait before retrying.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
+            ApiError::DescriptorsExhausted => Some(1),
             ApiError::UpstreamUnavailable { retry_after, .. } => *retry_after,
             ApiError::RateLimited { retry_after, .. } | ApiError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -226,6 +231,12 @@ impl ApiError {
                 "server_error",
                 None,
                 Some("store_unavailable"),
+            ),
+            ApiError::DescriptorsExhausted => (
+                "The gateway has run out of file descriptors (its process limit), so the request was not sent upstream. Retry shortly; the operator should raise the limit (LimitNOFILE).".into(),
+                "server_error",
+                None,
+                Some("descriptors_exhausted"),
             ),
             ApiError::UpstreamFailed { message } => {
                 (message.clone(), "upstream_error", None, Some("upstream_failed"))

@@ -21,6 +21,9 @@ pub fn finish(gw: &Gateway, surface: Surface, rec: &Record, method: &str, path: 
         if let Some(t) = rec.ttft {
             m.ttft.with_label_values(&[model]).observe(t.as_secs_f64());
         }
+        if rec.error == Some("descriptors_exhausted") {
+            m.descriptors_exhausted.inc();
+        }
         match (rec.error, rec.status < 400) {
             (Some(crate::api::chat::USAGE_INVALID), _) => m.upstream_failures.with_label_values(&[deployment, "invalid_usage"]).inc(),
             (Some(err), true) => m.stream_failures.with_label_values(&[deployment, err]).inc(),

@@ -68,6 +68,9 @@ pub struct ExchangeLimits {
 pub enum AttemptFailure {
     /// TCP/TLS/DNS failure, or the connection closed before a response.
     Connect,
+    /// This process is out of file descriptors (EMFILE/ENFILE): the connection could not even
+    /// be opened. The gateway's failure, not the deployment's.
+    NoDescriptors,
     /// No response headers within the first-byte timeout.
     Timeout,
     /// The request cannot be said in this deployment's API (a parameter Anthropic has no
@@ -96,6 +99,7 @@ impl AttemptFailure {
     pub fn label(&self) -> &'static str {
         match self {
             AttemptFailure::Connect => "connect",
+            AttemptFailure::NoDescriptors => "no_descriptors",
             AttemptFailure::Timeout => "timeout",
             AttemptFailure::Untranslatable(_) => "untranslatable",
             AttemptFailure::Status { code: 429, .. } => "status_429",
@@ -112,6 +116,7 @@ impl AttemptFailure {
     fn describe(&self) -> String {
         match self {
             AttemptFailure::Connect => "connection failed".into(),
+            AttemptFailure::NoDescriptors => "out of file descriptors".into(),
             AttemptFailure::Timeout => "no response in time".into(),
             AttemptFailure::Untranslatable(e) => e.to_string(),
             AttemptFailure::Status { code, .. } => format!("HTTP {code}"),
@@ -202,6 +207,32 @@ pub struct NativeRequest<'a> {
     pub inbound: &'a Inbound,
 }
 
+/// A send error: [`AttemptFailure::NoDescriptors`] when an OS error in its chain says this
+/// process (EMFILE) or the system (ENFILE) has no file descriptor left, else `Connect`.
+fn connect_failure(e: &(dyn std::error::Error + 'static)) -> AttemptFailure {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(EMFILE | ENFILE)) {
+                return AttemptFailure::NoDescriptors;
+            }
+        }
+        cur = err.source();
+    }
+    AttemptFailure::Connect
+}
+
+/// Logs that the process ran out of descriptors, at most once a second.
+fn descriptors_exhausted(request_id: &str) {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = crate::clock::now_ms() / 1000;
+    if LAST.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+        tracing::error!(request_id, "out of file descriptors: upstream connection not opened; raise the process limit (LimitNOFILE; two per proxied stream)");
+    }
+}
+
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
     resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
 }
@@ -252,6 +283,12 @@ pub async fn send(
             }
             Err(f) => f,
         };
+        if failure == AttemptFailure::NoDescriptors {
+            // Every other deployment would fail the same way, and none of them is at fault:
+            // nothing is reported against their health.
+            descriptors_exhausted(route.request_id);
+            return Err(ApiError::DescriptorsExhausted);
+        }
         let attempt = Attempt { deployment: cand.deployment, failure, elapsed: sent_at.elapsed() };
         if !matches!(attempt.failure, AttemptFailure::Untranslatable(_)) {
             tracing::warn!(request_id = route.request_id, deployment = %dep.id, failure = attempt.failure.describe(), "upstream attempt failed");
@@ -340,7 +377,7 @@ async fn attempt(
     let resp = match tokio::time::timeout(route.first_byte_timeout, rb.send()).await {
         Err(_) => return Err(AttemptFailure::Timeout),
         Ok(Err(e)) if e.is_timeout() => return Err(AttemptFailure::Timeout),
-        Ok(Err(_)) => return Err(AttemptFailure::Connect),
+        Ok(Err(e)) => return Err(connect_failure(&e)),
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status().as_u16();
@@ -469,7 +506,7 @@ pub async fn count_tokens(route: &Route<'_>, body: &[u8], model_span: &std::ops:
     let sent_at = Instant::now();
     let resp = match tokio::time::timeout(route.first_byte_timeout, rb.send()).await {
         Err(_) => return Some(Err(AttemptFailure::Timeout)),
-        Ok(Err(_)) => return Some(Err(AttemptFailure::Connect)),
+        Ok(Err(e)) => return Some(Err(connect_failure(&e))),
         Ok(Ok(r)) => r,
     };
     let status = resp.status().as_u16();
