@@ -141,6 +141,19 @@ impl Problems {
         }
     }
 
+    /// A secret given as exactly one of a literal (`{section}.url`) and an environment variable
+    /// (`{section}.url_env`); `missing` is the problem when there is neither or both.
+    pub(super) fn url_or_env(&mut self, section: &str, url: &Option<String>, url_env: &Option<String>, env: Env<'_>, missing: &str) -> Option<Secret<String>> {
+        match (url, url_env) {
+            (Some(u), None) => Some(Secret::new(u.clone())),
+            (None, Some(_)) => self.secret_env(&format!("{section}.url_env"), url_env, env),
+            _ => {
+                self.add(format!("{section}.url"), missing);
+                None
+            }
+        }
+    }
+
     /// An absolute http(s) URL with a host, without trailing slashes; `None` (and a problem)
     /// otherwise.
     pub(super) fn url(&mut self, path: &str, url: &str) -> Option<String> {

@@ -76,14 +76,7 @@ fn postgres(p: &mut Problems, raw: &RawStore, env: Env<'_>) -> Option<Secret<Str
     if raw.path.is_some() {
         p.add("store.path", "path is for backend = \"sqlite\"");
     }
-    let url = match (&raw.url, &raw.url_env) {
-        (Some(u), None) => Some(Secret::new(u.clone())),
-        (None, Some(_)) => p.secret_env("store.url_env", &raw.url_env, env),
-        _ => {
-            p.add("store.url", "set exactly one of url or url_env for backend = \"postgres\"");
-            None
-        }
-    };
+    let url = p.url_or_env("store", &raw.url, &raw.url_env, env, "set exactly one of url or url_env for backend = \"postgres\"");
     if let Some(u) = &url {
         if u.expose().parse::<tokio_postgres::Config>().is_err() {
             p.add("store.url", "not a PostgreSQL connection string (postgres://user@host/db or host=… dbname=…)");

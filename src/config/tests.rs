@@ -379,7 +379,7 @@ fn tls_certificates_need_good_names_and_files() {
 fn shared_limits_need_one_usable_url() {
     let base = "[server]\nlisten = [\"127.0.0.1:9\"]\n[limits]\n";
     assert_eq!(problems(&format!("{base}backend = \"memcached\"\n")), ["limits.backend: `memcached` is not one of: local, redis (or its alias valkey)"]);
-    assert_eq!(problems(&format!("{base}backend = \"redis\"\n")), ["limits: backend = \"redis\" needs exactly one of url and url_env"]);
+    assert_eq!(problems(&format!("{base}backend = \"redis\"\n")), ["limits.url: set exactly one of url or url_env for backend = \"redis\""]);
     assert_eq!(
         problems(&format!("{base}backend = \"redis\"\nurl = \"rediss://h:6380\"\n")),
         ["limits.url: not a redis://, valkey:// or unix:// URL (TLS, rediss://, is not supported: use a private network or a Unix socket)"]

@@ -6,7 +6,6 @@ use serde::Deserialize;
 
 use super::problems::{ms, Env, Problems};
 use crate::access::SharedSettings;
-use crate::secret::Secret;
 use crate::upstream::ExchangeLimits;
 
 /// `[limits]`. Every field is optional and must be > 0 when set.
@@ -57,14 +56,7 @@ pub(super) fn shared_limits(p: &mut Problems, l: &RawLimits, env: Env<'_>) -> Op
         }
         "redis" | "valkey" => {
             p.nonzero("limits", &[("backend_timeout_ms", l.backend_timeout_ms), ("sync_interval_ms", l.sync_interval_ms)]);
-            let url = match (&l.url, &l.url_env) {
-                (Some(u), None) => Some(Secret::new(u.clone())),
-                (None, Some(_)) => p.secret_env("limits.url_env", &l.url_env, env),
-                _ => {
-                    p.add("limits", "backend = \"redis\" needs exactly one of url and url_env");
-                    None
-                }
-            }?;
+            let url = p.url_or_env("limits", &l.url, &l.url_env, env, "set exactly one of url or url_env for backend = \"redis\"")?;
             if redis::Client::open(url.expose().as_str()).is_err() {
                 p.add("limits.url", "not a redis://, valkey:// or unix:// URL (TLS, rediss://, is not supported: use a private network or a Unix socket)");
             }
