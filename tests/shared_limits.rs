@@ -207,31 +207,38 @@ async fn tokens_budgets_and_an_outage_of_the_shared_server() {
     assert!((tokens as f64) <= bound, "{tokens} > {bound}");
     assert!(tokens as f64 >= 3600.0 - 2.0 * per_request, "{tokens}: the limit admitted too little");
 
-    // The outage: 240 requests/minute shared; Redis stops for 10 s under load at 12 req/s.
+    // The outage: 240 requests/minute shared; under load at 12 req/s Redis stops for 10 s,
+    // comes back, then freezes for 5 s (SIGSTOP: slow, not gone) and thaws.
     let log: Log = Arc::default();
     let start = Instant::now();
     let loader = {
         let (bases, key, log) = (bases.clone(), rpm_key.clone(), log.clone());
-        tokio::spawn(async move { load(&bases, &key, 12.0, 40.0, log, start).await })
+        tokio::spawn(async move { load(&bases, &key, 12.0, 45.0, log, start).await })
     };
-    tokio::time::sleep_until((start + Duration::from_secs(25)).into()).await;
+    tokio::time::sleep_until((start + Duration::from_secs(20)).into()).await;
     redis.stop_server();
     let down_at = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(10)).await;
     redis.start_server();
     let up_at = start.elapsed().as_secs_f64();
+    tokio::time::sleep_until((start + Duration::from_secs(35)).into()).await;
+    let errors_before_pause = metric(&gws[0], "joule_limits_backend_errors_total").await;
+    redis.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.resume();
     loader.await.unwrap();
     let other = log.lock().unwrap().iter().filter(|(_, s)| *s != 200 && *s != 429).count();
-    assert_eq!(other, 0, "no request failed during the outage");
+    assert_eq!(other, 0, "no request failed while Redis was down or frozen");
     // Down: each instance at its share (240 ÷ 4 = 60/min, a burst of 60 each at most).
     let during = count(&log, down_at + 1.0, up_at, 200);
     let local_bound = 4.0 * 60.0 + (up_at - down_at - 1.0) * 240.0 / 60.0;
     eprintln!("outage {:.1}s–{:.1}s: {during} admitted (local bound {local_bound:.0}); errors counted {}", down_at, up_at, metric(&gws[0], "joule_limits_backend_errors_total").await);
     assert!((during as f64) <= local_bound, "{during} > {local_bound}");
+    assert!(metric(&gws[0], "joule_limits_backend_errors_total").await > errors_before_pause, "the frozen server's timeouts are counted");
     for g in &gws {
         assert!(metric(g, "joule_limits_backend_errors_total").await > 0.0);
         let logs = g.logs();
-        assert_eq!(logs.matches("limits backend unreachable").count(), 1, "logged once:\n{logs}");
-        assert!(logs.matches("limits backend reachable").count() >= 2, "re-joined:\n{logs}");
+        assert_eq!(logs.matches("limits backend unreachable").count(), 2, "logged once per outage:\n{logs}");
+        assert!(logs.matches("limits backend reachable").count() >= 3, "re-joined after each:\n{logs}");
     }
 }

@@ -50,11 +50,29 @@ impl RedisServer {
     }
 
     pub fn stop_server(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(self.socket());
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered — a server
+    /// that is slow rather than gone.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(c.id().to_string()).status();
+        }
     }
 
     fn answers(&self) -> bool {
