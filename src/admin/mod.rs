@@ -363,7 +363,12 @@ async fn send_console(io: &mut dyn Downstream, rec: &mut Record, answer: console
     let (status, body) = match answer {
         console::Answer::File(a) => {
             headers.extend([("content-type", a.content_type.to_string()), ("etag", a.etag), ("cache-control", "no-cache".to_string())]);
-            (200, Bytes::from(a.body.into_owned()))
+            // Embedded files go out without a copy.
+            let body = match a.body {
+                std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+                std::borrow::Cow::Owned(v) => Bytes::from(v),
+            };
+            (200, body)
         }
         console::Answer::NotModified { etag } => {
             headers.extend([("etag", etag), ("cache-control", "no-cache".to_string())]);
