@@ -28,18 +28,7 @@ fn config(m: &MockServer) -> String {
 }
 
 async fn get(gw: &Gateway, c: &reqwest::Client, cred: &str, path: &str) -> (u16, Value) {
-    call(gw, c, cred, "GET", path, None).await
-}
-
-async fn call(gw: &Gateway, c: &reqwest::Client, cred: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut rb = c.request(method.parse().unwrap(), format!("{}/admin{path}", gw.admin())).bearer_auth(cred);
-    if let Some(b) = body {
-        rb = rb.json(&b);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    admin_call(gw, c, cred, "GET", path, None).await
 }
 
 /// The ids of a list document's `data`.
@@ -158,12 +147,12 @@ async fn an_api_key_gets_the_read_only_view_of_its_project() {
     let c = client();
 
     for (name, allowed) in [("alpha", json!([MODEL])), ("beta", Value::Null)] {
-        let (s, v) = call(&gw, &c, ADMIN, "POST", "/projects", Some(json!({"name": name, "allowed_models": allowed}))).await;
+        let (s, v) = admin_call(&gw, &c, ADMIN, "POST", "/projects", Some(json!({"name": name, "allowed_models": allowed}))).await;
         assert_eq!(s, 201, "{v}");
     }
     let mut keys = Vec::new();
     for (name, project) in [("ka", "alpha"), ("kb", "beta")] {
-        let (s, v) = call(&gw, &c, ADMIN, "POST", "/keys", Some(json!({"name": name, "project": project}))).await;
+        let (s, v) = admin_call(&gw, &c, ADMIN, "POST", "/keys", Some(json!({"name": name, "project": project}))).await;
         assert_eq!(s, 201, "{v}");
         keys.push((v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string()));
     }
@@ -198,7 +187,7 @@ async fn an_api_key_gets_the_read_only_view_of_its_project() {
     // A key reads; it changes and lists nothing else.
     for (method, path) in [("GET", "/keys"), ("GET", "/projects"), ("POST", "/projects"), ("GET", "/deployments"), ("GET", "/plugins"), ("POST", "/reload"), ("DELETE", "/keys/ka")] {
         let body = (method == "POST").then(|| json!({"name": "x"}));
-        let (s, v) = call(&gw, &c, ka, method, path, body).await;
+        let (s, v) = admin_call(&gw, &c, ka, method, path, body).await;
         assert_eq!((s, v["error"]["code"].as_str()), (403, Some("admin_only")), "{method} {path}: {v}");
     }
     assert_eq!(get(&gw, &c, ADMIN, "/keys").await.1["keys"].as_array().unwrap().len(), 3, "nothing was revoked");

@@ -30,15 +30,7 @@ fn catalog(models: &[(&str, &MockServer)]) -> String {
 }
 
 async fn admin(gw: &Gateway, c: &reqwest::Client, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("{}/admin{path}", gw.admin());
-    let mut rb = c.request(method.parse().unwrap(), url).bearer_auth(ADMIN);
-    if let Some(b) = body {
-        rb = rb.json(&b);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    admin_call(gw, c, ADMIN, method, path, body).await
 }
 
 async fn create_key(gw: &Gateway, c: &reqwest::Client, body: Value) -> (String, String) {

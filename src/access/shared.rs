@@ -161,6 +161,13 @@ impl std::fmt::Debug for SharedLimits {
     }
 }
 
+/// The entries of a registration list still in use, dropping the others from it.
+fn live<T>(list: &Mutex<Vec<Weak<T>>>) -> Vec<Arc<T>> {
+    let Ok(mut v) = list.lock() else { return Vec::new() };
+    v.retain(|w| w.strong_count() > 0);
+    v.iter().filter_map(Weak::upgrade).collect()
+}
+
 /// Why the shared backend cannot be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("limits backend: {0}")]
@@ -423,15 +430,11 @@ impl SharedLimits {
     }
 
     fn live_buckets(&self) -> Vec<Arc<Bucket>> {
-        let Ok(mut v) = self.buckets.lock() else { return Vec::new() };
-        v.retain(|w| w.strong_count() > 0);
-        v.iter().filter_map(Weak::upgrade).collect()
+        live(&self.buckets)
     }
 
     fn live_budgets(&self) -> Vec<Arc<Budget>> {
-        let Ok(mut v) = self.budgets.lock() else { return Vec::new() };
-        v.retain(|w| w.strong_count() > 0);
-        v.iter().filter_map(Weak::upgrade).collect()
+        live(&self.budgets)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, c: &mut MultiplexedConnection, p: &redis::Pipeline) -> Result<T, String> {

@@ -376,6 +376,19 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: Option<&st
 
 /// The admin `/metrics` page once it contains `needle` (request metrics are recorded in the
 /// logging phase, just after the client has its response), bounded at 10 s.
+/// An admin API request with `credential` as the bearer: its status and JSON body (the text
+/// as a JSON string when it is not JSON).
+pub async fn admin_call(gw: &Gateway, c: &reqwest::Client, credential: &str, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let mut rb = c.request(method.parse().expect("method"), format!("{}/admin{path}", gw.admin())).bearer_auth(credential);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let resp = rb.send().await.expect("admin request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("admin answer");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
 pub async fn metrics_containing(gw: &Gateway, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
