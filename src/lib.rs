@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod api;
+pub mod batch;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

@@ -19,7 +19,7 @@ use std::path::Path;
 #[rustfmt::skip]
 const LAYERS: &[(&str, &[&str])] = &[
     ("leaves", &["secret", "clock", "metrics", "api", "catalog", "mock"]),
-    ("domain", &["pricing", "telemetry", "routing", "access", "usage", "store"]),
+    ("domain", &["pricing", "telemetry", "routing", "access", "usage", "batch", "store"]),
     ("edges", &["translate", "upstream", "proxy", "console", "admin"]),
     ("wiring", &["config", "demo", "server", "cli"]),
 ];
