@@ -8,6 +8,8 @@
 //! - [`input`]: reading and checking an uploaded JSONL file, line by line;
 //! - [`plan`]: the planner — work into time slots and sites before each deadline, cheapest
 //!   first, from a price forecast (pure, no I/O; the gateway and the evaluation share it);
+//! - [`schedule`]: one scheduling decision (forecast → cell costs → plan), shared by the
+//!   gateway and the evaluation;
 //! - [`forecast`]: the price forecast per price node (day-ahead prices when the feed has
 //!   them, else a profile of the recent days blended with the last price);
 //! - [`evaluate`]: `joule energy evaluate-batch`, the scheduler on a simulated clock against
@@ -21,6 +23,7 @@ pub mod evaluate;
 pub mod forecast;
 pub mod input;
 pub mod plan;
+pub mod schedule;
 
 use async_trait::async_trait;
 use serde::Serialize;
