@@ -174,6 +174,23 @@ pub struct Quote {
     pub cache: Option<CacheQuote>,
 }
 
+impl Quote {
+    /// The quote with `share` (0..1) taken off what the client pays — every part of the price,
+    /// the fee and the cache prices alike; what the deployment costs us is unchanged.
+    pub fn discounted(mut self, share: f64) -> Quote {
+        let f = 1.0 - share;
+        let scale = |t: TokenPrice| TokenPrice { input: t.input * f, output: t.output * f };
+        self.price = scale(self.price);
+        self.fee = scale(self.fee);
+        self.energy = scale(self.energy);
+        if let Some(c) = &mut self.cache {
+            c.price = CachePrice { read: c.price.read * f, write: c.price.write * f };
+            c.fee = CachePrice { read: c.fee.read * f, write: c.fee.write * f };
+        }
+        self
+    }
+}
+
 /// The validated catalog.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {

@@ -32,6 +32,11 @@ pub fn now_ns() -> u64 {
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Current time, Unix seconds.
     fn now(&self) -> i64;
+
+    /// Current time, Unix milliseconds (default: [`Clock::now`] × 1000).
+    fn now_ms(&self) -> i64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 /// Wall-clock time.
@@ -43,6 +48,10 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
     }
 }
 
@@ -78,6 +87,11 @@ impl Clock for ReplayClock {
     fn now(&self) -> i64 {
         let elapsed = self.started.elapsed().as_secs_f64() * self.speed;
         self.origin + elapsed.min(1e15) as i64
+    }
+
+    fn now_ms(&self) -> i64 {
+        let elapsed = self.started.elapsed().as_secs_f64() * self.speed * 1000.0;
+        self.origin.saturating_mul(1000) + elapsed.min(1e18) as i64
     }
 }
 

@@ -44,6 +44,17 @@ impl Principal {
         }
     }
 
+    /// The principal batch work runs as: the project's allow-list and budget apply, the key's
+    /// and project's interactive rate limits do not (batches have their own limit).
+    pub fn for_batch(&self) -> Principal {
+        Principal {
+            key_name: self.key_name.clone(),
+            key_id: self.key_id.clone(),
+            limits: None,
+            project: self.project.as_ref().map(|p| Arc::new(p.without_rate_limits())),
+        }
+    }
+
     /// Whether the key may use `model` (a base model id). Keys without a project may use all.
     pub fn may_use(&self, model: &str) -> bool {
         self.project.as_ref().is_none_or(|p| p.may_use(model))
@@ -74,6 +85,11 @@ impl KeySnapshot {
             by_hash.entry(h).or_insert(p);
         }
         KeySnapshot { by_hash }
+    }
+
+    /// The principal of a key by its id (`key_…` or `config:<name>`); `None` once revoked.
+    pub fn by_id(&self, id: &str) -> Option<&Principal> {
+        self.by_hash.values().find(|p| &*p.key_id == id)
     }
 
     /// Every key's principal.

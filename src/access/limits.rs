@@ -305,6 +305,14 @@ impl Budget {
         (self.local.load(Ordering::Relaxed) + self.others()) as f64 / 1e9
     }
 
+    /// What is left of the limit in the current period, USD (never negative).
+    pub fn remaining(&self, now_ms: i64) -> f64 {
+        if now_ms >= self.period_end.load(Ordering::Acquire) {
+            return self.limit.load(Ordering::Relaxed) as f64 / 1e9;
+        }
+        (self.limit.load(Ordering::Relaxed) as f64 / 1e9 - self.spent()).max(0.0)
+    }
+
     /// Refuses when the period's spend has reached the limit; the error is the time until
     /// the period ends.
     pub fn check(&self, now_ms: i64) -> Result<(), Duration> {

@@ -76,6 +76,19 @@ impl ProjectPolicy {
     pub fn may_use(&self, model: &str) -> bool {
         self.allowed.as_ref().is_none_or(|a| a.contains(model))
     }
+
+    /// The same policy without its rate limits (batch work: a separate limit applies); the
+    /// budget is the same shared counter.
+    pub fn without_rate_limits(&self) -> ProjectPolicy {
+        ProjectPolicy {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            allowed: self.allowed.clone(),
+            default_strategy: self.default_strategy.clone(),
+            limits: None,
+            budget: self.budget.clone(),
+        }
+    }
 }
 
 /// One consistent view of keys and projects.

@@ -286,3 +286,62 @@ pub trait BatchStore: Send + Sync {
     /// Unfinished lines' numbers and custom ids, in line order.
     async fn unfinished_lines(&self, batch_id: &str) -> Result<Vec<(i64, String)>, BatchStoreError>;
 }
+
+/// Shortest and longest `completion_window`, seconds (OpenAI has only `24h`; joule accepts
+/// any window from 1 hour to 7 days).
+pub const MIN_WINDOW_S: i64 = 3600;
+pub const MAX_WINDOW_S: i64 = 7 * 86_400;
+
+/// The batch API's settings. Validated from `[batch]` in the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// Input file limits (OpenAI's 50 000 lines and 200 MB by default).
+    pub input: input::InputLimits,
+    /// Batch requests in flight at once per deployment, per instance. Default 4.
+    pub concurrency: u32,
+    /// Requests a deployment serves at once, batch and interactive together. Batch requests
+    /// only take what interactive traffic leaves of it: a deployment with `capacity` or more
+    /// requests in flight gets no new batch request. Default 32.
+    pub deployment_capacity: u32,
+    /// Share taken off every batch line's price, 0 to 0.9. Default 0.
+    pub discount: f64,
+    /// Lines a project may have waiting (unfinished) over all its batches — the batch limit,
+    /// separate from the interactive rate limits. Default 1 000 000.
+    pub max_queued_lines: i64,
+    /// Times a line is sent before it is given up as failed (an instance that dies while
+    /// sending it counts too). Default 3.
+    pub max_attempts: i64,
+    /// Real time between scheduler ticks. Default 1 s.
+    pub tick: std::time::Duration,
+    /// How long a leased line stays with an instance that stopped renewing. Default 60 s.
+    pub lease: std::time::Duration,
+    pub schedule: schedule::ScheduleSettings,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            input: input::InputLimits::default(),
+            concurrency: 4,
+            deployment_capacity: 32,
+            discount: 0.0,
+            max_queued_lines: 1_000_000,
+            max_attempts: 3,
+            tick: std::time::Duration::from_secs(1),
+            lease: std::time::Duration::from_secs(60),
+            schedule: schedule::ScheduleSettings::default(),
+        }
+    }
+}
+
+/// Parses a completion window: `24h`, `90m`, `2d`, `3600s` (1 hour to 7 days).
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_window(s: &str) -> Result<i64, String> {
+    let secs = crate::clock::parse_duration(s).filter(|d| *d > 0);
+    match secs {
+        Some(d) if (MIN_WINDOW_S..=MAX_WINDOW_S).contains(&d) => Ok(d),
+        _ => Err(format!("completion_window `{}` is not a window from 1h to 7d (e.g. \"24h\")", s.chars().take(40).collect::<String>())),
+    }
+}

@@ -21,6 +21,7 @@
 //! limits, log, telemetry, health, data centers, providers, models, keys, default strategy,
 //! energy, store, admin, plugins — and within a section by position in the file.
 
+mod batch;
 mod catalog;
 mod energy;
 mod health;
@@ -59,6 +60,7 @@ pub use keys::{RawAdmin, RawKey};
 pub use plugins::RawPlugins;
 pub use problems::{ConfigError, ConfigProblem};
 pub use server::{CertificateSettings, LogFormat, RawCertificate, RawLog, RawServer, RawTls, ServerSettings, TlsSettings};
+pub use batch::RawBatch;
 pub use store::RawStore;
 pub use timeouts::RawLimits;
 
@@ -98,6 +100,9 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub plugins: RawPlugins,
+    /// The batch API (`/v1/files`, `/v1/batches`) and its scheduler.
+    #[serde(default)]
+    pub batch: RawBatch,
 }
 
 /// The validated configuration the gateway runs on.
@@ -120,6 +125,7 @@ pub struct Settings {
     /// SHA-256 of the admin API token; `None` disables the admin API (but not /metrics).
     pub admin_token: Option<KeyHash>,
     pub plugins: PluginSettings,
+    pub batch: crate::batch::BatchSettings,
 }
 
 impl Settings {
@@ -186,6 +192,7 @@ fn validate(raw: RawConfig, base: &Path, env: Env<'_>) -> Result<Settings, Confi
     let store = store::store(&mut p, &raw.store, base, env);
     let admin_token = keys::admin_token(&mut p, &raw.admin, env);
     let plugins = plugins::plugins(&mut p, &raw.plugins, base);
+    let batch = batch::batch(&mut p, &raw.batch);
     p.into_result(|| Settings {
         server,
         limits,
@@ -201,5 +208,6 @@ fn validate(raw: RawConfig, base: &Path, env: Env<'_>) -> Result<Settings, Confi
         store,
         admin_token,
         plugins,
+        batch,
     })
 }

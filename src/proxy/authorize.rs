@@ -35,3 +35,21 @@ pub fn authorize(gw: &Gateway, principal: &Principal, model: &Model) -> Result<(
         }
     })
 }
+
+/// Admits a batch line: the project's model allow-list and budget; interactive rate limits do
+/// not apply to batch work (its own limit was checked when the batch was created).
+///
+/// # Errors
+/// 403 `model_not_allowed`; 429 `insufficient_quota` when the budget is spent.
+pub fn authorize_batch(principal: &Principal, model: &Model) -> Result<(), ApiError> {
+    if !principal.may_use(&model.id) {
+        return Err(ApiError::ModelNotAllowed { model: model.id.clone() });
+    }
+    match principal.project.as_ref().and_then(|p| p.budget.as_ref()).map(|b| b.check(now_ms())) {
+        Some(Err(retry)) => Err(ApiError::QuotaExceeded {
+            message: "The project's budget for this period is spent.".into(),
+            retry_after: retry.as_secs().max(1),
+        }),
+        _ => Ok(()),
+    }
+}

@@ -6,7 +6,7 @@
 //! accounting (limits, usage record, metrics, access log) by [`super::finish`] when the
 //! exchange is over.
 
-use super::authorize::authorize;
+use super::authorize::{authorize, authorize_batch};
 use super::body::read_body;
 use super::relay::relay;
 use super::route::{rank, resolve};
@@ -40,7 +40,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return send_error(io, rec, &e).await,
     };
-    let exchange = Exchange { req, body, native: None, answer_as: AnswerAs::OpenAi };
+    let exchange = Exchange { req, body, native: None, answer_as: AnswerAs::OpenAi, batch: None };
     serve(gw, world, principal, head, exchange, io, rec).await
 }
 
@@ -56,6 +56,18 @@ pub(super) struct Exchange {
     pub native: Option<(Vec<u8>, Inbound)>,
     /// The API the answer and errors are given in.
     pub answer_as: AnswerAs,
+    /// Set for a batch line: where it may run and at what discount.
+    pub batch: Option<BatchRun>,
+}
+
+/// How a batch line is served: only at the sites its plan chose (in the strategy's order
+/// among them), without the interactive rate limits, at the batch discount.
+#[derive(Debug, Clone)]
+pub struct BatchRun {
+    /// Deployment indexes of the model.
+    pub sites: Vec<usize>,
+    /// Share taken off the price, 0..1.
+    pub discount: f64,
 }
 
 /// The API an answer is given in, and what that needs.
@@ -101,7 +113,7 @@ pub(super) async fn serve(
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
-    let Exchange { req, body, native, answer_as } = exchange;
+    let Exchange { req, body, native, answer_as, batch } = exchange;
     let client = answer_as.api();
     let req = &req;
     let limits = &world.limits;
@@ -113,12 +125,22 @@ pub(super) async fn serve(
     let model = target.model;
     rec.model = Some(model.id.clone());
     rec.strategy = Some(target.strategies.to_string());
-    if let Err(e) = authorize(gw, principal, model) {
+    let admitted = match &batch {
+        None => authorize(gw, principal, model),
+        Some(_) => authorize_batch(principal, model),
+    };
+    if let Err(e) = admitted {
         return send_error_as(client, io, rec, &e).await;
     }
     // One load of the price book: the price charged is the one the decision saw.
     let book = gw.pricing.book();
-    let decision = rank(gw, world, &book, &target);
+    let mut decision = rank(gw, world, &book, &target);
+    if let Some(b) = &batch {
+        decision.ranked.retain(|(c, _)| b.sites.contains(&c.deployment));
+        for (c, _) in &mut decision.ranked {
+            c.quote = c.quote.discounted(b.discount);
+        }
+    }
 
     let mut on_failure = |a: &upstream::Attempt| observe::attempt_failed(&gw.metrics, &world.telemetry, model, target.index, a);
     let route = upstream::Route {

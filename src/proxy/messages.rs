@@ -42,7 +42,7 @@ pub async fn handle(
     // The chat form moves into the exchange; the rest of the conversion stays beside the
     // client's body for deployments that speak Anthropic.
     let chat_body = std::mem::take(&mut inbound.chat);
-    let exchange = Exchange { req, body: chat_body, native: Some((body, inbound)), answer_as: AnswerAs::Anthropic };
+    let exchange = Exchange { req, body: chat_body, native: Some((body, inbound)), answer_as: AnswerAs::Anthropic, batch: None };
     serve(gw, world, principal, head, exchange, io, rec).await
 }
 

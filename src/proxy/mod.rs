@@ -8,6 +8,7 @@
 //! whenever a key or project does.
 
 mod authorize;
+pub mod batch;
 pub mod body;
 pub mod chat;
 pub mod finish;
@@ -109,6 +110,8 @@ pub struct Gateway {
     pub api_base: String,
     /// Where rate limits and budgets are shared with other instances (`[limits] backend`).
     pub shared_limits: Option<Arc<crate::access::SharedLimits>>,
+    /// The batch API (`None` without a store).
+    pub batches: Option<Arc<batch::BatchService>>,
     /// Re-reads the config file and swaps the world (set by the server when there is a file).
     pub reloader: std::sync::OnceLock<Arc<dyn Reload>>,
     in_flight: AtomicUsize,
@@ -149,12 +152,13 @@ pub struct GatewayParts {
     pub response_retention: Option<std::time::Duration>,
     pub api_base: String,
     pub shared_limits: Option<Arc<crate::access::SharedLimits>>,
+    pub batches: Option<Arc<batch::BatchService>>,
 }
 
 impl Gateway {
     /// Assembles the gateway state.
     pub fn from_parts(parts: GatewayParts) -> Arc<Self> {
-        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention, api_base, shared_limits } = parts;
+        let GatewayParts { world, metrics, pricing, registry, store, usage, strategies, decision_log, response_retention, api_base, shared_limits, batches } = parts;
         Arc::new(Gateway {
             world: ArcSwap::from_pointee(world),
             metrics,
@@ -167,6 +171,7 @@ impl Gateway {
             response_retention,
             api_base,
             shared_limits,
+            batches,
             reloader: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -231,6 +236,8 @@ pub struct RequestHead {
     /// `If-None-Match` (the console's files revalidate by `ETag`).
     pub if_none_match: Option<String>,
     pub content_length: Option<u64>,
+    /// `Content-Type` (file uploads are `multipart/form-data`).
+    pub content_type: Option<String>,
     /// `x-joule-explain: 1`: answer with the route decision in `x-joule-explain`.
     pub explain: bool,
     /// `anthropic-beta`, passed on to Anthropic providers.
@@ -393,6 +400,10 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
         ("/v1/models", &Method::GET) => {
             authenticate(gw, head, rec).map(|p| models::list(&world.catalog, &gw.pricing.book(), &|m| p.may_use(m)))
         }
+        (p, _) if batch::is_batch_path(p) => match authenticate(gw, head, rec) {
+            Ok(key) => return batch::handle(gw, &world, &key, head, io, rec).await,
+            Err(e) => Err(e),
+        },
         (p, &Method::GET) if p.starts_with("/v1/models/") && p.ends_with("/prices") => authenticate(gw, head, rec)
             .and_then(|key| {
                 let id = &p["/v1/models/".len()..p.len() - "/prices".len()];

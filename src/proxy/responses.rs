@@ -140,7 +140,7 @@ pub async fn create(gw: &Gateway, world: &World, principal: &Principal, head: &R
     let created_at = u64::try_from(crate::clock::now_ms() / 1000).unwrap_or(0);
     let meta = Meta { id, created_at, model, echo };
     let answer_as = AnswerAs::Responses(Box::new(ResponsesAnswer { meta, conversation: request.conversation, keeper }));
-    let exchange = Exchange { req, body: request.chat, native: None, answer_as };
+    let exchange = Exchange { req, body: request.chat, native: None, answer_as, batch: None };
     serve(gw, world, principal, head, exchange, io, rec).await
 }
 

@@ -112,6 +112,7 @@ fn request_head(session: &Session) -> RequestHead {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok()),
+        content_type: req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string),
         explain: req.headers.get("x-joule-explain").is_some_and(|v| v.as_bytes() == b"1"),
         anthropic_beta: req.headers.get("anthropic-beta").and_then(|v| v.to_str().ok()).map(str::to_string),
     }

@@ -257,7 +257,7 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
         _ => (Registry::new(settings.keys.clone(), None, shared_limits.clone()), UsageSink::disabled(metrics.clone())),
     };
     let response_retention = settings.store.as_ref().and_then(|s| s.responses_retention);
-    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log, response_retention, api_base: settings.server.api_base.clone(), shared_limits };
+    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log, response_retention, api_base: settings.server.api_base.clone(), shared_limits, batches: None };
     Ok((Gateway::from_parts(parts), feeds))
 }
 

@@ -233,6 +233,7 @@ pub fn head(method: http::Method, path: &str, key: Option<&str>, content_length:
         query,
         authorization: key.map(|k| format!("Bearer {k}").into_bytes()),
         content_length: content_length.map(|n| n as u64),
+        content_type: None,
         explain: false,
         anthropic_beta: None,
         api_key: None,
