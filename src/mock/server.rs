@@ -26,6 +26,9 @@ use super::{anthropic, openai};
 
 /// Both APIs list their models here (in their own shapes).
 const MODELS_PATH: &str = "/v1/models";
+/// `GET` answers `{"requests": N}`, the generation requests counted so far (tests in other
+/// processes count upstream calls with it).
+pub const STATS_PATH: &str = "/_mock/stats";
 /// How long a TLS client may take to complete its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -314,6 +317,11 @@ where
     };
     if request.method == "POST" && request.path() == generation_path {
         shared.count_request();
+    }
+    if request.method == "GET" && request.path() == STATS_PATH {
+        let body = format!("{{\"requests\":{}}}", shared.requests.load(Ordering::Relaxed));
+        conn.write(&http::full_response(200, &[CONTENT_TYPE_JSON], body.as_bytes(), request.keep_alive)).await?;
+        return Ok(Next::KeepAlive);
     }
     shared.record(request);
     if cfg.failure == Failure::Refuse {
