@@ -3,7 +3,7 @@
 //! while traffic flows; listeners and the store location are bound at start, so a reload
 //! that changes them is refused naming the field (a renewed certificate *file* needs no reload:
 //! the TLS listener re-reads its files itself). Other sections (energy feeds, plugins,
-//! health probes, logging, the usage writer's tuning, `server.public_url`) keep their start-up values until the
+//! health probes, logging, the usage writer's tuning, `server.public_url`, `[batch]`) keep their start-up values until the
 //! next start; a reload that changes them is applied and says so.
 
 use super::Settings;
@@ -62,6 +62,9 @@ pub fn restart_required(old: &Settings, new: &Settings) -> Vec<String> {
     }
     if !same(&old.store, &new.store) {
         sections.push("store");
+    }
+    if old.batch != new.batch {
+        sections.push("batch");
     }
     sections.into_iter().map(|s| format!("{s}: changed; takes effect at the next start")).collect()
 }

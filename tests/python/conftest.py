@@ -186,6 +186,28 @@ sha256 = "{digest}"
 """
 
 
+def start_joule(tmp: Path, make_config, env: dict | None = None) -> tuple[subprocess.Popen, int, int]:
+    """Starts `joule serve` with the config `make_config(port, admin)` written to
+    `tmp/joule.toml`, on fresh ports (retried when another process took one); returns the
+    process and its API and admin ports once both serve."""
+    log = tmp / "joule.log"
+    for _ in range(START_ATTEMPTS):
+        port, admin = free_port(), free_port()
+        (tmp / "joule.toml").write_text(make_config(port, admin))
+        with open(log, "w") as log_file:
+            proc = subprocess.Popen(
+                [joule_bin(), "serve", "--config", str(tmp / "joule.toml")],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                env={**os.environ, **(env or {})},
+            )
+        if wait_serving((port, admin), proc, log):
+            return proc, port, admin
+        proc.kill()
+        proc.wait()
+    pytest.fail(f"joule lost its ports on every attempt:\n{log.read_text()}")
+
+
 @pytest.fixture(scope="session")
 def gateway():
     fast, fast_url = start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8")
@@ -195,24 +217,12 @@ def gateway():
     tmp = Path(tempfile.mkdtemp(prefix="joule-py-"))
     procs = [fast, failing, claude_busy, claude]
     try:
-        for _ in range(START_ATTEMPTS):
-            port, admin = free_port(), free_port()
-            (tmp / "joule.toml").write_text(gateway_config(port, admin, fast_url, failing_url, claude_busy_url, claude_url))
-            log = tmp / "joule.log"
-            with open(log, "w") as log_file:
-                proc = subprocess.Popen(
-                    [joule_bin(), "serve", "--config", str(tmp / "joule.toml")],
-                    stdout=subprocess.DEVNULL,
-                    stderr=log_file,
-                    env={**os.environ, "JOULE_PY_ANTHROPIC_KEY": ANTHROPIC_KEY},
-                )
-            procs.append(proc)
-            if wait_serving((port, admin), proc, log):
-                break
-            proc.kill()
-            proc.wait()
-        else:
-            pytest.fail(f"joule lost its ports on every attempt:\n{log.read_text()}")
+        proc, port, _ = start_joule(
+            tmp,
+            lambda port, admin: gateway_config(port, admin, fast_url, failing_url, claude_busy_url, claude_url),
+            {"JOULE_PY_ANTHROPIC_KEY": ANTHROPIC_KEY},
+        )
+        procs.append(proc)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         for p in procs:

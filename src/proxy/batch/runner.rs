@@ -379,7 +379,22 @@ impl LineJob {
         let started = Instant::now();
         // Counted as a request in flight: a graceful shutdown waits for it.
         let _guard = self.gw.enter();
-        let result = self.send().await;
+        let result = if self.line.attempts > self.svc.settings.max_attempts {
+            // Leased this often without a stored result: every instance sending it stopped
+            // (crashed) first. Not sent again.
+            let message = format!("Sent {} times without an answer being stored; not sent again.", self.line.attempts - 1);
+            Some(LineResult {
+                line: self.line.line,
+                ok: false,
+                output: objects::unanswered_line(&self.batch_id, self.line.line, &self.line.custom_id, "too_many_attempts", &message),
+                cost: 0.0,
+                energy_cost: 0.0,
+                site: None,
+                finished_ms: crate::clock::now_ms(),
+            })
+        } else {
+            self.send().await
+        };
         let stored = match result {
             Some(r) => self.svc.store.finish_line(&self.batch_id, &r).await.map(|_| ()),
             // Worth another try later: the line goes back to the queue.
@@ -392,8 +407,8 @@ impl LineJob {
         (self.batch_id, Done { deployment: self.deployment, took: started.elapsed() })
     }
 
-    /// Sends the line; `None` when the failure is worth retrying (no deployment answered, or
-    /// a 429/5xx) and attempts are left.
+    /// Sends the line; `None` when the failure is worth retrying later (a 429 other than a
+    /// spent budget, or a 5xx: no deployment could answer).
     async fn send(&self) -> Option<LineResult> {
         let gw = &self.gw;
         let world = gw.world.load_full();
@@ -431,11 +446,14 @@ impl LineJob {
         }
         crate::proxy::finish::finish(gw, Surface::Api, &rec, "POST", "/v1/batches (line)");
         let status = io.status;
-        let retry = status == 429 || status >= 500;
-        if retry && self.line.attempts < self.svc.settings.max_attempts {
+        let body: serde_json::Value = serde_json::from_slice(&io.body).unwrap_or_else(|_| serde_json::json!({"error": {"message": "unreadable answer", "code": "invalid_answer"}}));
+        // A spent budget is final for the line; other 429s and 5xx say the deployments are
+        // busy or down, not that the line is bad: it waits for another try (the breakers keep
+        // the scheduler off a dead site), and its deadline bounds the waiting.
+        let spent = body["error"]["code"] == "insufficient_quota";
+        if (status == 429 && !spent) || status >= 500 {
             return None;
         }
-        let body: serde_json::Value = serde_json::from_slice(&io.body).unwrap_or_else(|_| serde_json::json!({"error": {"message": "unreadable answer", "code": "invalid_answer"}}));
         let ok = (200..300).contains(&status);
         Some(LineResult {
             line: self.line.line,
