@@ -1,6 +1,7 @@
 //! The store contract, run unchanged against both backends: SQLite (a file in a temporary
 //! directory) and PostgreSQL (a throwaway cluster, see `common::pg`): projects, keys, usage
-//! records, and the price history (directly and as the gateway's history store).
+//! records, the price history (directly and as the gateway's history store), kept responses,
+//! and the batch API's files, batches and line leases.
 
 mod common;
 
@@ -10,6 +11,10 @@ use joule::secret::KeyHash;
 use joule::pricing::history::{Frame, FramePoint, History};
 use joule::store::{
     BudgetPeriod, Cursor, KeptResponse, NewKey, ProjectChanges, Store, StoreError, StoreLocation, UsageFilter, KEY_PREFIX,
+};
+use joule::batch::{
+    BatchRecord, BatchStatus, BatchStore, BatchStoreError, FileObject, FinishedLine, LeasedLine, LineCounts, LineResult, NewLine, Transition, PURPOSE_BATCH,
+    PURPOSE_OUTPUT,
 };
 use joule::usage::UsageRecord;
 
@@ -424,6 +429,278 @@ async fn responses_suite(store: Store, reopen: impl Fn() -> Store) {
     assert_eq!(store.response("resp_a", "project:p1", 5_000).await.unwrap(), None);
 }
 
+fn file_object(id: &str, owner: &str, purpose: &str, created_ms: i64) -> FileObject {
+    FileObject { id: id.into(), owner: owner.into(), purpose: purpose.into(), filename: format!("{id}.jsonl"), bytes: 42, created_ms, lines: 3 }
+}
+
+fn batch_record(id: &str, owner: &str, created_ms: i64) -> BatchRecord {
+    BatchRecord {
+        id: id.into(),
+        owner: owner.into(),
+        project_id: owner.strip_prefix("project:").map(str::to_string),
+        key_id: "key_1".into(),
+        model: "llama-3.1-8b-instruct@price".into(),
+        input_file_id: "file-in".into(),
+        endpoint: "/v1/chat/completions".into(),
+        window_s: 86_400,
+        metadata: Some(r#"{"run":"nightly","q":"it's"}"#.into()),
+        status: BatchStatus::Validating,
+        created_ms,
+        expires_ms: created_ms + 86_400_000,
+        in_progress_ms: None,
+        finalizing_ms: None,
+        completed_ms: None,
+        failed_ms: None,
+        expired_ms: None,
+        cancelling_ms: None,
+        cancelled_ms: None,
+        output_file_id: None,
+        error_file_id: None,
+        errors: None,
+        planned_start_ms: Some(created_ms + 3_600_000),
+        estimate_at_submission: 1.25,
+        est_input_tokens: 1000.0,
+        est_output_tokens: 2500.5,
+        counts: LineCounts::default(),
+        cost: 0.0,
+        energy_cost: 0.0,
+        sites: Vec::new(),
+    }
+}
+
+fn new_lines(n: i64) -> Vec<NewLine> {
+    (1..=n).map(|i| NewLine { line: i, custom_id: format!("req-{i}"), body: format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hé {i} 'q'"}}]}}"#) }).collect()
+}
+
+fn result(line: i64, ok: bool, cost: f64, energy_cost: f64, site: Option<&str>) -> LineResult {
+    LineResult { line, ok, output: format!(r#"{{"custom_id":"req-{line}","ok":{ok}}}"#), cost, energy_cost, site: site.map(str::to_string), finished_ms: 1_000 + line }
+}
+
+fn ids<T>(v: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+    v.iter().map(|x| id(x).to_string()).collect()
+}
+
+fn line_numbers(v: &[LeasedLine]) -> Vec<i64> {
+    v.iter().map(|l| l.line).collect()
+}
+
+/// The batch API's files, batches and lines ([`BatchStore`] for `Store`): owner isolation,
+/// pagination, line leases and their expiry, results stored once, counts and sums read from
+/// the lines, guarded status changes; on PostgreSQL, instances leasing at once never share a
+/// line.
+async fn batch_suite(store: Store) {
+    let (p1, p2) = ("project:p1", "key:k2");
+
+    // --- files
+    let content = "{\"custom_id\":\"a\",\"body\":\"hé 'x'\"}\n{\"custom_id\":\"b\"}\n".to_string();
+    let fa = file_object("file-a", p1, PURPOSE_BATCH, 1_000);
+    let fb = file_object("file-b", p1, PURPOSE_BATCH, 2_000);
+    let fc = file_object("file-c", p1, PURPOSE_OUTPUT, 2_000); // same time as file-b: ordered by id
+    let fd = file_object("file-d", p2, PURPOSE_BATCH, 1_500);
+    for f in [&fa, &fb, &fc, &fd] {
+        store.insert_file(f, format!("{}:{content}", f.id)).await.unwrap();
+    }
+    assert!(matches!(store.insert_file(&fa, String::new()).await, Err(BatchStoreError::Backend(_))), "duplicate id");
+    assert_eq!(store.file(p1, "file-a").await.unwrap(), Some(fa.clone()), "every field round-trips");
+    assert_eq!(store.file(p2, "file-a").await.unwrap(), None, "another owner's file");
+    assert_eq!(store.file_content(p1, "file-a").await.unwrap(), Some(format!("file-a:{content}")));
+    assert_eq!(store.file_content(p2, "file-a").await.unwrap(), None);
+    assert_eq!(store.file_content(p1, "file-none").await.unwrap(), None);
+
+    let list = |purpose: Option<&'static str>, after: Option<&'static str>, limit: u32, asc: bool| {
+        let s = store.clone();
+        async move { ids(&s.files(p1, purpose, after, limit, asc).await.unwrap(), |f| &f.id) }
+    };
+    assert_eq!(list(None, None, 10, false).await, ["file-c", "file-b", "file-a"], "newest first, ties by id");
+    assert_eq!(list(None, None, 10, true).await, ["file-a", "file-b", "file-c"]);
+    assert_eq!(list(None, None, 2, false).await, ["file-c", "file-b"]);
+    assert_eq!(list(None, Some("file-c"), 10, false).await, ["file-b", "file-a"], "strictly after, across equal times");
+    assert_eq!(list(None, Some("file-b"), 1, false).await, ["file-a"]);
+    assert_eq!(list(None, Some("file-a"), 10, true).await, ["file-b", "file-c"]);
+    assert_eq!(list(None, Some("file-c"), 10, true).await, Vec::<String>::new());
+    assert_eq!(list(None, Some("file-none"), 10, false).await, Vec::<String>::new(), "unknown `after`");
+    assert_eq!(list(None, Some("file-d"), 10, false).await, Vec::<String>::new(), "another owner's file as `after`");
+    assert_eq!(list(Some(PURPOSE_BATCH), None, 10, false).await, ["file-b", "file-a"]);
+    assert_eq!(list(Some(PURPOSE_OUTPUT), None, 10, false).await, ["file-c"]);
+    assert_eq!(list(Some(PURPOSE_BATCH), Some("file-c"), 10, false).await, ["file-b", "file-a"]);
+    // Pages of one cover the owner's files exactly once.
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let after = seen.last().cloned();
+        let page = store.files(p1, None, after.as_deref(), 1, false).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(ids(&page, |f| &f.id));
+    }
+    assert_eq!(seen, ["file-c", "file-b", "file-a"]);
+    assert_eq!(store.files(p2, None, None, 10, false).await.unwrap(), vec![fd.clone()], "isolation");
+
+    assert!(!store.delete_file(p2, "file-a").await.unwrap(), "not theirs to delete");
+    assert!(store.file(p1, "file-a").await.unwrap().is_some());
+    assert!(store.delete_file(p1, "file-a").await.unwrap());
+    assert!(!store.delete_file(p1, "file-a").await.unwrap());
+    assert_eq!(store.file(p1, "file-a").await.unwrap(), None);
+    assert_eq!(store.file_content(p1, "file-a").await.unwrap(), None);
+
+    // --- batches
+    let b1 = batch_record("batch_1", p1, 1_000);
+    let b2 = batch_record("batch_2", p1, 2_000);
+    let b3 = batch_record("batch_3", p2, 1_500);
+    store.insert_batch(&b1, &new_lines(4)).await.unwrap();
+    store.insert_batch(&b2, &new_lines(3)).await.unwrap();
+    store.insert_batch(&b3, &new_lines(5)).await.unwrap();
+    assert!(matches!(store.insert_batch(&b1, &new_lines(1)).await, Err(BatchStoreError::Backend(_))), "duplicate id");
+    let got = store.batch(Some(p1), "batch_1").await.unwrap().expect("stored");
+    let counts = |total, completed, failed, in_flight| LineCounts { total, completed, failed, in_flight };
+    assert_eq!(got, BatchRecord { counts: counts(4, 0, 0, 0), ..b1.clone() }, "every field round-trips");
+    assert_eq!(store.batch(Some(p2), "batch_1").await.unwrap(), None, "another owner's batch");
+    assert_eq!(store.batch(None, "batch_1").await.unwrap().map(|b| b.id), Some("batch_1".to_string()), "the scheduler reads any");
+    assert_eq!(store.batch(None, "batch_none").await.unwrap(), None);
+    let blist = |after: Option<&'static str>, limit: u32| {
+        let s = store.clone();
+        async move { ids(&s.batches(p1, after, limit).await.unwrap(), |b| &b.id) }
+    };
+    assert_eq!(blist(None, 10).await, ["batch_2", "batch_1"]);
+    assert_eq!(blist(None, 1).await, ["batch_2"]);
+    assert_eq!(blist(Some("batch_2"), 10).await, ["batch_1"]);
+    assert_eq!(blist(Some("batch_1"), 10).await, Vec::<String>::new());
+    assert_eq!(blist(Some("batch_3"), 10).await, Vec::<String>::new(), "another owner's batch as `after`");
+    assert_eq!(blist(Some("batch_none"), 10).await, Vec::<String>::new());
+    assert_eq!(ids(&store.batches(p2, None, 10).await.unwrap(), |b| &b.id), ["batch_3"]);
+    let listed = store.batches(p1, None, 10).await.unwrap();
+    assert_eq!((listed[0].counts, listed[1].counts), (counts(3, 0, 0, 0), counts(4, 0, 0, 0)), "counts on every listed batch");
+
+    // --- leases (wall-clock ms)
+    let now = joule::clock::now_ms();
+    let until = now + 60_000;
+    let a = store.lease_lines("batch_1", 2, "gw-a", now, until).await.unwrap();
+    assert_eq!(a, vec![
+        LeasedLine { line: 1, custom_id: "req-1".into(), body: new_lines(1)[0].body.clone(), attempts: 1 },
+        LeasedLine { line: 2, custom_id: "req-2".into(), body: new_lines(2)[1].body.clone(), attempts: 1 },
+    ]);
+    let b = store.lease_lines("batch_1", 3, "gw-b", now, until).await.unwrap();
+    assert_eq!(line_numbers(&b), [3, 4], "lowest first, never a line leased by another");
+    assert!(store.lease_lines("batch_1", 3, "gw-c", now + 1, until).await.unwrap().is_empty(), "every lease holds");
+    assert!(store.lease_lines("batch_1", 0, "gw-c", now, until).await.unwrap().is_empty());
+    assert_eq!(store.batch(None, "batch_1").await.unwrap().unwrap().counts, counts(4, 0, 0, 4));
+    assert_eq!(store.batch(None, "batch_2").await.unwrap().unwrap().counts, counts(3, 0, 0, 0), "other batches untouched");
+
+    // Given back: pending again, the attempt not counted; only the holder can give a line back.
+    store.release_lines("batch_1", &[2], "gw-a").await.unwrap();
+    store.release_lines("batch_1", &[3], "gw-a").await.unwrap();
+    store.release_lines("batch_1", &[], "gw-a").await.unwrap();
+    assert_eq!(store.batch(None, "batch_1").await.unwrap().unwrap().counts, counts(4, 0, 0, 3));
+    let unfinished: Vec<(i64, String)> = (1..=4).map(|i| (i, format!("req-{i}"))).collect();
+    assert_eq!(store.unfinished_lines("batch_1").await.unwrap(), unfinished, "leased and pending lines are unfinished");
+    let c = store.lease_lines("batch_1", 5, "gw-c", now, until).await.unwrap();
+    assert_eq!((line_numbers(&c), c[0].attempts), (vec![2], 1), "the released line, its attempt not counted");
+
+    // gw-a renews its lease past `until`; the others' run out: at `until + 1` another instance
+    // takes their lines again, the attempt counted, and not gw-a's.
+    store.renew_leases("gw-a", until + 120_000).await.unwrap();
+    let d = store.lease_lines("batch_1", 10, "gw-d", until + 1, until + 60_000).await.unwrap();
+    assert_eq!(line_numbers(&d), [2, 3, 4]);
+    assert!(d.iter().all(|l| l.attempts == 2), "{d:?}");
+    assert!(store.lease_lines("batch_1", 10, "gw-e", until + 60_001, until + 120_000).await.unwrap().iter().all(|l| l.line != 1), "a renewed lease holds");
+
+    // --- results: stored once; counts and sums come from the lines
+    assert!(store.finish_line("batch_1", &result(1, true, 0.5, 0.2, Some("dc-b"))).await.unwrap());
+    assert!(!store.finish_line("batch_1", &result(1, false, 9.0, 9.0, Some("dc-x"))).await.unwrap(), "finished already");
+    assert!(store.finish_line("batch_1", &result(2, false, 0.25, 0.1, Some("dc-a"))).await.unwrap());
+    assert!(store.finish_line("batch_1", &result(3, true, 0.25, 0.0, None)).await.unwrap());
+    assert!(store.finish_line("batch_1", &result(3, true, 0.25, 0.0, Some("dc-b"))).await.is_ok_and(|x| !x));
+    let got = store.batch(Some(p1), "batch_1").await.unwrap().unwrap();
+    // Line 4 is leased by gw-e until far after the wall clock: in flight.
+    assert_eq!(got.counts, counts(4, 2, 1, 1));
+    assert_eq!(got.counts.unfinished(), 1);
+    assert!((got.cost - 1.0).abs() < 1e-12 && (got.energy_cost - 0.3).abs() < 1e-12, "{got:?}");
+    assert_eq!(got.sites, ["dc-a", "dc-b"], "distinct, sorted, finished lines only");
+    let finished = store.finished_lines("batch_1").await.unwrap();
+    assert_eq!(finished, vec![
+        FinishedLine { line: 1, custom_id: "req-1".into(), ok: true, output: result(1, true, 0.0, 0.0, None).output },
+        FinishedLine { line: 2, custom_id: "req-2".into(), ok: false, output: result(2, false, 0.0, 0.0, None).output },
+        FinishedLine { line: 3, custom_id: "req-3".into(), ok: true, output: result(3, true, 0.0, 0.0, None).output },
+    ], "the first result kept");
+    assert_eq!(store.unfinished_lines("batch_1").await.unwrap(), vec![(4, "req-4".to_string())]);
+    assert!(store.lease_lines("batch_1", 10, "gw-f", i64::MAX, i64::MAX).await.unwrap().iter().all(|l| l.line == 4), "finished lines are never leased");
+    assert_eq!(store.batch(None, "batch_3").await.unwrap().unwrap().counts, counts(5, 0, 0, 0));
+    assert!(store.finished_lines("batch_3").await.unwrap().is_empty());
+    // A lease ran out (the wall clock is past it): leased, but not in flight.
+    store.lease_lines("batch_3", 1, "gw-a", now, now - 1).await.unwrap();
+    assert_eq!(store.batch(None, "batch_3").await.unwrap().unwrap().counts, counts(5, 0, 0, 0));
+
+    // --- status changes: only from the expected statuses
+    let moved = |id: &'static str, from: &'static [BatchStatus], to: BatchStatus, at: i64, change: Transition| {
+        let s = store.clone();
+        async move { s.transition(id, from, to, at, &change).await.unwrap() }
+    };
+    assert!(!moved("batch_1", &[BatchStatus::InProgress], BatchStatus::Completed, 5_000, Transition { output_file_id: Some("file-o".into()), ..Transition::default() }).await);
+    let still = store.batch(None, "batch_1").await.unwrap().unwrap();
+    assert_eq!((still.status, still.completed_ms, still.output_file_id), (BatchStatus::Validating, None, None), "nothing changed");
+    assert!(!moved("batch_1", &[], BatchStatus::InProgress, 3_000, Transition::default()).await);
+    assert!(moved("batch_1", &[BatchStatus::Validating], BatchStatus::InProgress, 3_000, Transition::default()).await);
+    assert!(!moved("batch_1", &[BatchStatus::Validating], BatchStatus::InProgress, 3_001, Transition::default()).await, "moved first by another");
+    assert!(!moved("batch_none", &[BatchStatus::InProgress], BatchStatus::Finalizing, 4_000, Transition::default()).await);
+    assert!(moved("batch_1", &[BatchStatus::InProgress, BatchStatus::Cancelling], BatchStatus::Finalizing, 4_000, Transition::default()).await);
+    let change = Transition { output_file_id: Some("file-out".into()), error_file_id: Some("file-err".into()), errors: None };
+    assert!(moved("batch_1", &[BatchStatus::Finalizing], BatchStatus::Completed, 5_000, change).await);
+    let done = store.batch(Some(p1), "batch_1").await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.in_progress_ms, done.finalizing_ms, done.completed_ms, done.output_file_id.as_deref(), done.error_file_id.as_deref(), done.errors.as_deref()),
+        (BatchStatus::Completed, Some(3_000), Some(4_000), Some(5_000), Some("file-out"), Some("file-err"), None)
+    );
+    assert_eq!((done.created_ms, done.failed_ms, done.counts), (1_000, None, counts(4, 2, 1, 1)), "the rest unchanged");
+    let errors = r#"{"object":"list","data":[{"code":"invalid_json","line":2}]}"#;
+    assert!(moved("batch_3", &[BatchStatus::Validating], BatchStatus::Failed, 1_600, Transition { errors: Some(errors.into()), ..Transition::default() }).await);
+    let failed = store.batch(None, "batch_3").await.unwrap().unwrap();
+    assert_eq!((failed.status, failed.failed_ms, failed.errors.as_deref(), failed.output_file_id), (BatchStatus::Failed, Some(1_600), Some(errors), None));
+
+    store.set_planned_start("batch_2", Some(7_200_000)).await.unwrap();
+    assert_eq!(store.batch(None, "batch_2").await.unwrap().unwrap().planned_start_ms, Some(7_200_000));
+    store.set_planned_start("batch_2", None).await.unwrap();
+    assert_eq!(store.batch(None, "batch_2").await.unwrap().unwrap().planned_start_ms, None);
+
+    // The scheduler's work list: not terminal, oldest first, any owner.
+    let b4 = BatchRecord { status: BatchStatus::Cancelling, cancelling_ms: Some(600), ..batch_record("batch_4", p2, 500) };
+    store.insert_batch(&b4, &[]).await.unwrap();
+    let b5 = BatchRecord { status: BatchStatus::Expired, ..batch_record("batch_5", p1, 400) };
+    store.insert_batch(&b5, &new_lines(1)).await.unwrap();
+    assert!(moved("batch_2", &[BatchStatus::Validating], BatchStatus::InProgress, 3_000, Transition::default()).await);
+    let active = store.active_batches().await.unwrap();
+    assert_eq!(ids(&active, |b| &b.id), ["batch_4", "batch_2"]);
+    assert_eq!((active[0].counts, active[1].counts), (counts(0, 0, 0, 0), counts(3, 0, 0, 0)));
+    assert_eq!(store.batch(None, "batch_4").await.unwrap().unwrap(), b4, "a batch without lines");
+
+    // Instances leasing at once (PostgreSQL: connections in parallel) never share a line.
+    if store.kind() == "postgres" {
+        for round in 0..3 {
+            let id = format!("batch_conc_{round}");
+            store.insert_batch(&batch_record(&id, p1, 10_000 + round), &new_lines(20)).await.unwrap();
+            let leases = (0..4).map(|i| {
+                let (s, id) = (store.clone(), id.clone());
+                async move { s.lease_lines(&id, 5, &format!("gw-{i}"), now, until).await.unwrap() }
+            });
+            let got = futures_util::future::join_all(leases).await;
+            let mut all: Vec<i64> = got.iter().flat_map(|v| line_numbers(v)).collect();
+            all.sort_unstable();
+            assert_eq!(all, (1..=20).collect::<Vec<_>>(), "round {round}: {got:?}");
+            assert_eq!(store.batch(None, &id).await.unwrap().unwrap().counts, counts(20, 0, 0, 20));
+        }
+    }
+
+    // A large batch: 50 000 lines of about 100 bytes in one insert.
+    let big: Vec<NewLine> = (1..=50_000)
+        .map(|i| NewLine { line: i, custom_id: format!("req-{i}"), body: format!(r#"{{"model":"m","messages":[{{"role":"user","content":"line {i:08} of the big batch, padded"}}]}}"#) })
+        .collect();
+    assert!(big[0].body.len() >= 90);
+    store.insert_batch(&batch_record("batch_big", p2, 20_000), &big).await.unwrap();
+    let got = store.batch(Some(p2), "batch_big").await.unwrap().unwrap();
+    assert_eq!(got.counts, counts(50_000, 0, 0, 0));
+    assert_eq!(line_numbers(&store.lease_lines("batch_big", 3, "gw-a", now, until).await.unwrap()), [1, 2, 3]);
+    assert_eq!(store.unfinished_lines("batch_big").await.unwrap().len(), 50_000);
+}
+
 /// Opens `loc` from a thread outside any runtime (opening blocks until migrated).
 fn reopen(loc: &StoreLocation) -> Store {
     let loc = loc.clone();
@@ -440,6 +717,7 @@ fn contract(store: &Store, loc: &StoreLocation) {
     store.wait(extreme_suite(store.clone()));
     let l = loc.clone();
     store.wait(responses_suite(store.clone(), move || reopen(&l)));
+    store.wait(batch_suite(store.clone()));
 }
 
 #[test]

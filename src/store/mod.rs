@@ -1,6 +1,6 @@
-//! Durable state behind one interface: projects, API keys (hashed), usage records and the
-//! price history, in SQLite (embedded default) or PostgreSQL (several gateway instances
-//! sharing state).
+//! Durable state behind one interface: projects, API keys (hashed), usage records, the
+//! price history, kept responses and batches, in SQLite (embedded default) or PostgreSQL
+//! (several gateway instances sharing state).
 //!
 //! [`Store`] owns a dedicated tokio runtime on its own thread (`joule-store`): every
 //! operation runs there — SQLite calls on that runtime's blocking pool, PostgreSQL over pooled
@@ -15,7 +15,11 @@
 //!
 //! Every write is one transaction: a refused request (duplicate name, unknown project, …)
 //! leaves nothing behind. All values reach SQL as bound parameters, never as SQL text.
+//!
+//! The batch API's files, batches and per-line state (with row leases, so several instances
+//! share a batch's work) are [`crate::batch::BatchStore`] for [`Store`], in `batch.rs`.
 
+mod batch;
 mod history;
 pub mod postgres;
 mod rows;
@@ -229,6 +233,27 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn response(&self, id: &str, owner: &str, now_ms: i64) -> Result<Option<(String, String)>, StoreError>;
     /// Deletes a kept response of the owner; whether there was one.
     async fn delete_response(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Stores a batch file and its content.
+    async fn insert_file(&self, f: crate::batch::FileObject, content: String) -> Result<(), StoreError>;
+    /// Files' metadata by a query of [`batch`] (`SELECT {FILE_COLS} FROM batch_files …`).
+    async fn files(&self, sql: String, ps: Vec<rows::Param>) -> Result<Vec<crate::batch::FileObject>, StoreError>;
+    /// A file's content, for its owner.
+    async fn file_content(&self, owner: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// Stores a batch and its lines (pending) in one transaction.
+    async fn insert_batch(&self, b: crate::batch::BatchRecord, lines: Vec<crate::batch::NewLine>) -> Result<(), StoreError>;
+    /// Batches with their line totals and sites: the three reads in one read transaction.
+    async fn batches(&self, reads: batch::BatchReads) -> Result<Vec<crate::batch::BatchRecord>, StoreError>;
+    /// Runs one `UPDATE` or `DELETE` on the batch tables (SQL from [`schema`] or [`batch`],
+    /// values bound); the number of rows changed.
+    async fn update(&self, sql: String, ps: Vec<rows::Param>) -> Result<u64, StoreError>;
+    /// Leases up to `n` lines (see [`crate::batch::BatchStore::lease_lines`]), in any order.
+    async fn lease_lines(&self, batch_id: &str, n: u32, instance: &str, now_ms: i64, until_ms: i64) -> Result<Vec<crate::batch::LeasedLine>, StoreError>;
+    /// Gives lines leased by `instance` back, in one transaction.
+    async fn release_lines(&self, batch_id: &str, lines: &[i64], instance: &str) -> Result<(), StoreError>;
+    /// A batch's finished lines, in line order.
+    async fn finished_lines(&self, batch_id: &str) -> Result<Vec<crate::batch::FinishedLine>, StoreError>;
+    /// A batch's unfinished lines' numbers and custom ids, in line order.
+    async fn unfinished_lines(&self, batch_id: &str) -> Result<Vec<(i64, String)>, StoreError>;
     /// A stream of change notifications from other instances, if the backend has one.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>>;
 }

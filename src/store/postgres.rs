@@ -11,9 +11,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
 
+use super::batch::{self, BatchReads};
 use super::rows::{self, Param, RowLike};
 use super::schema;
 use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageBucket, UsageFilter, UsageSummary};
+use crate::batch::{BatchRecord, FileObject, FinishedLine, LeasedLine, NewLine};
 use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
@@ -443,6 +445,121 @@ impl Backend for PgStore {
         let r = exec(&c, schema::DELETE_RESPONSE, &[id.into(), owner.into(), now_ms.into()]).await;
         self.put(c);
         r.map(|n| n > 0)
+    }
+
+    async fn insert_file(&self, f: FileObject, content: String) -> Result<(), StoreError> {
+        let ps = batch::file_params(&f, content);
+        let c = self.conn().await?;
+        let r = exec(&c, schema::INSERT_FILE, &ps).await;
+        self.put(c);
+        r.map(|_| ())
+    }
+
+    async fn files(&self, sql: String, ps: Vec<Param>) -> Result<Vec<FileObject>, StoreError> {
+        let c = self.conn().await?;
+        let r = query(&c, &sql, &ps, batch::file).await;
+        self.put(c);
+        r
+    }
+
+    async fn file_content(&self, owner: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let c = self.conn().await?;
+        let r = query(&c, schema::FILE_CONTENT, &[owner.into(), id.into()], |r| r.text(0)).await;
+        self.put(c);
+        Ok(r?.pop().flatten())
+    }
+
+    async fn insert_batch(&self, b: BatchRecord, lines: Vec<NewLine>) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let r = async {
+            let tx = c.transaction().await.map_err(err)?;
+            exec(&tx, schema::INSERT_BATCH, &batch::batch_params(&b)).await?;
+            for chunk in lines.chunks(schema::LINE_ROWS_PER_INSERT) {
+                exec(&tx, &schema::insert_lines_sql(chunk.len()), &batch::line_params(&b.id, chunk)).await?;
+            }
+            tx.commit().await.map_err(err)
+        }
+        .await;
+        self.put(c);
+        r
+    }
+
+    async fn batches(&self, reads: BatchReads) -> Result<Vec<BatchRecord>, StoreError> {
+        let mut c = self.conn().await?;
+        let r = async {
+            // The rows and their lines from one snapshot.
+            let tx = c.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await.map_err(err)?;
+            let rows = query(&tx, &reads.rows.0, &reads.rows.1, batch::batch).await?;
+            if rows.is_empty() {
+                return Ok(rows);
+            }
+            let totals = query(&tx, &reads.totals.0, &reads.totals.1, batch::line_totals).await?;
+            let sites = query(&tx, &reads.sites.0, &reads.sites.1, batch::line_site).await?;
+            tx.commit().await.map_err(err)?;
+            Ok(batch::assemble(rows, totals, sites))
+        }
+        .await;
+        self.put(c);
+        r
+    }
+
+    async fn update(&self, sql: String, ps: Vec<Param>) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        let r = exec(&c, &sql, &ps).await;
+        self.put(c);
+        r
+    }
+
+    async fn lease_lines(&self, batch_id: &str, n: u32, instance: &str, now_ms: i64, until_ms: i64) -> Result<Vec<LeasedLine>, StoreError> {
+        let mut c = self.conn().await?;
+        let r = async {
+            // The lines are chosen and locked with `FOR UPDATE SKIP LOCKED`, so instances
+            // leasing at once take disjoint lines, then leased in the same transaction.
+            let tx = c.transaction().await.map_err(err)?;
+            let ps = [batch_id.into(), i64::from(n).into(), now_ms.into()];
+            let picked = query(&tx, schema::PICK_LINES_PG, &ps, |r| r.int(0)?.ok_or_else(|| StoreError::Backend("NULL line".into()))).await?;
+            let mut leased = Vec::with_capacity(picked.len());
+            for chunk in picked.chunks(schema::LINES_PER_STATEMENT) {
+                let mut ps: Vec<Param> = vec![batch_id.into(), instance.into(), until_ms.into()];
+                ps.extend(chunk.iter().map(|&l| Param::from(l)));
+                leased.extend(query(&tx, &schema::lease_picked_sql(chunk.len()), &ps, batch::leased).await?);
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(leased)
+        }
+        .await;
+        self.put(c);
+        r
+    }
+
+    async fn release_lines(&self, batch_id: &str, lines: &[i64], instance: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let r = async {
+            let tx = c.transaction().await.map_err(err)?;
+            for chunk in lines.chunks(schema::LINES_PER_STATEMENT) {
+                let mut ps: Vec<Param> = vec![batch_id.into(), instance.into()];
+                ps.extend(chunk.iter().map(|&l| Param::from(l)));
+                exec(&tx, &schema::release_lines_sql(chunk.len()), &ps).await?;
+            }
+            tx.commit().await.map_err(err)
+        }
+        .await;
+        self.put(c);
+        r
+    }
+
+    async fn finished_lines(&self, batch_id: &str) -> Result<Vec<FinishedLine>, StoreError> {
+        let c = self.conn().await?;
+        let r = query(&c, schema::FINISHED_LINES, &[batch_id.into()], batch::finished).await;
+        self.put(c);
+        r
+    }
+
+    async fn unfinished_lines(&self, batch_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let c = self.conn().await?;
+        let r = query(&c, schema::UNFINISHED_LINES, &[batch_id.into()], batch::unfinished).await;
+        self.put(c);
+        r
     }
 
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {

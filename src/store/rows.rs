@@ -79,10 +79,10 @@ fn missing(i: usize) -> StoreError {
     StoreError::Backend(format!("unexpected NULL in column {i}"))
 }
 
-fn req_int(r: &dyn RowLike, i: usize) -> Result<i64, StoreError> {
+pub(super) fn req_int(r: &dyn RowLike, i: usize) -> Result<i64, StoreError> {
     r.int(i)?.ok_or_else(|| missing(i))
 }
-fn req_text(r: &dyn RowLike, i: usize) -> Result<String, StoreError> {
+pub(super) fn req_text(r: &dyn RowLike, i: usize) -> Result<String, StoreError> {
     r.text(i)?.ok_or_else(|| missing(i))
 }
 fn opt_u32(r: &dyn RowLike, i: usize) -> Result<Option<u32>, StoreError> {

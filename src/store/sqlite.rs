@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
+use super::batch::{self, BatchReads};
 use super::rows::{self, Param, RowLike};
 use super::schema::{self, sqlite_sql as q};
 use super::{ApiKey, Backend, Directory, KeptResponse, Project, ProjectChanges, StoreError, UsageBucket, UsageFilter, UsageSummary};
+use crate::batch::{BatchRecord, FileObject, FinishedLine, LeasedLine, NewLine};
 use crate::pricing::history::Frame;
 use crate::usage::UsageRecord;
 
@@ -369,6 +371,81 @@ impl Backend for SqliteStore {
     async fn delete_response(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
         let ps = [id.into(), owner.into(), now_ms.into()];
         self.write(move |c| exec(c, schema::DELETE_RESPONSE, &ps).map(|n| n > 0)).await
+    }
+
+    async fn insert_file(&self, f: FileObject, content: String) -> Result<(), StoreError> {
+        let ps = batch::file_params(&f, content);
+        self.write(move |c| exec(c, schema::INSERT_FILE, &ps).map(|_| ())).await
+    }
+
+    async fn files(&self, sql: String, ps: Vec<Param>) -> Result<Vec<FileObject>, StoreError> {
+        self.with(move |c| query(c, &sql, &ps, batch::file)).await
+    }
+
+    async fn file_content(&self, owner: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let ps = [owner.into(), id.into()];
+        self.with(move |c| Ok(query(c, schema::FILE_CONTENT, &ps, |r| r.text(0))?.pop().flatten())).await
+    }
+
+    async fn insert_batch(&self, b: BatchRecord, lines: Vec<NewLine>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            exec(c, schema::INSERT_BATCH, &batch::batch_params(&b))?;
+            for chunk in lines.chunks(schema::LINE_ROWS_PER_INSERT) {
+                exec(c, &schema::insert_lines_sql(chunk.len()), &batch::line_params(&b.id, chunk))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn batches(&self, reads: BatchReads) -> Result<Vec<BatchRecord>, StoreError> {
+        self.with(move |c| {
+            // A read transaction: the rows and their lines from one snapshot.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred).map_err(err)?;
+            let rows = query(&tx, &reads.rows.0, &reads.rows.1, batch::batch)?;
+            if rows.is_empty() {
+                return Ok(rows);
+            }
+            let totals = query(&tx, &reads.totals.0, &reads.totals.1, batch::line_totals)?;
+            let sites = query(&tx, &reads.sites.0, &reads.sites.1, batch::line_site)?;
+            tx.commit().map_err(err)?;
+            Ok(batch::assemble(rows, totals, sites))
+        })
+        .await
+    }
+
+    async fn update(&self, sql: String, ps: Vec<Param>) -> Result<u64, StoreError> {
+        self.write(move |c| exec(c, &sql, &ps).map(|n| n as u64)).await
+    }
+
+    async fn lease_lines(&self, batch_id: &str, n: u32, instance: &str, now_ms: i64, until_ms: i64) -> Result<Vec<LeasedLine>, StoreError> {
+        let ps = [batch_id.into(), i64::from(n).into(), now_ms.into(), instance.into(), until_ms.into()];
+        // The immediate transaction holds SQLite's write lock: no other writer runs between
+        // choosing the lines and leasing them.
+        self.write(move |c| query(c, schema::LEASE_LINES_SQLITE, &ps, batch::leased)).await
+    }
+
+    async fn release_lines(&self, batch_id: &str, lines: &[i64], instance: &str) -> Result<(), StoreError> {
+        let (id, lines, instance) = (batch_id.to_string(), lines.to_vec(), instance.to_string());
+        self.write(move |c| {
+            for chunk in lines.chunks(schema::LINES_PER_STATEMENT) {
+                let mut ps: Vec<Param> = vec![id.as_str().into(), instance.as_str().into()];
+                ps.extend(chunk.iter().map(|&l| Param::from(l)));
+                exec(c, &schema::release_lines_sql(chunk.len()), &ps)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finished_lines(&self, batch_id: &str) -> Result<Vec<FinishedLine>, StoreError> {
+        let ps = [batch_id.into()];
+        self.with(move |c| query(c, schema::FINISHED_LINES, &ps, batch::finished)).await
+    }
+
+    async fn unfinished_lines(&self, batch_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let ps = [batch_id.into()];
+        self.with(move |c| query(c, schema::UNFINISHED_LINES, &ps, batch::unfinished)).await
     }
 
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
