@@ -35,12 +35,18 @@ fn trace() -> String {
     s
 }
 
-/// The catalog, the store at `db`, the replay of [`trace`] and `batch` lines for `[batch]`.
+/// The catalog, an SQLite store in `dir`, the replay of [`trace`] and `batch` lines for
+/// `[batch]`.
 fn config(dir: &std::path::Path, cheap: &MockServer, dear: &MockServer, batch: &str) -> String {
+    let store = format!("[store]\npath = \"{}\"\n\n", dir.join("joule.db").display());
+    config_with(dir, &store, cheap, dear, batch)
+}
+
+fn config_with(dir: &std::path::Path, store: &str, cheap: &MockServer, dear: &MockServer, batch: &str) -> String {
     let trace_path = dir.join("trace.csv");
     std::fs::write(&trace_path, trace()).unwrap();
     let mut s = format!("[admin]\ntoken_sha256 = \"{}\"\n\n", KeyHash::of(ADMIN).to_hex());
-    s += &format!("[store]\npath = \"{}\"\n\n", dir.join("joule.db").display());
+    s += store;
     s += &format!("[energy.replay]\nfiles = [\"{}\"]\nspeed = {SPEED}\nstart = \"2d\"\n\n", trace_path.display());
     s += &format!("[batch]\ntick_ms = 100\nlease_ms = 1500\n{batch}\n\n");
     for (dc, node) in [("cheap", "TEST/Cheap"), ("dear", "TEST/Dear")] {
@@ -379,4 +385,32 @@ async fn a_restart_mid_batch_loses_nothing_and_resends_at_most_the_lines_in_flig
     // per deployment).
     let sent = cheap.requests() + dear.requests();
     assert!(sent >= 30 && sent <= 30 + 6, "{sent} upstream calls ({sent_before} before the kill)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgresql_share_a_batch_and_send_each_line_once() {
+    let pg = common::pg::PgCluster::start();
+    let slow = MockConfig { ttft_ms: 100, ..MockConfig::default() };
+    let (cheap, dear) = (mock(slow.clone()).await, mock(slow).await);
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("[store]\nbackend = \"postgres\"\nurl = \"{}\"\n\n", pg.url());
+    let cfg = config_with(dir.path(), &store, &cheap, &dear, "concurrency = 2");
+    let (a, b) = (Gateway::start(&cfg).await, Gateway::start(&cfg).await);
+    let c = client();
+    let (_, file) = upload(&a, &c, KEY, "q.jsonl", &jsonl(40)).await;
+    // Created on one instance, visible on the other.
+    let (s, batch) = create(&b, &c, KEY, file["id"].as_str().unwrap(), "1h").await;
+    assert_eq!(s, 200, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_string();
+    let done = wait_batch(&a, &c, KEY, &id, Duration::from_secs(60), terminal).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"], json!({"total": 40, "completed": 40, "failed": 0}));
+    // Each line sent once, by one instance or the other; both took part.
+    assert_eq!(cheap.requests() + dear.requests(), 40);
+    let lines = |gw: &Gateway| gw.logs().matches("/v1/batches (line)").count();
+    let (na, nb) = (lines(&a), lines(&b));
+    assert_eq!(na + nb, 40, "{na} + {nb}");
+    assert!(na > 0 && nb > 0, "both instances ran lines: {na} and {nb}");
+    let out = content(&b, &c, KEY, &done["output_file_id"]).await;
+    assert_eq!(out.len(), 40);
 }

@@ -130,6 +130,20 @@ impl BackgroundService for SharedSync {
     }
 }
 
+/// Runs the batch runner until shutdown; lines in flight then finish as requests in flight,
+/// which the drain waits for.
+struct Batches(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for Batches {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        crate::proxy::batch::runner::run(self.0.clone(), stop).await;
+    }
+}
+
 /// Says the services run (systemd readiness, see [`notify`]).
 struct Ready;
 
@@ -252,12 +266,15 @@ pub fn gateway(settings: &Settings) -> Result<(Arc<Gateway>, Feeds), StartError>
             store.wait(registry.sync_budgets_once(&instance))?;
             registry.spawn_background(instance.clone(), s.budget_sync);
             tracing::info!(backend = store.kind(), instance = %instance, "store open");
-            (registry, UsageSink::start(Arc::new(store), s.usage.clone(), metrics.clone(), instance))
+            (registry, UsageSink::start(Arc::new(store), s.usage.clone(), metrics.clone(), instance.clone()))
         }
         _ => (Registry::new(settings.keys.clone(), None, shared_limits.clone()), UsageSink::disabled(metrics.clone())),
     };
+    let batches = store_handle.clone().map(|s| {
+        crate::proxy::batch::BatchService::new(Arc::new(s) as Arc<dyn crate::batch::BatchStore>, settings.batch.clone(), instance.to_string())
+    });
     let response_retention = settings.store.as_ref().and_then(|s| s.responses_retention);
-    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log, response_retention, api_base: settings.server.api_base.clone(), shared_limits, batches: None };
+    let parts = GatewayParts { world, metrics, pricing, registry, store: store_handle, usage, strategies, decision_log, response_retention, api_base: settings.server.api_base.clone(), shared_limits, batches };
     Ok((Gateway::from_parts(parts), feeds))
 }
 
@@ -334,6 +351,9 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
     server.add_service(background_service("ready", Ready));
     if let Some(shared) = gw.shared_limits.clone() {
         server.add_service(background_service("shared limits", SharedSync(shared)));
+    }
+    if gw.batches.is_some() {
+        server.add_service(background_service("batches", Batches(gw.clone())));
     }
 
     for a in &settings.server.listen {
