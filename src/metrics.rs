@@ -65,6 +65,11 @@ pub struct Metrics {
     pub descriptors_exhausted: IntCounter,
     /// Calls to the shared limits server (Valkey/Redis) that failed or timed out.
     pub limits_backend_errors: IntCounter,
+    /// Batch lines sent by this instance, by `outcome`: `completed` | `failed` | `retried`
+    /// (the deployments were busy or down; the line waits for another try).
+    pub batch_lines: IntCounterVec,
+    /// Batches that ended here, by `status`: `completed` | `expired` | `cancelled`.
+    pub batches_ended: IntCounterVec,
     /// TLS certificates' `notAfter` (unix seconds), by certificate `name` (from the config).
     pub tls_expiry: IntGaugeVec,
     /// Certificate file reloads by `name` and `result`: `success` | `failure` (a bad new file:
@@ -232,6 +237,16 @@ impl Metrics {
         let limits_backend_errors =
             IntCounter::new("joule_limits_backend_errors_total", "Calls to the shared limits server (Valkey/Redis) that failed or timed out")?;
         registry.register(Box::new(limits_backend_errors.clone()))?;
+        let batch_lines = IntCounterVec::new(Opts::new("joule_batch_lines_total", "Batch lines sent, by outcome"), &["outcome"])?;
+        registry.register(Box::new(batch_lines.clone()))?;
+        let batches_ended = IntCounterVec::new(Opts::new("joule_batches_ended_total", "Batches that ended, by status"), &["status"])?;
+        registry.register(Box::new(batches_ended.clone()))?;
+        for o in ["completed", "failed", "retried"] {
+            batch_lines.with_label_values(&[o]);
+        }
+        for st in ["completed", "expired", "cancelled"] {
+            batches_ended.with_label_values(&[st]);
+        }
         let tls_expiry = IntGaugeVec::new(
             Opts::new("joule_tls_certificate_expiry_seconds", "When each TLS certificate expires (its notAfter), unix seconds"),
             &["name"],
@@ -270,6 +285,8 @@ impl Metrics {
             config_reloads,
             connections_closed,
             descriptors_exhausted,
+            batch_lines,
+            batches_ended,
             limits_backend_errors,
             tls_expiry,
             tls_reloads,

@@ -334,6 +334,8 @@ async fn cancel_keeps_finished_lines_and_lists_the_rest_as_cancelled() {
     assert!(errs.iter().all(|l| l["error"]["code"] == "batch_cancelled" && l["response"].is_null()), "{errs:?}");
     let (s, e) = call(&gw, &c, KEY, "POST", &format!("/batches/{id}/cancel"), None).await;
     assert_eq!(s, 200, "cancelling a cancelled batch is harmless: {e}");
+    metrics_containing(&gw, "joule_batches_ended_total{status=\"cancelled\"} 1").await;
+    metrics_containing(&gw, &format!("joule_batch_lines_total{{outcome=\"completed\"}} {completed}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

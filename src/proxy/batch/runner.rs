@@ -395,6 +395,12 @@ impl LineJob {
         } else {
             self.send().await
         };
+        let outcome = match &result {
+            Some(r) if r.ok => "completed",
+            Some(_) => "failed",
+            None => "retried",
+        };
+        self.gw.metrics.batch_lines.with_label_values(&[outcome]).inc();
         let stored = match result {
             Some(r) => self.svc.store.finish_line(&self.batch_id, &r).await.map(|_| ()),
             // Worth another try later: the line goes back to the queue.
@@ -534,6 +540,9 @@ async fn finalize(gw: &Gateway, svc: &BatchService, b: &BatchRecord, to: BatchSt
         BatchStatus::Expired => BatchStatus::InProgress,
         _ => BatchStatus::Cancelling,
     };
-    store.transition(&b.id, &[from], to, now, &change).await.map_err(err)?;
+    if store.transition(&b.id, &[from], to, now, &change).await.map_err(err)? {
+        gw.metrics.batches_ended.with_label_values(&[to.as_str()]).inc();
+        tracing::info!(batch = %b.id, status = to.as_str(), lines = b.counts.total, cost_usd = b.cost, "batch ended");
+    }
     Ok(())
 }
