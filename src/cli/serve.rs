@@ -151,7 +151,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let models: Vec<String> = settings.catalog.models.iter().map(|m| format!("{} ({})", m.id, m.category.as_str())).collect();
     println!("  models:    {}", models.join(", "));
-    println!("  APIs:      /v1/chat/completions, /v1/responses, /v1/messages (Anthropic), /v1/models");
+    println!("  APIs:      /v1/chat/completions, /v1/responses, /v1/messages (Anthropic), /v1/models,");
+    println!("             /v1/files + /v1/batches (batches wait for cheap energy; a 1h window passes in {:.0} s)", 3600.0 / energy_speed);
     println!("  energy:    July 2023 real-time prices (CAISO SP-15, ERCOT Houston, PJM Chicago Hub) replayed at {energy_speed}x");
     println!("  prices:    http://{listen}/v1/models/llama-3.1-8b-instruct/prices?window=4h");
     println!("  console:   http://{admin_listen}/console/ (sign in with the admin token, or an API key for its project's view)");

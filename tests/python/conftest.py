@@ -208,6 +208,31 @@ def start_joule(tmp: Path, make_config, env: dict | None = None) -> tuple[subpro
     pytest.fail(f"joule lost its ports on every attempt:\n{log.read_text()}")
 
 
+def start_demo(tmp: Path, *args: str) -> tuple[subprocess.Popen, int, int]:
+    """Starts `joule demo` with `args` (its store in `tmp`) on fresh ports (retried when
+    another process took one); returns the process and its API and admin ports."""
+    log = tmp / "joule.log"
+    for attempt in range(START_ATTEMPTS):
+        port, admin = free_port(), free_port()
+        with open(log, "w") as log_file:
+            proc = subprocess.Popen(
+                [
+                    joule_bin(), "demo",
+                    "--listen", f"127.0.0.1:{port}",
+                    "--admin-listen", f"127.0.0.1:{admin}",
+                    "--store-path", str(tmp / f"demo-{attempt}.db"),
+                    *args,
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        if wait_serving((port, admin), proc, log):
+            return proc, port, admin
+        proc.kill()
+        proc.wait()
+    pytest.fail(f"joule lost its ports on every attempt:\n{log.read_text()}")
+
+
 @pytest.fixture(scope="session")
 def gateway():
     fast, fast_url = start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8")

@@ -19,7 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import start_joule, start_mock
+from conftest import start_demo, start_joule, start_mock
 
 KEY = "sk-python-batch-key"
 ADMIN = "python-batch-admin"
@@ -280,3 +280,24 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path):
         assert 30 <= calls <= 36, calls
     finally:
         j.close()
+
+
+def test_a_batch_on_the_demo_completes_within_its_window(tmp_path):
+    """`joule demo` as it ships (three data centers, the bundled July 2023 prices) at 600x:
+    a one-hour window passes in 6 s."""
+    proc, port, _ = start_demo(tmp_path, "--energy-speed", "600")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-joule-demo", max_retries=0)
+        f = client.files.create(file=("demo.jsonl", jsonl(10, model="llama-3.1-8b-instruct")), purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h")
+        done = wait(client, b.id, ended, 60)
+        assert done.status == "completed", done
+        assert done.completed_at <= done.expires_at
+        lines = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+        assert sorted(x["custom_id"] for x in lines) == sorted(f"req-{i}" for i in range(10))
+        extra = done.model_extra["joule"]
+        assert abs(sum(x["response"]["body"]["usage"]["cost"] for x in lines) - extra["cost_usd"]) < 1e-6
+        assert extra["data_centers"] and set(extra["data_centers"]) <= {"caiso-sp15", "ercot-houston", "pjm-chicago"}, extra
+    finally:
+        proc.kill()
+        proc.wait()

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -32,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import openai
 import pytest
 
-from conftest import ROOT, START_ATTEMPTS, free_port, joule_bin, wait_serving
+from conftest import ROOT, start_demo
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -115,29 +114,7 @@ def demo():
     shutil.copytree(PLUGINS, plugins)
     proc = None
     try:
-        for attempt in range(START_ATTEMPTS):
-            port, admin = free_port(), free_port()
-            log = tmp / "joule.log"
-            with open(log, "w") as log_file:
-                proc = subprocess.Popen(
-                    [
-                        joule_bin(), "demo",
-                        "--listen", f"127.0.0.1:{port}",
-                        "--admin-listen", f"127.0.0.1:{admin}",
-                        "--energy-speed", "600",
-                        "--store-path", str(tmp / f"console-{attempt}.db"),
-                        "--plugins", str(plugins),
-                    ],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-            if wait_serving((port, admin), proc, log):
-                break
-            proc.kill()
-            proc.wait()
-            proc = None
-        else:
-            pytest.fail(f"joule lost its ports on every attempt:\n{log.read_text()}")
+        proc, port, admin = start_demo(tmp, "--energy-speed", "600", "--plugins", str(plugins))
         yield Demo(port, admin)
     finally:
         if proc is not None:
