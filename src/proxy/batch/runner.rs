@@ -84,6 +84,8 @@ struct State {
     history_upto: i64,
     /// The planned start last stored per batch.
     stored_start: HashMap<String, Option<i64>>,
+    /// When the leases were last renewed.
+    renewed: Option<Instant>,
 }
 
 /// Runs until `shutdown` resolves; then starts nothing new (lines in flight finish as
@@ -99,6 +101,7 @@ pub async fn run(gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
         history: HashMap::new(),
         history_upto: i64::MIN,
         stored_start: HashMap::new(),
+        renewed: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Done)>();
     let mut tick = tokio::time::interval(svc.settings.tick);
@@ -141,9 +144,12 @@ async fn step(gw: &Arc<Gateway>, svc: &Arc<BatchService>, st: &mut State, tx: &t
     let clock = gw.pricing.clock();
     let now_ms = clock.now_ms();
     measure_speed(st, now_ms);
-    if !st.in_flight.values().all(|&n| n == 0) {
+    // Leases are renewed four times per lease period while lines are in flight.
+    let renew_due = st.renewed.is_none_or(|t| t.elapsed() >= svc.settings.lease / 4);
+    if renew_due && !st.in_flight.values().all(|&n| n == 0) {
         let until = crate::clock::now_ms() + svc.settings.lease.as_millis() as i64;
         svc.store.renew_leases(&svc.instance, until).await.map_err(|e| e.to_string())?;
+        st.renewed = Some(Instant::now());
     }
     let active = svc.store.active_batches().await.map_err(|e| e.to_string())?;
     let mut runnable: Vec<BatchRecord> = Vec::new();
@@ -169,6 +175,8 @@ async fn step(gw: &Arc<Gateway>, svc: &Arc<BatchService>, st: &mut State, tx: &t
             _ => {}
         }
     }
+    let live: HashSet<&str> = runnable.iter().map(|b| b.id.as_str()).collect();
+    st.stored_start.retain(|id, _| live.contains(id.as_str()));
     let views = schedule_all(gw, svc, st, &runnable, now_ms, tx).await?;
     svc.plans.store(Arc::new(views));
     Ok(())
