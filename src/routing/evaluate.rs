@@ -460,20 +460,21 @@ impl<'a> Feeder<'a> {
         Feeder { rows, next: 0, rules, table: EnergyTable::default(), rejected: 0 }
     }
 
-    /// Applies the rows whose interval starts by `upto`, at time `now`; the rows applied.
-    pub fn advance(&mut self, upto: i64, now: i64) -> &'a [EnergyRow] {
+    /// Applies the rows whose interval starts by `upto`, at time `now`; the rows accepted.
+    pub fn advance(&mut self, upto: i64, now: i64) -> Vec<EnergyRow> {
         let from = self.next;
         let j = from + self.rows[from..].partition_point(|r| r.price.interval_start <= upto);
-        if j > from {
-            let batch: Vec<ParsedRow> = self.rows[from..j].iter().cloned().enumerate().map(|(p, r)| (p + 1, Ok(r))).collect();
-            let applied = self.table.apply(batch, &self.rules, now);
-            self.rejected += applied.rejected.len();
-            if let Some(t) = applied.table {
-                self.table = t;
-            }
-            self.next = j;
+        if j == from {
+            return Vec::new();
         }
-        &self.rows[from..j]
+        let batch: Vec<ParsedRow> = self.rows[from..j].iter().cloned().enumerate().map(|(p, r)| (p + 1, Ok(r))).collect();
+        let applied = self.table.apply(batch, &self.rules, now);
+        self.rejected += applied.rejected.len();
+        if let Some(t) = applied.table {
+            self.table = t;
+        }
+        self.next = j;
+        applied.accepted
     }
 
     /// The table so far.
@@ -586,7 +587,7 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
     let (c, e) = run(&mut |st, out| even(k, st.n, cap, out));
     results.push(("round robin".into(), c, e));
     let (c, e) = run(&mut |st, out| fill(&st.joule, st.n, cap, out));
-    results.push((format!("joule price (delay {})", human(setup.feed_delay)), c, e));
+    results.push((format!("joule price (delay {})", crate::clock::format_duration(setup.feed_delay)), c, e));
     let (c, e) = run(&mut |st, out| {
         let mut order: Vec<usize> = (0..k).collect();
         order.sort_by(|&a, &b| st.cost[a].total_cmp(&st.cost[b]));
@@ -630,16 +631,6 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
         best_static: site_names[best_i].clone(),
         outcomes,
     })
-}
-
-fn human(secs: i64) -> String {
-    match secs {
-        0 => "0".into(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 #[cfg(test)]
