@@ -149,6 +149,18 @@ pub fn parse_duration(s: &str) -> Option<i64> {
     n.checked_mul(unit)
 }
 
+/// A duration as [`parse_duration`] reads it, in the largest whole unit (`0`, `90s`, `5m`, `1h`,
+/// `2d`).
+pub fn format_duration(secs: i64) -> String {
+    match secs {
+        0 => "0".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@
 //! - [`forecast`]: the price forecast per price node (day-ahead prices when the feed has
 //!   them, else a profile of the recent days blended with the last price);
 //! - [`evaluate`]: `joule energy evaluate-batch`, the scheduler on a simulated clock against
-//!   a price trace, compared with running at submission and with the hindsight oracle.
+//!   a price trace, compared with running at submission and with the hindsight oracle;
+//! - [`oracle`]: that oracle, an exact min-cost flow over (batch → slot and site) cells.
 //!
 //! Scheduling times are pricing-clock seconds (the energy feed's clock: wall time in
 //! production, trace time under a replay); leases are wall-clock milliseconds (they measure
@@ -22,6 +23,7 @@
 pub mod evaluate;
 pub mod forecast;
 pub mod input;
+pub mod oracle;
 pub mod plan;
 pub mod schedule;
 

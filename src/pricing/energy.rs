@@ -19,6 +19,10 @@
 //! an operator is never short-changed by a dead feed and routing drifts away from sites it
 //! cannot see. A data center whose node has no price yet is priced at the fallback too. The
 //! flag is shown in `/v1/models` and in the `joule_energy_price_stale` metric.
+//!
+//! **Markets.** Only real-time rows enter this table. Day-ahead rows (market `DA`) are prices
+//! cleared in advance, not the price in force: they are kept apart as forecasts
+//! (`crate::pricing::day_ahead`) and skipped here.
 
 use std::collections::{HashMap, HashSet};
 
@@ -40,12 +44,55 @@ impl EnergyPrice {
     }
 }
 
+/// The market a feed row's price comes from (its `market` column or field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Market {
+    /// Real-time: the price in force for its interval. `RT`, and also any other value or none
+    /// (feeds that predate the column, or name their real-time market otherwise, e.g. `RTM`,
+    /// `RT5`, keep working as before).
+    #[default]
+    RealTime,
+    /// Day-ahead (`DA` or `DAM`, any case): cleared the day before, kept as a forecast and never
+    /// entered into the real-time table.
+    DayAhead,
+}
+
+impl Market {
+    /// The market a `market` value names (see the variants).
+    pub fn parse(s: &str) -> Market {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("DA") || s.eq_ignore_ascii_case("DAM") {
+            Market::DayAhead
+        } else {
+            Market::RealTime
+        }
+    }
+}
+
 /// A feed row after parsing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnergyRow {
     /// `ISO/location`, e.g. `CAISO/SP-15`.
     pub node: String,
     pub price: EnergyPrice,
+    pub market: Market,
+}
+
+impl EnergyRow {
+    /// A real-time row.
+    pub fn real_time(node: impl Into<String>, price: EnergyPrice) -> EnergyRow {
+        EnergyRow { node: node.into(), price, market: Market::RealTime }
+    }
+
+    /// When a replay hands the row to the engine: a real-time price when its interval starts,
+    /// a day-ahead price when the day-ahead market publishes it
+    /// ([`crate::pricing::day_ahead::release`]).
+    pub fn due(&self) -> i64 {
+        match self.market {
+            Market::RealTime => self.price.interval_start,
+            Market::DayAhead => crate::pricing::day_ahead::release(self.price.interval_start),
+        }
+    }
 }
 
 /// Why a row was rejected; the metric label of `joule_energy_feed_errors_total`.
@@ -164,28 +211,14 @@ impl EnergyTable {
                     continue;
                 }
             };
+            if row.market == Market::DayAhead {
+                // Not a real-time price (`Pricing::ingest` keeps it in the day-ahead table).
+                continue;
+            }
             let reject = |kind, message: String| Rejected { kind, row: pos, message };
             let p = row.price;
-            let v = p.usd_per_mwh;
-            if !v.is_finite() {
-                out.rejected.push(reject(RejectKind::NonFinite, format!("{}: price {v} is not finite", row.node)));
-                continue;
-            }
-            if v < rules.min_usd_per_mwh || v > rules.max_usd_per_mwh {
-                out.rejected.push(reject(
-                    RejectKind::OutOfRange,
-                    format!(
-                        "{}: {v} $/MWh is outside the sanity range {}..{}",
-                        row.node, rules.min_usd_per_mwh, rules.max_usd_per_mwh
-                    ),
-                ));
-                continue;
-            }
-            if !rules.known_nodes.contains(&row.node) {
-                out.rejected.push(reject(
-                    RejectKind::UnknownLocation,
-                    format!("unknown location `{}` (no data center uses this price_node)", row.node),
-                ));
+            if let Err(e) = check_value(&row, rules, pos) {
+                out.rejected.push(e);
                 continue;
             }
             let interval_s = 60 * i64::from(p.interval_minutes);
@@ -196,6 +229,7 @@ impl EnergyTable {
                 ));
                 continue;
             }
+            let v = p.usd_per_mwh;
             let held = batch.get(&row.node).copied().map(|(t, v)| (t, v, true)).or_else(|| {
                 self.prices.get(&row.node).map(|h| (h.interval_start, h.usd_per_mwh, false))
             });
@@ -238,6 +272,29 @@ impl EnergyTable {
     }
 }
 
+/// The checks every row gets, whatever its market: a finite price in the sanity range, for a
+/// node some data center uses.
+pub(crate) fn check_value(row: &EnergyRow, rules: &RowRules, pos: usize) -> Result<(), Rejected> {
+    let reject = |kind, message: String| Rejected { kind, row: pos, message };
+    let v = row.price.usd_per_mwh;
+    if !v.is_finite() {
+        return Err(reject(RejectKind::NonFinite, format!("{}: price {v} is not finite", row.node)));
+    }
+    if v < rules.min_usd_per_mwh || v > rules.max_usd_per_mwh {
+        return Err(reject(
+            RejectKind::OutOfRange,
+            format!("{}: {v} $/MWh is outside the sanity range {}..{}", row.node, rules.min_usd_per_mwh, rules.max_usd_per_mwh),
+        ));
+    }
+    if !rules.known_nodes.contains(&row.node) {
+        return Err(reject(
+            RejectKind::UnknownLocation,
+            format!("unknown location `{}` (no data center uses this price_node)", row.node),
+        ));
+    }
+    Ok(())
+}
+
 /// The energy price a data center is priced at, at some time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SiteEnergy {
@@ -275,7 +332,7 @@ mod tests {
     }
 
     fn row(pos: usize, node: &str, start: i64, v: f64) -> ParsedRow {
-        (pos, Ok(EnergyRow { node: node.into(), price: EnergyPrice { usd_per_mwh: v, interval_start: start, interval_minutes: 5 } }))
+        (pos, Ok(EnergyRow::real_time(node, EnergyPrice { usd_per_mwh: v, interval_start: start, interval_minutes: 5 })))
     }
 
     #[test]

@@ -12,9 +12,13 @@
 //! Negative energy prices lower the token price, down to the floor. Provider routes cost their
 //! list price plus the routing fee; free models cost the client 0 and are ranked by what they
 //! cost us. The request path reads the book with one `ArcSwap` load and never locks.
-
+//!
+//! Day-ahead feed rows (market `DA`) never reach the table or the book: the engine keeps them
+//! apart per price node ([`day_ahead`], [`Pricing::day_ahead`]) for the batch scheduler's
+//! forecasts.
 
 pub mod cost;
+pub mod day_ahead;
 pub mod energy;
 
 pub mod feed;
@@ -31,7 +35,8 @@ use crate::catalog::{Catalog, Category, DeploymentKind, GpuProfile, Model, Quote
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::clock::{self, Clock};
-use energy::{site_energy, EnergyTable, ParsedRow, RejectKind, Rejected, RowRules, SiteEnergy};
+use day_ahead::DayAheadTable;
+use energy::{site_energy, EnergyPrice, EnergyTable, Market, ParsedRow, RejectKind, Rejected, RowRules, SiteEnergy};
 use history::{Frame, FramePoint, History};
 
 // ---------------------------------------------------------------- settings
@@ -232,21 +237,34 @@ impl PriceBook {
 }
 
 fn quote_with(catalog: &Catalog, sites: &[Option<SiteEnergy>], model: &Model, d: &crate::catalog::Deployment) -> Quote {
+    let site = match &d.kind {
+        DeploymentKind::Hosted { data_center, .. } => sites.get(*data_center).copied().flatten(),
+        DeploymentKind::Provider { .. } => None,
+    };
+    let mut q = quote_at(catalog, model, d, site.map(|s| s.usd_per_mwh));
+    q.stale = site.is_some_and(|s| s.stale) && matches!(&d.kind, DeploymentKind::Hosted { gpu: Some(_), .. });
+    q
+}
+
+/// A deployment's quote if its data center's energy price were `usd_per_mwh` (`None`: no
+/// energy part), by the formula above: what the book holds for the price now, and what the
+/// batch scheduler expects for a forecast price. Provider routes (list price + fee) and hosted
+/// deployments without a GPU profile ignore the price. Never stale.
+pub fn quote_at(catalog: &Catalog, model: &Model, d: &crate::catalog::Deployment, usd_per_mwh: Option<f64>) -> Quote {
     let DeploymentKind::Hosted { data_center, base_price, gpu, floor, .. } = &d.kind else {
         return catalog.quote(model, d);
     };
-    let site = sites.get(*data_center).copied().flatten();
     let pue = catalog.data_centers.get(*data_center).map_or(1.0, |dc| dc.pue);
-    let (energy, stale) = match (site, gpu) {
-        (Some(s), Some(g)) => (energy_price(s.usd_per_mwh, g, pue), s.stale),
-        _ => (TokenPrice::default(), false),
+    let energy = match (usd_per_mwh, gpu) {
+        (Some(p), Some(g)) => energy_price(p, g, pue),
+        _ => TokenPrice::default(),
     };
     let price = token_price(*base_price, energy, *floor);
     if model.category == Category::Free {
-        return Quote { cost: price, stale, ..Quote::default() };
+        return Quote { cost: price, ..Quote::default() };
     }
     let part = TokenPrice { input: price.input - base_price.input, output: price.output - base_price.output };
-    Quote { price, fee: TokenPrice::default(), cost: price, energy: part, stale, cache: None }
+    Quote { price, fee: TokenPrice::default(), cost: price, energy: part, stale: false, cache: None }
 }
 
 // ---------------------------------------------------------------- engine
@@ -301,6 +319,8 @@ pub struct Pricing {
     fallback: f64,
     clock: Arc<dyn Clock>,
     table: ArcSwap<EnergyTable>,
+    /// Day-ahead prices (rows of market `DA`), kept apart from the real-time table.
+    day_ahead: ArcSwap<DayAheadTable>,
     book: ArcSwap<PriceBook>,
     history: History,
     metrics: Option<Metrics>,
@@ -350,6 +370,7 @@ impl Pricing {
             fallback,
             clock,
             table: ArcSwap::from_pointee(EnergyTable::default()),
+            day_ahead: ArcSwap::from_pointee(DayAheadTable::default()),
             book: ArcSwap::from_pointee(book),
             history,
             metrics,
@@ -382,6 +403,17 @@ impl Pricing {
     /// The current energy price table.
     pub fn table(&self) -> Arc<EnergyTable> {
         self.table.load_full()
+    }
+
+    /// The day-ahead prices held (every node).
+    pub fn day_ahead_table(&self) -> Arc<DayAheadTable> {
+        self.day_ahead.load_full()
+    }
+
+    /// A node's day-ahead intervals (start ascending): the coming day or two, and up to a day
+    /// of the past (see [`day_ahead`]). Empty when the feeds carry no day-ahead rows.
+    pub fn day_ahead(&self, node: &str) -> Vec<EnergyPrice> {
+        self.day_ahead.load().get(node).to_vec()
     }
 
     /// The clock staleness and history use.
@@ -427,16 +459,26 @@ impl Pricing {
 
     /// Applies a batch of feed rows: rejected rows are counted and logged, accepted ones
     /// replace the table and rebuild the book; each distinct interval start also becomes a
-    /// history frame (so a backlog fills history as it happened).
+    /// history frame (so a backlog fills history as it happened). Day-ahead rows go to the
+    /// day-ahead table instead (no book, no history).
     pub fn ingest(&self, feed: Feed, rows: Vec<ParsedRow>) -> IngestReport {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now();
         let scope = self.scope.load_full();
+        let (rows, ahead): (Vec<ParsedRow>, Vec<ParsedRow>) =
+            rows.into_iter().partition(|(_, r)| !matches!(r, Ok(r) if r.market == Market::DayAhead));
+        let ahead = self.day_ahead.load().apply(ahead.into_iter().filter_map(|(p, r)| r.ok().map(|r| (p, r))).collect(), &scope.rules, now);
+        if let Some(t) = ahead.table {
+            self.day_ahead.store(Arc::new(t));
+        }
         let old = self.table.load_full();
-        let applied = old.apply(rows, &scope.rules, now);
-        self.report_rejections(feed, &applied.rejected, applied.accepted.len());
+        let mut applied = old.apply(rows, &scope.rules, now);
+        applied.rejected.extend(ahead.rejected);
+        applied.rejected.sort_by_key(|r| r.row);
+        let accepted = applied.accepted.len() + ahead.accepted;
+        self.report_rejections(feed, &applied.rejected, accepted);
         if let Some(m) = &self.metrics {
-            m.energy_rows.with_label_values(&[feed.label()]).inc_by(applied.accepted.len() as u64);
+            m.energy_rows.with_label_values(&[feed.label()]).inc_by(accepted as u64);
         }
         if let Some(table) = applied.table {
             let mut accepted = applied.accepted.clone();
@@ -464,8 +506,8 @@ impl Pricing {
             self.book.store(Arc::new(book));
         }
         IngestReport {
-            accepted: applied.accepted.len(),
-            unchanged: applied.unchanged,
+            accepted,
+            unchanged: applied.unchanged + ahead.unchanged,
             rejected: applied
                 .rejected
                 .into_iter()

@@ -79,7 +79,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 fn row(node: &str, start: i64, minutes: u32, v: f64) -> ParsedRow {
-    (1, Ok(EnergyRow { node: node.into(), price: EnergyPrice { usd_per_mwh: v, interval_start: start, interval_minutes: minutes } }))
+    (1, Ok(EnergyRow::real_time(node, EnergyPrice { usd_per_mwh: v, interval_start: start, interval_minutes: minutes })))
 }
 
 #[test]
@@ -110,8 +110,8 @@ fn formula() {
 fn book_quotes_every_kind_of_deployment() {
     let c = two_site_catalog();
     let table = EnergyTable::default().with(&[
-        EnergyRow { node: "CAISO/SP-15".into(), price: EnergyPrice { usd_per_mwh: 40.0, interval_start: T0, interval_minutes: 15 } },
-        EnergyRow { node: "PJM/Chicago Hub".into(), price: EnergyPrice { usd_per_mwh: -200.0, interval_start: T0, interval_minutes: 5 } },
+        EnergyRow::real_time("CAISO/SP-15", EnergyPrice { usd_per_mwh: 40.0, interval_start: T0, interval_minutes: 15 }),
+        EnergyRow::real_time("PJM/Chicago Hub", EnergyPrice { usd_per_mwh: -200.0, interval_start: T0, interval_minutes: 5 }),
     ]);
     let book = PriceBook::build(&c, &table, 150.0, T0 + 60);
     let m = c.model("m").unwrap();
@@ -230,4 +230,55 @@ fn a_late_backlog_ends_with_a_stale_frame() {
     assert_eq!(west, vec![(T0, false, 40.0), (T0 + 300, false, 50.0), (T0 + 3600, true, 150.0)]);
     let c = p.catalog();
     assert!(p.book().quote(&c, c.model("m").unwrap(), 0).stale);
+}
+
+#[test]
+fn day_ahead_rows_are_kept_apart_from_real_time_prices() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = engine(clock);
+    p.ingest(Feed::Push, vec![row("CAISO/SP-15", T0, 5, 40.0)]);
+    let before = p.book();
+    let frames = p.history().frames().len();
+    let da = |pos: usize, start: i64, v: f64| -> ParsedRow {
+        let price = EnergyPrice { usd_per_mwh: v, interval_start: start, interval_minutes: 60 };
+        (pos, Ok(EnergyRow { node: "CAISO/SP-15".into(), price, market: energy::Market::DayAhead }))
+    };
+    // A day-ahead price for the current interval, one for the next hour, one too far ahead,
+    // and a real-time row in the same batch.
+    let report = p.ingest(
+        Feed::Push,
+        vec![da(1, T0, 999.0), da(2, T0 + 3600, 10.0), da(3, T0 + 3 * 86_400, 1.0), row("CAISO/SP-15", T0 + 300, 5, 41.0)],
+    );
+    assert_eq!(report.accepted, 3);
+    let kinds: Vec<(usize, &str)> = report.rejected.iter().map(|r| (r.row, r.kind)).collect();
+    assert_eq!(kinds, vec![(3, "future")]);
+    // The real-time price is the real-time row's, never the day-ahead 999.
+    assert_eq!(p.table().get("CAISO/SP-15").unwrap().usd_per_mwh, 41.0);
+    let c = p.catalog();
+    assert!(close(p.book().quote(&c, c.model("m").unwrap(), 0).price.output, 0.2 + 41.0 / 800.0));
+    assert!(!Arc::ptr_eq(&before, &p.book()));
+    let ahead: Vec<(i64, f64)> = p.day_ahead("CAISO/SP-15").iter().map(|x| (x.interval_start, x.usd_per_mwh)).collect();
+    assert_eq!(ahead, vec![(T0, 999.0), (T0 + 3600, 10.0)]);
+    assert!(p.day_ahead("PJM/Chicago Hub").is_empty());
+    // Day-ahead rows alone change neither the table, the book nor history.
+    let book = p.book();
+    assert_eq!(p.ingest(Feed::Push, vec![da(1, T0 + 7200, 12.0)]).accepted, 1);
+    assert!(Arc::ptr_eq(&book, &p.book()));
+    assert_eq!(p.history().frames().len(), frames + 1, "one frame, for the real-time row");
+    assert_eq!(p.day_ahead_table().len(), 3);
+}
+
+#[test]
+fn quote_at_is_the_book_formula_for_any_price() {
+    let c = two_site_catalog();
+    let m = c.model("m").unwrap();
+    let table = EnergyTable::default()
+        .with(&[EnergyRow::real_time("CAISO/SP-15", EnergyPrice { usd_per_mwh: 40.0, interval_start: T0, interval_minutes: 15 })]);
+    let book = PriceBook::build(&c, &table, 150.0, T0);
+    let q = quote_at(&c, m, &m.deployments[0], Some(40.0));
+    assert_eq!(q, book.quote(&c, m, 0));
+    // Floors apply; providers ignore the price; no price: base only.
+    assert!(close(quote_at(&c, m, &m.deployments[1], Some(-1000.0)).price.output, 0.1));
+    assert!(close(quote_at(&c, m, &m.deployments[3], Some(500.0)).price.input, 1.05));
+    assert_eq!(quote_at(&c, m, &m.deployments[0], None).price, TokenPrice { input: 0.1, output: 0.2 });
 }

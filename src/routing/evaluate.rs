@@ -22,10 +22,10 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::pricing::energy::{EnergyRow, EnergyTable, ParsedRow, RowRules};
+use crate::catalog::{Catalog, DeploymentKind, TokenPrice};
+use crate::pricing::energy::{EnergyRow, EnergyTable, Market, ParsedRow, RowRules};
 use crate::pricing::feed::replay::{ReplayError, Trace};
 use crate::pricing::{EnergySettings, PriceBook, ReplaySource};
-use crate::catalog::{Catalog, DeploymentKind};
 use crate::routing::{self, tags::StrategySet};
 
 /// Why an evaluation could not run.
@@ -103,15 +103,9 @@ impl FromStr for LoadSpec {
 
     fn from_str(s: &str) -> Result<Self, EvalError> {
         let mut spec = LoadSpec::default();
-        let num = |k: &str, v: &str| -> Result<f64, EvalError> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| EvalError::Load(format!("{k} = `{v}` is not a number >= 0")))
-        };
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| EvalError::Load(format!("`{part}` is not key=value")))?;
-            match k.trim() {
+        let num = |k: &str, v: &str| number(k, v).map_err(EvalError::Load);
+        for (k, v) in key_values(s).map_err(EvalError::Load)? {
+            match k {
                 "rate" => spec.rate = num(k, v)?,
                 "shape" => {
                     spec.shape = match v {
@@ -128,22 +122,7 @@ impl FromStr for LoadSpec {
                 }
                 "peak" => spec.peak_hour = num(k, v)? % 24.0,
                 "capacity" => spec.capacity = Some(num(k, v)?),
-                "mix" => {
-                    spec.mix = v
-                        .split('+')
-                        .map(|c| {
-                            let f: Vec<&str> = c.split(':').collect();
-                            match f.as_slice() {
-                                [i, o] => Ok(TokenClass { input: num("mix", i)?, output: num("mix", o)?, weight: 1.0 }),
-                                [i, o, w] => Ok(TokenClass { input: num("mix", i)?, output: num("mix", o)?, weight: num("mix", w)? }),
-                                _ => Err(EvalError::Load(format!("mix class `{c}` is not input:output[:weight]"))),
-                            }
-                        })
-                        .collect::<Result<_, _>>()?;
-                    if spec.mix.iter().map(|c| c.weight).sum::<f64>() <= 0.0 {
-                        return Err(EvalError::Load("mix weights must not all be 0".into()));
-                    }
-                }
+                "mix" => spec.mix = token_mix(v).map_err(EvalError::Load)?,
                 other => {
                     return Err(EvalError::Load(format!(
                         "unknown key `{other}` (rate, shape, amplitude, peak, mix, capacity)"
@@ -153,6 +132,48 @@ impl FromStr for LoadSpec {
         }
         Ok(spec)
     }
+}
+
+/// The `key=value` pairs of a comma-separated spec (`--load`, `--batches`), keys trimmed.
+///
+/// # Errors
+/// A part without `=`.
+pub fn key_values(s: &str) -> Result<Vec<(&str, &str)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| part.split_once('=').map(|(k, v)| (k.trim(), v.trim())).ok_or_else(|| format!("`{part}` is not key=value")))
+        .collect()
+}
+
+/// A spec value that must be a finite number ≥ 0.
+///
+/// # Errors
+/// Anything else, naming the key.
+pub fn number(k: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| format!("{k} = `{v}` is not a number >= 0"))
+}
+
+/// A token mix: `input:output[:weight]` classes joined by `+`, weights not all 0.
+///
+/// # Errors
+/// A malformed class or only zero weights.
+pub fn token_mix(v: &str) -> Result<Vec<TokenClass>, String> {
+    let mix = v
+        .split('+')
+        .map(|c| {
+            let f: Vec<&str> = c.split(':').collect();
+            match f.as_slice() {
+                [i, o] => Ok(TokenClass { input: number("mix", i)?, output: number("mix", o)?, weight: 1.0 }),
+                [i, o, w] => Ok(TokenClass { input: number("mix", i)?, output: number("mix", o)?, weight: number("mix", w)? }),
+                _ => Err(format!("mix class `{c}` is not input:output[:weight]")),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if mix.iter().map(|c| c.weight).sum::<f64>() <= 0.0 {
+        return Err("mix weights must not all be 0".into());
+    }
+    Ok(mix)
 }
 
 impl LoadSpec {
@@ -334,7 +355,168 @@ fn even(k: usize, n: f64, cap: Option<f64>, out: &mut [f64]) {
     }
 }
 
-/// Evaluates on rows of a trace (any order).
+/// The sites an evaluation compares: a model's hosted deployments whose data center has a
+/// price node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sites {
+    /// Indexes into the model's deployments.
+    pub deployments: Vec<usize>,
+    /// Each site's price node.
+    pub nodes: Vec<String>,
+    /// Each site's data center id.
+    pub names: Vec<String>,
+}
+
+impl Sites {
+    /// The model `id` (default: the first model with two or more priced sites) and its sites.
+    ///
+    /// # Errors
+    /// No such model, or fewer than two priced sites.
+    pub fn of<'c>(catalog: &'c Catalog, id: Option<&str>) -> Result<(&'c crate::catalog::Model, Sites), EvalError> {
+        let node = |d: &crate::catalog::Deployment| catalog.data_center_of(d).and_then(|dc| dc.price_node.clone());
+        let model = match id {
+            Some(id) => catalog.model(id).ok_or_else(|| EvalError::UnknownModel(id.to_string()))?,
+            None => catalog
+                .models
+                .iter()
+                .find(|m| m.deployments.iter().filter(|d| node(d).is_some()).count() >= 2)
+                .ok_or(EvalError::NoModel)?,
+        };
+        let mut sites = Sites { deployments: Vec::new(), nodes: Vec::new(), names: Vec::new() };
+        for (i, d) in model.deployments.iter().enumerate() {
+            if let (Some(n), Some(dc)) = (node(d), catalog.data_center_of(d)) {
+                sites.deployments.push(i);
+                sites.nodes.push(n);
+                sites.names.push(dc.id.clone());
+            }
+        }
+        if sites.deployments.len() < 2 {
+            return Err(EvalError::TooFewSites(model.id.clone()));
+        }
+        Ok((model, sites))
+    }
+
+    /// The real-time rows of the sites' nodes, sorted by interval start, and the span where
+    /// every site has a price: from the latest first row to the earliest end.
+    ///
+    /// # Errors
+    /// A node without rows, or no common span.
+    pub fn overlap(&self, rows: &[EnergyRow]) -> Result<(Vec<EnergyRow>, i64, i64), EvalError> {
+        let mut rows: Vec<EnergyRow> =
+            rows.iter().filter(|r| r.market == Market::RealTime && self.nodes.contains(&r.node)).cloned().collect();
+        rows.sort_by_key(|r| r.price.interval_start);
+        let first_of = |n: &str| rows.iter().find(|r| r.node == n).map(|r| r.price.interval_start);
+        let end_of = |n: &str| {
+            rows.iter().rev().find(|r| r.node == n).map(|r| r.price.interval_start + 60 * i64::from(r.price.interval_minutes))
+        };
+        let missing: Vec<&str> = self.nodes.iter().map(String::as_str).filter(|n| first_of(n).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(EvalError::NoOverlap(format!(" (no rows for {})", missing.join(", "))));
+        }
+        let from = self.nodes.iter().filter_map(|n| first_of(n)).max().unwrap_or(0);
+        let to = self.nodes.iter().filter_map(|n| end_of(n)).min().unwrap_or(0);
+        if to <= from {
+            return Err(EvalError::NoOverlap(String::new()));
+        }
+        Ok((rows, from, to))
+    }
+
+    /// Each site's cost and energy part, $/Mtok per direction, from `book`'s quotes.
+    pub fn costs(&self, catalog: &Catalog, book: &PriceBook, model: &crate::catalog::Model) -> Vec<(TokenPrice, TokenPrice)> {
+        self.deployments
+            .iter()
+            .map(|&i| {
+                let q = book.quote(catalog, model, i);
+                let base = match &model.deployments[i].kind {
+                    DeploymentKind::Hosted { base_price, .. } => *base_price,
+                    DeploymentKind::Provider { .. } => TokenPrice::default(),
+                };
+                (q.cost, TokenPrice { input: q.cost.input - base.input, output: q.cost.output - base.output })
+            })
+            .collect()
+    }
+}
+
+/// Trace rows (sorted by interval start) fed into an energy table through the real row rules
+/// as simulated time passes.
+#[derive(Debug)]
+pub struct Feeder<'a> {
+    rows: &'a [EnergyRow],
+    next: usize,
+    rules: RowRules,
+    table: EnergyTable,
+    /// Rows the rules rejected so far.
+    pub rejected: usize,
+}
+
+impl<'a> Feeder<'a> {
+    /// A feeder over `rows` for the `nodes` given, with `energy`'s sanity range.
+    pub fn new(rows: &'a [EnergyRow], energy: &EnergySettings, nodes: &[String]) -> Self {
+        let rules = RowRules {
+            min_usd_per_mwh: energy.min_usd_per_mwh,
+            max_usd_per_mwh: energy.max_usd_per_mwh,
+            known_nodes: nodes.iter().cloned().collect(),
+        };
+        Feeder { rows, next: 0, rules, table: EnergyTable::default(), rejected: 0 }
+    }
+
+    /// Applies the rows whose interval starts by `upto`, at time `now`; the rows accepted.
+    pub fn advance(&mut self, upto: i64, now: i64) -> Vec<EnergyRow> {
+        let from = self.next;
+        let j = from + self.rows[from..].partition_point(|r| r.price.interval_start <= upto);
+        if j == from {
+            return Vec::new();
+        }
+        let batch: Vec<ParsedRow> = self.rows[from..j].iter().cloned().enumerate().map(|(p, r)| (p + 1, Ok(r))).collect();
+        let applied = self.table.apply(batch, &self.rules, now);
+        self.rejected += applied.rejected.len();
+        if let Some(t) = applied.table {
+            self.table = t;
+        }
+        self.next = j;
+        applied.accepted
+    }
+
+    /// The table so far.
+    pub fn table(&self) -> &EnergyTable {
+        &self.table
+    }
+}
+
+/// Ranks sites the way joule's `price` routing does, from a price book, with priors only (the
+/// evaluations replay prices, not traffic).
+pub struct Ranker {
+    strategies: StrategySet,
+    telemetry: crate::telemetry::Telemetry,
+    model_index: usize,
+}
+
+impl Ranker {
+    /// A ranker for `model` of `catalog`.
+    pub fn new(catalog: &Catalog, model: &crate::catalog::Model) -> Self {
+        let telemetry = crate::telemetry::Telemetry::new(
+            catalog,
+            crate::telemetry::TelemetrySettings { enabled: false, ..Default::default() },
+            None,
+        );
+        Ranker { strategies: StrategySet::default_price(), telemetry, model_index: catalog.model_index(&model.id).unwrap_or(0) }
+    }
+
+    /// The sites (indexes into `sites.deployments`) best first, and whether the first one's
+    /// price was stale.
+    pub fn order(&self, catalog: &Catalog, book: &PriceBook, model: &crate::catalog::Model, sites: &Sites) -> (Vec<usize>, bool) {
+        let cands: Vec<_> = routing::candidates(catalog, book, model, self.model_index, &self.telemetry)
+            .into_iter()
+            .filter(|c| sites.deployments.contains(&c.deployment))
+            .collect();
+        let decision = routing::rank_native(cands, &self.strategies);
+        let order =
+            decision.ranked.iter().filter_map(|(c, _)| sites.deployments.iter().position(|&s| s == c.deployment)).collect();
+        (order, decision.ranked.first().is_some_and(|(c, _)| c.quote.stale))
+    }
+}
+
+/// Evaluates on rows of a trace (any order; day-ahead rows are ignored).
 ///
 /// # Errors
 /// See [`EvalError`].
@@ -342,56 +524,10 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
     if setup.step < 1 {
         return Err(EvalError::Step);
     }
-    let priced = |d: &crate::catalog::Deployment| catalog.data_center_of(d).is_some_and(|dc| dc.price_node.is_some());
-    let model = match &setup.model {
-        Some(id) => catalog.model(id).ok_or_else(|| EvalError::UnknownModel(id.clone()))?,
-        None => catalog
-            .models
-            .iter()
-            .find(|m| m.deployments.iter().filter(|d| priced(d)).count() >= 2)
-            .ok_or(EvalError::NoModel)?,
-    };
-    // Sites: the model's hosted deployments with a priced data center, by deployment index.
-    let sites: Vec<usize> = model.deployments.iter().enumerate().filter(|(_, d)| priced(d)).map(|(i, _)| i).collect();
-    if sites.len() < 2 {
-        return Err(EvalError::TooFewSites(model.id.clone()));
-    }
-    let nodes: Vec<&str> = sites
-        .iter()
-        .filter_map(|&i| catalog.data_center_of(&model.deployments[i]).and_then(|dc| dc.price_node.as_deref()))
-        .collect();
-    let site_names: Vec<String> = sites
-        .iter()
-        .map(|&i| {
-            let d = &model.deployments[i];
-            catalog.data_center_of(d).map_or(d.id.clone(), |dc| dc.id.clone())
-        })
-        .collect();
-    let mut rows: Vec<EnergyRow> = rows.iter().filter(|r| nodes.contains(&r.node.as_str())).cloned().collect();
-    rows.sort_by_key(|r| r.price.interval_start);
-    // Evaluate where every site has a price: from the latest first row to the earliest end.
-    let first_of = |n: &str| rows.iter().find(|r| r.node == n).map(|r| r.price.interval_start);
-    let end_of = |n: &str| {
-        rows.iter().rev().find(|r| r.node == n).map(|r| r.price.interval_start + 60 * i64::from(r.price.interval_minutes))
-    };
-    let missing: Vec<&str> = nodes.iter().copied().filter(|n| first_of(n).is_none()).collect();
-    if !missing.is_empty() {
-        return Err(EvalError::NoOverlap(format!(" (no rows for {})", missing.join(", "))));
-    }
-    let from = nodes.iter().filter_map(|n| first_of(n)).max().unwrap_or(0);
-    let to = nodes.iter().filter_map(|n| end_of(n)).min().unwrap_or(0);
-    if to <= from {
-        return Err(EvalError::NoOverlap(String::new()));
-    }
-
-    let rules = RowRules {
-        min_usd_per_mwh: energy.min_usd_per_mwh,
-        max_usd_per_mwh: energy.max_usd_per_mwh,
-        known_nodes: nodes.iter().map(|n| n.to_string()).collect(),
-    };
-    let strategies = StrategySet::default_price();
+    let (model, sites) = Sites::of(catalog, setup.model.as_deref())?;
+    let (rows, from, to) = sites.overlap(rows)?;
     let (mean_in, mean_out) = setup.load.mean_tokens();
-    let k = sites.len();
+    let k = sites.deployments.len();
     let step = setup.step;
 
     // Per step: requests, true cost and energy per request at each site, joule's order.
@@ -402,58 +538,27 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
         joule: Vec<usize>,
     }
     let mut steps = Vec::new();
-    let (mut truth, mut known) = (EnergyTable::default(), EnergyTable::default());
-    let (mut ti, mut ki) = (0usize, 0usize);
-    let mut rejected = rejected_rows;
+    let mut truth = Feeder::new(&rows, energy, &sites.nodes);
+    let mut known = Feeder::new(&rows, energy, &sites.nodes);
     let mut stale_decisions = 0usize;
-    let feed = |table: &mut EnergyTable, idx: &mut usize, upto: i64, now: i64, rejected: &mut usize| {
-        let j = *idx + rows[*idx..].partition_point(|r| r.price.interval_start <= upto);
-        if j > *idx {
-            let batch: Vec<ParsedRow> = rows[*idx..j].iter().cloned().enumerate().map(|(p, r)| (p + 1, Ok(r))).collect();
-            let applied = table.apply(batch, &rules, now);
-            *rejected += applied.rejected.len();
-            if let Some(t) = applied.table {
-                *table = t;
-            }
-            *idx = j;
-        }
-    };
-    // The evaluation replays prices, not traffic: no live telemetry, priors only.
-    let model_index = catalog.model_index(&model.id).unwrap_or(0);
-    let no_telemetry = crate::telemetry::Telemetry::new(
-        catalog,
-        crate::telemetry::TelemetrySettings { enabled: false, ..Default::default() },
-        None,
-    );
+    let ranker = Ranker::new(catalog, model);
+    let per_request = |p: TokenPrice| (mean_in * p.input + mean_out * p.output) / 1e6;
     let mut t = from;
     while t < to {
-        feed(&mut truth, &mut ti, t, t, &mut rejected);
-        feed(&mut known, &mut ki, t - setup.feed_delay, t, &mut rejected);
+        truth.advance(t, t);
+        known.advance(t - setup.feed_delay, t);
         // True prices: the last price of each site, never the stale fallback.
-        let true_book = PriceBook::build(catalog, &truth, f64::NEG_INFINITY, t);
-        let joule_book = PriceBook::build(catalog, &known, energy.stale_fallback_usd_per_mwh, t);
-        let mut cost = Vec::with_capacity(k);
-        let mut en = Vec::with_capacity(k);
-        for &i in &sites {
-            let q = true_book.quote(catalog, model, i);
-            cost.push((mean_in * q.cost.input + mean_out * q.cost.output) / 1e6);
-            let base = match &model.deployments[i].kind {
-                DeploymentKind::Hosted { base_price, .. } => *base_price,
-                DeploymentKind::Provider { .. } => Default::default(),
-            };
-            en.push((mean_in * (q.cost.input - base.input) + mean_out * (q.cost.output - base.output)) / 1e6);
-        }
-        let cands: Vec<_> = routing::candidates(catalog, &joule_book, model, model_index, &no_telemetry).into_iter().filter(|c| sites.contains(&c.deployment)).collect();
-        let decision = routing::rank_native(cands, &strategies);
-        let joule: Vec<usize> =
-            decision.ranked.iter().filter_map(|(c, _)| sites.iter().position(|&s| s == c.deployment)).collect();
-        if decision.ranked.first().is_some_and(|(c, _)| c.quote.stale) {
-            stale_decisions += 1;
-        }
+        let true_book = PriceBook::build(catalog, truth.table(), f64::NEG_INFINITY, t);
+        let joule_book = PriceBook::build(catalog, known.table(), energy.stale_fallback_usd_per_mwh, t);
+        let (cost, en) = sites.costs(catalog, &true_book, model).into_iter().map(|(c, e)| (per_request(c), per_request(e))).unzip();
+        let (joule, stale) = ranker.order(catalog, &joule_book, model, &sites);
+        stale_decisions += usize::from(stale);
         let n = setup.load.rate_at(t) * step.min(to - t) as f64;
         steps.push(StepData { n, cost, energy: en, joule });
         t += step;
     }
+    let rejected = rejected_rows + truth.rejected + known.rejected;
+    let site_names = sites.names;
 
     let cap = setup.load.capacity.map(|c| c * step as f64);
     // Static priority for overflow: sites by mean true cost.
@@ -482,7 +587,7 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
     let (c, e) = run(&mut |st, out| even(k, st.n, cap, out));
     results.push(("round robin".into(), c, e));
     let (c, e) = run(&mut |st, out| fill(&st.joule, st.n, cap, out));
-    results.push((format!("joule price (delay {})", human(setup.feed_delay)), c, e));
+    results.push((format!("joule price (delay {})", crate::clock::format_duration(setup.feed_delay)), c, e));
     let (c, e) = run(&mut |st, out| {
         let mut order: Vec<usize> = (0..k).collect();
         order.sort_by(|&a, &b| st.cost[a].total_cmp(&st.cost[b]));
@@ -526,16 +631,6 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
         best_static: site_names[best_i].clone(),
         outcomes,
     })
-}
-
-fn human(secs: i64) -> String {
-    match secs {
-        0 => "0".into(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 #[cfg(test)]

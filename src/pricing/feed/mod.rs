@@ -6,7 +6,9 @@
 //! Columns: `location,iso,market,interval_start,interval_minutes,usd_per_mwh` (`market`
 //! optional; the price node is `iso/location`). JSON: an array of such objects, or
 //! `{"rows": [...]}`; an object may give `node: "ISO/location"` instead of `iso` and
-//! `location`, and `usd_per_mwh` as a number or a numeric string.
+//! `location`, and `usd_per_mwh` as a number or a numeric string. `market` `DA` (or `DAM`)
+//! marks a day-ahead price, kept as a forecast; `RT`, none or any other value a real-time one
+//! ([`crate::pricing::energy::Market`]).
 
 pub mod poll;
 pub mod push;
@@ -19,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::clock::{parse_rfc3339, Clock, SystemClock};
-use super::energy::{EnergyPrice, EnergyRow, ParsedRow, RejectKind, Rejected};
+use super::energy::{EnergyPrice, EnergyRow, Market, ParsedRow, RejectKind, Rejected};
 use super::history::{History, HistoryError, HistoryStore};
 use super::{EnergySettings, PollSettings, Pricing};
 use crate::catalog::Catalog;
@@ -130,7 +132,18 @@ fn malformed(row: usize, message: String) -> Rejected {
     Rejected { kind: RejectKind::Malformed, row, message }
 }
 
-fn build_row(pos: usize, iso: &str, location: &str, start: &str, minutes: &str, price: &str) -> Result<EnergyRow, Rejected> {
+/// A row's text fields, as a CSV line or a JSON object gives them.
+struct RowText<'a> {
+    iso: &'a str,
+    location: &'a str,
+    market: Option<&'a str>,
+    start: &'a str,
+    minutes: &'a str,
+    price: &'a str,
+}
+
+fn build_row(pos: usize, f: RowText<'_>) -> Result<EnergyRow, Rejected> {
+    let RowText { iso, location, market, start, minutes, price } = f;
     let (iso, location) = (iso.trim(), location.trim());
     if iso.is_empty() || location.is_empty() {
         return Err(malformed(pos, "empty iso or location".into()));
@@ -144,7 +157,8 @@ fn build_row(pos: usize, iso: &str, location: &str, start: &str, minutes: &str, 
         .ok_or_else(|| malformed(pos, format!("interval_minutes `{minutes}` is not a whole number of minutes in 1..1440")))?;
     // `NaN` and `inf` parse, and are rejected as non-finite by validation.
     let usd_per_mwh = price.trim().parse::<f64>().map_err(|_| malformed(pos, format!("usd_per_mwh `{price}` is not a number")))?;
-    Ok(EnergyRow { node: format!("{iso}/{location}"), price: EnergyPrice { usd_per_mwh, interval_start, interval_minutes } })
+    let market = market.map_or(Market::RealTime, Market::parse);
+    Ok(EnergyRow { node: format!("{iso}/{location}"), price: EnergyPrice { usd_per_mwh, interval_start, interval_minutes }, market })
 }
 
 /// Parses a CSV document with a header row. Row positions are line numbers.
@@ -155,6 +169,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<ParsedRow>, DocumentError> {
     let mut r = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
     let headers = r.headers().map_err(|e| DocumentError(format!("CSV header: {e}")))?.clone();
     let col = |name: &str| headers.iter().position(|h| h == name);
+    let market = col("market");
     let (Some(loc), Some(iso), Some(start), Some(min), Some(price)) =
         (col("location"), col("iso"), col("interval_start"), col("interval_minutes"), col("usd_per_mwh"))
     else {
@@ -173,7 +188,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<ParsedRow>, DocumentError> {
                 let pos = rec.position().map_or(0, |p| p.line() as usize);
                 let f = |i: usize| rec.get(i);
                 match (f(loc), f(iso), f(start), f(min), f(price)) {
-                    (Some(l), Some(i), Some(s), Some(m), Some(p)) => (pos, build_row(pos, i, l, s, m, p)),
+                    (Some(location), Some(iso), Some(start), Some(minutes), Some(price)) => {
+                        let market = market.and_then(|c| rec.get(c));
+                        (pos, build_row(pos, RowText { iso, location, market, start, minutes, price }))
+                    }
                     _ => (pos, Err(malformed(pos, format!("expected {} columns, got {}", headers.len(), rec.len())))),
                 }
             }
@@ -204,7 +222,7 @@ fn json_row(pos: usize, v: &Value) -> Result<EnergyRow, Rejected> {
         Some(Value::String(x)) => x.clone(),
         _ => return Err(malformed(pos, "missing usd_per_mwh".into())),
     };
-    build_row(pos, iso, location, start, &minutes, &price)
+    build_row(pos, RowText { iso, location, market: s("market"), start, minutes: &minutes, price: &price })
 }
 
 /// Parses a JSON document: an array of rows or `{"rows": [...]}`. Row positions count from 1.
@@ -272,6 +290,27 @@ SP-15,CAISO,RT,2023-07-02T00:15:00Z
     }
 
     #[test]
+    fn the_market_column_and_field() {
+        let csv = "location,iso,market,interval_start,interval_minutes,usd_per_mwh
+SP-15,CAISO,DA,2023-07-02T00:00:00Z,60,30
+SP-15,CAISO,dam,2023-07-02T00:00:00Z,60,30
+SP-15,CAISO,RT,2023-07-02T00:00:00Z,15,31
+SP-15,CAISO,,2023-07-02T00:00:00Z,15,31
+SP-15,CAISO,HASP,2023-07-02T00:00:00Z,15,31
+";
+        let markets: Vec<Market> = parse_csv(csv).unwrap().into_iter().map(|(_, r)| r.unwrap().market).collect();
+        use Market::{DayAhead as Da, RealTime as Rt};
+        assert_eq!(markets, vec![Da, Da, Rt, Rt, Rt]);
+        let no_column = "location,iso,interval_start,interval_minutes,usd_per_mwh\nSP-15,CAISO,2023-07-02T00:00:00Z,15,1\n";
+        assert_eq!(parse_csv(no_column).unwrap()[0].1.as_ref().unwrap().market, Rt);
+        let json = br#"[{"node":"CAISO/SP-15","market":"DA","interval_start":"2023-07-02T00:00:00Z","interval_minutes":60,"usd_per_mwh":30},
+                       {"node":"CAISO/SP-15","market":"RT","interval_start":"2023-07-02T00:00:00Z","interval_minutes":15,"usd_per_mwh":30},
+                       {"node":"CAISO/SP-15","interval_start":"2023-07-02T00:00:00Z","interval_minutes":15,"usd_per_mwh":30}]"#;
+        let markets: Vec<Market> = parse_json(json).unwrap().into_iter().map(|(_, r)| r.unwrap().market).collect();
+        assert_eq!(markets, vec![Da, Rt, Rt]);
+    }
+
+    #[test]
     fn json_shapes() {
         let body = br#"{"rows":[
             {"location":"SP-15","iso":"CAISO","market":"RT","interval_start":"2023-07-02T00:00:00Z","interval_minutes":15,"usd_per_mwh":33.5},
@@ -287,6 +326,7 @@ SP-15,CAISO,RT,2023-07-02T00:15:00Z
         assert!(rows[1].1.as_ref().unwrap().price.usd_per_mwh.is_nan());
         let m = Some(RejectKind::Malformed);
         assert_eq!(kinds(&rows[2..]), vec![(3, m), (4, m), (5, m), (6, m)]);
+        assert_eq!(rows[0].1.as_ref().unwrap().market, Market::RealTime);
         assert_eq!(parse_json(b"[]").unwrap().len(), 0);
         assert!(parse_json(b"{\"prices\":[]}").is_err());
         assert!(parse_json(b"{nope").is_err());

@@ -3,7 +3,8 @@
 //! Rows up to the start time are applied at once (so history fills in as it happened); then
 //! each interval start is applied when the clock reaches it. With `repeat`, the trace starts
 //! over shifted by its length (rounded up to whole days, so daily shapes stay aligned) and
-//! time keeps moving forward.
+//! time keeps moving forward. Day-ahead rows (market `DA`) are applied when the day-ahead
+//! market would have published them ([`EnergyRow::due`]), not when their interval starts.
 //!
 //! The trace files hold whole markets; only the locations some data center uses are kept
 //! (the others are counted once in the start-up log line, not as feed errors). Malformed lines
@@ -27,7 +28,8 @@ pub enum ReplayError {
     Empty,
 }
 
-/// The merged trace, sorted by interval start (then source order).
+/// The merged trace, sorted by when each row is due ([`EnergyRow::due`]: the interval start
+/// of a real-time row), then source order.
 #[derive(Debug, Clone)]
 pub struct Trace {
     rows: Vec<EnergyRow>,
@@ -76,8 +78,8 @@ impl Trace {
         if rows.is_empty() {
             return Err(ReplayError::Empty);
         }
-        rows.sort_by_key(|r| r.price.interval_start);
-        let first = rows[0].price.interval_start;
+        rows.sort_by_key(EnergyRow::due);
+        let first = rows.iter().map(|r| r.price.interval_start).min().unwrap_or(0);
         let end = rows.iter().map(|r| r.price.interval_start + 60 * i64::from(r.price.interval_minutes)).max().unwrap_or(first);
         let span = ((end - first + 86_399) / 86_400).max(1) * 86_400;
         if !skipped.is_empty() {
@@ -89,7 +91,7 @@ impl Trace {
         Ok(Trace { rows, bad, first, span })
     }
 
-    /// The rows kept, sorted by interval start.
+    /// The rows kept, sorted by when they are due.
     pub fn rows(&self) -> &[EnergyRow] {
         &self.rows
     }
@@ -161,7 +163,7 @@ impl Replay {
             shift = (clock.origin() - trace.first) / trace.span * trace.span;
         }
         // Catch up: everything up to the start at once.
-        let cut = trace.rows.partition_point(|r| r.price.interval_start + shift <= clock.now());
+        let cut = trace.rows.partition_point(|r| r.due() + shift <= clock.now());
         let mut i = cut;
         if cut > 0 {
             let rows = trace.rows[..cut].iter().map(|r| shifted(r, shift)).enumerate().map(|(k, r)| (k + 1, Ok(r))).collect();
@@ -181,8 +183,8 @@ impl Replay {
                 shift += trace.span;
                 i = 0;
             }
-            let t = trace.rows[i].price.interval_start + shift;
-            let j = i + trace.rows[i..].iter().take_while(|r| r.price.interval_start + shift == t).count();
+            let t = trace.rows[i].due() + shift;
+            let j = i + trace.rows[i..].iter().take_while(|r| r.due() + shift == t).count();
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep_until(clock.instant_of(t)) => {}
@@ -283,6 +285,40 @@ Chicago Hub,PJM,RT,not-a-time,5,23
         let p = pricing.table().get("PJM/Chicago Hub").copied().unwrap();
         assert_eq!((p.interval_start, p.usd_per_mwh), (T0 + 86_400, 20.0));
         task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn day_ahead_rows_arrive_when_published_and_stay_out_of_the_table() {
+        // Day-ahead prices for 2023-07-02 13:00 and 2023-07-03 01:00: published 07-01 12:00
+        // (before the trace starts: applied at once) and 07-02 12:00.
+        let text = "location,iso,market,interval_start,interval_minutes,usd_per_mwh
+SP-15,CAISO,RT,2023-07-02T00:00:00Z,15,10
+SP-15,CAISO,DA,2023-07-02T13:00:00Z,60,999
+SP-15,CAISO,DA,2023-07-03T01:00:00Z,60,888
+";
+        let catalog = crate::pricing::tests::two_site_catalog();
+        let nodes = catalog.data_centers.iter().filter_map(|d| d.price_node.clone()).collect();
+        let settings = ReplaySettings {
+            sources: vec![ReplaySource::Embedded { name: "da.csv", text }],
+            speed: 3600.0,
+            start: ReplayStart::TraceStart,
+            repeat: false,
+        };
+        let replay = Replay::new(&settings, &nodes).unwrap();
+        let dues: Vec<i64> = replay.trace.rows().iter().map(EnergyRow::due).collect();
+        assert_eq!(dues, vec![T0 - 12 * 3600, T0, T0 + 12 * 3600]);
+        assert_eq!(replay.trace.first(), T0);
+        let pricing = Pricing::new(&catalog, &EnergySettings::default(), Arc::new(replay.clock()), History::in_memory(7), None);
+        let task = tokio::spawn(replay.run(pricing.clone(), std::future::pending()));
+        tokio::task::yield_now().await;
+        let ahead = |p: &Pricing| p.day_ahead("CAISO/SP-15").iter().map(|x| x.usd_per_mwh).collect::<Vec<_>>();
+        assert_eq!(ahead(&pricing), vec![999.0]);
+        assert_eq!(price(&pricing, "CAISO/SP-15"), Some(10.0));
+        // 12 trace hours later (12 s at 3600×) the next day's price is published.
+        task.await.unwrap();
+        assert_eq!(ahead(&pricing), vec![999.0, 888.0]);
+        assert_eq!(price(&pricing, "CAISO/SP-15"), Some(10.0));
+        assert_eq!(pricing.clock().now(), T0 + 12 * 3600);
     }
 
     #[test]

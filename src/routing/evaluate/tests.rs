@@ -47,7 +47,7 @@ fn fixture() -> (Catalog, Vec<EnergyRow>) {
     for h in 0..4 {
         for (node, v) in [("X/A", A[h]), ("X/B", B[h])] {
             let price = EnergyPrice { usd_per_mwh: v, interval_start: T0 + 3600 * h as i64, interval_minutes: 60 };
-            rows.push(EnergyRow { node: node.into(), price });
+            rows.push(EnergyRow::real_time(node, price));
         }
     }
     (catalog, rows)
