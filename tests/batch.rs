@@ -200,10 +200,18 @@ async fn a_batch_waits_for_the_cheap_interval_and_completes_before_its_deadline(
     let (s, listed) = call(&gw, &c, KEY, "GET", "/batches?limit=1", None).await;
     assert_eq!(s, 200);
     assert_eq!(listed["data"][0]["id"], id.as_str());
-    // Usage records carry the batch lines at their cost.
-    let (s, usage) = admin_call(&gw, &c, ADMIN, "GET", "/usage/summary", None).await;
-    assert_eq!(s, 200, "{usage}");
-    assert_eq!(usage["requests"], 20, "{usage}");
+    // Usage records carry the batch lines at their cost (written in the background).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, usage) = admin_call(&gw, &c, ADMIN, "GET", "/usage/summary", None).await;
+        assert_eq!(s, 200, "{usage}");
+        if usage["requests"] == 20 {
+            assert!((f(&usage["cost_usd"]) - sum).abs() < 1e-6, "{usage} vs {sum}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage records: {usage}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,7 +273,15 @@ async fn schedule_all(
     let forecasts: HashMap<String, NodeForecast> = st
         .history
         .iter()
-        .map(|(node, h)| (node.clone(), NodeForecast::build(&settings.schedule.forecast, h, &[], now)))
+        .map(|(node, h)| {
+            let day_ahead: Vec<PricePoint> = gw
+                .pricing
+                .day_ahead(node)
+                .into_iter()
+                .map(|p| PricePoint { start: p.interval_start, minutes: p.interval_minutes, usd_per_mwh: p.usd_per_mwh })
+                .collect();
+            (node.clone(), NodeForecast::build(&settings.schedule.forecast, h, &day_ahead, now))
+        })
         .collect();
     for (base, batches) in by_model {
         // A removed model: its batches wait, and expire at their deadline.
