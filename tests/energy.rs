@@ -524,10 +524,11 @@ gpu = { node_kw = 0, decode_tokens_per_s = 10 }
     }
 }
 
-#[test]
-fn energy_evaluate_cli_on_a_fixture() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("eval.toml");
+/// Two sites A and B (PUE 1, base 0, 3.6 kW, 1000 decode tokens/s: a request of 1000 output
+/// tokens costs P × 1e-6 $ at P $/MWh) and hourly prices `(a, b)` from 2023-07-02: the
+/// config and price files of the evaluation commands.
+fn evaluation_fixture(dir: &std::path::Path, hourly: &[(f64, f64)]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let config = dir.join("eval.toml");
     let gpu = "gpu = { node_kw = 3.6, prefill_tokens_per_s = 10000, decode_tokens_per_s = 1000 }";
     let mut text = String::from("[server]\nlisten = [\"127.0.0.1:1\"]\n");
     for s in ["A", "B"] {
@@ -538,23 +539,36 @@ fn energy_evaluate_cli_on_a_fixture() {
         text += &format!("[[models.deployments]]\nid = \"m-{s}\"\ndata_center = \"{s}\"\nurl = \"http://127.0.0.1:9/v1\"\nbase_price_input = 0\nbase_price_output = 0\n{gpu}\n");
     }
     std::fs::write(&config, text).unwrap();
-    let prices = dir.path().join("prices.csv");
+    let prices = dir.join("prices.csv");
     let mut csv = String::from("location,iso,market,interval_start,interval_minutes,usd_per_mwh\n");
-    for (h, (a, b)) in [(10, 40), (50, 20), (30, 60), (80, 20)].iter().enumerate() {
+    for (h, (a, b)) in hourly.iter().enumerate() {
         let t = rfc3339(1_688_256_000 + 3600 * h as i64);
         csv += &format!("A,X,RT,{t},60,{a}\nB,X,RT,{t},60,{b}\n");
     }
     std::fs::write(&prices, csv).unwrap();
+    (config, prices)
+}
+
+/// `joule energy <command and its flags> --config C --prices P <extra>`.
+fn evaluation(command: &[&str], config: &std::path::Path, prices: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
+        .arg("energy")
+        .args(command)
+        .arg("--config")
+        .arg(config)
+        .arg("--prices")
+        .arg(prices)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn energy_evaluate_cli_on_a_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prices) = evaluation_fixture(dir.path(), &[(10.0, 40.0), (50.0, 20.0), (30.0, 60.0), (80.0, 20.0)]);
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_joule"))
-            .args(["energy", "evaluate", "--config"])
-            .arg(&config)
-            .arg("--prices")
-            .arg(&prices)
-            .args(["--load", "rate=1,shape=flat,mix=0:1000", "--step", "1h"])
-            .args(extra)
-            .output()
-            .unwrap();
+        let out = evaluation(&["evaluate", "--load", "rate=1,shape=flat,mix=0:1000", "--step", "1h"], &config, &prices, extra);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -566,4 +580,40 @@ fn energy_evaluate_cli_on_a_fixture() {
     assert!(close(f(&outcome("joule price (delay 0)")["share_of_oracle_savings"]), 1.0));
     let table = run(&[]);
     assert!(table.contains("| joule price (delay 5m) |") && table.contains("| round robin | 0.56 |"), "{table}");
+}
+
+#[test]
+fn energy_evaluate_batch_cli_on_a_fixture() {
+    // Three days: A cheap around 03:00, B around 15:00.
+    let hourly: Vec<(f64, f64)> = (0..72)
+        .map(|h| {
+            let wave = |peak: f64| 50.0 - 30.0 * (std::f64::consts::TAU * ((h % 24) as f64 - peak) / 24.0).cos();
+            (wave(3.0), wave(15.0))
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, prices) = evaluation_fixture(dir.path(), &hourly);
+    let run = |extra: &[&str]| evaluation(&["evaluate-batch", "--slot", "1h", "--feed-delay", "0"], &config, &prices, extra);
+    let out = run(&["--batches", "count=5,size=100..300,window=12h,mix=0:1000,capacity=0.05", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes = v["outcomes"].as_array().unwrap();
+    let plans: Vec<&str> = outcomes.iter().map(|o| o["plan"].as_str().unwrap()).collect();
+    assert_eq!(
+        plans,
+        ["run at submission", "joule, forecast from history", "joule, perfect day-ahead", "joule, perfect foresight", "oracle (hindsight, no margin)"]
+    );
+    for o in outcomes {
+        assert_eq!(o["deadlines_met"], 5, "{o}");
+        assert!(f(&o["energy"]) >= f(&outcomes[4]["energy"]) - 1e-9 && f(&o["energy"]) <= f(&outcomes[0]["energy"]) + 1e-9, "{o}");
+    }
+    assert!(close(f(&outcomes[4]["share_of_oracle_savings"]), 1.0));
+    let table = String::from_utf8(run(&["--batches", "count=5,window=12h"]).stdout).unwrap();
+    assert!(table.contains("| run at submission |") && table.contains("5/5"), "{table}");
+    let bad = run(&["--batches", "count=5,burst=2"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--batches: unknown key `burst`"), "{err}");
+    let bad = run(&["--forecast", "stat=mode"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--forecast: stat `mode`"));
 }

@@ -44,7 +44,7 @@ use crate::pricing::day_ahead;
 use crate::pricing::energy::{EnergyRow, Market};
 use crate::pricing::feed::replay::Trace;
 use crate::pricing::{EnergySettings, PriceBook, ReplaySource};
-use crate::routing::evaluate::{self as routing_eval, key_values, number, token_mix, Feeder, Ranker, Sites, TokenClass};
+use crate::routing::evaluate::{self as routing_eval, heading, key_values, markdown_table, number, percent, token_mix, Feeder, Ranker, Sites, TokenClass};
 
 /// Why a batch evaluation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -299,14 +299,10 @@ impl Evaluation {
 
     /// A Markdown table.
     pub fn table(&self) -> String {
-        let mut s = String::new();
+        let mut s = heading(&self.model, self.sites.len(), &self.from, &self.to);
         let _ = writeln!(
             s,
-            "model {} on {} sites, {} → {}, {} batches ({:.0} requests, {:.2e} input + {:.2e} output tokens), window {}, capacity {} req/s per site, slot {}, feed delay {}, margin {} %",
-            self.model,
-            self.sites.len(),
-            self.from,
-            self.to,
+            ", {} batches ({:.0} requests, {:.2e} input + {:.2e} output tokens), window {}, capacity {} req/s per site, slot {}, feed delay {}, margin {} %",
             self.batches,
             self.requests,
             self.input_tokens,
@@ -318,22 +314,19 @@ impl Evaluation {
             100.0 * self.margin_share,
         );
         let _ = writeln!(s);
-        let _ = writeln!(s, "| plan | cost $ | energy $ | energy savings | share of oracle savings | deadlines met | mean delay h |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
-        for o in &self.outcomes {
-            let _ = writeln!(
-                s,
-                "| {} | {:.2} | {:.2} | {:.1} % | {} | {}/{} | {:.1} |",
-                o.plan,
-                o.cost,
-                o.energy,
-                100.0 * o.energy_savings,
-                o.share_of_oracle_savings.map_or("–".into(), |x| format!("{:.1} %", 100.0 * x)),
-                o.deadlines_met,
-                self.batches,
-                o.mean_delay_hours,
-            );
-        }
+        let rows = self.outcomes.iter().map(|o| {
+            vec![
+                o.plan.clone(),
+                format!("{:.2}", o.cost),
+                format!("{:.2}", o.energy),
+                format!("{:.1} %", 100.0 * o.energy_savings),
+                percent(o.share_of_oracle_savings),
+                format!("{}/{}", o.deadlines_met, self.batches),
+                format!("{:.1}", o.mean_delay_hours),
+            ]
+        });
+        let header = ["plan", "cost $", "energy $", "energy savings", "share of oracle savings", "deadlines met", "mean delay h"];
+        markdown_table(&mut s, &header, rows);
         let _ = writeln!(s);
         let errors: Vec<String> = self.forecast_error.iter().map(|e| format!("{:.1}", e.mae)).collect();
         let last: Vec<String> = self.forecast_error.iter().map(|e| format!("{:.1}", e.mae_last_price)).collect();
@@ -443,9 +436,13 @@ fn charge(world: &World<'_>, run: &mut Run, b: &Batch, k: usize, s: usize, x: f6
 
 const EPS: f64 = 1e-6;
 
+/// What a plan runs in one slot: given the slot and the active batches (index, requests left;
+/// arrival order), the requests of each per site.
+type Step<'s> = dyn FnMut(usize, &[(usize, f64)]) -> Vec<Vec<f64>> + 's;
+
 /// Ticks through the trace; `step(k, active)` says what each active batch (index, requests
 /// left; arrival order) runs in slot `k`, per site. Returns the run.
-fn simulate(world: &World<'_>, step: &mut dyn FnMut(usize, &[(usize, f64)]) -> Vec<Vec<f64>>) -> Run {
+fn simulate(world: &World<'_>, step: &mut Step<'_>) -> Run {
     let mut run = Run { cost: 0.0, energy: 0.0, requests: 0.0, delay: 0.0, met: 0 };
     let mut left: Vec<f64> = world.batches.iter().map(|b| b.requests).collect();
     let mut finished: Vec<i64> = vec![i64::MIN; world.batches.len()];

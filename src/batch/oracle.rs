@@ -219,9 +219,9 @@ mod tests {
             let unmet: f64 = s.unmet.iter().sum();
             assert!((unmet - (supply.iter().sum::<u32>() - flow) as f64).abs() < 1e-9);
             // Capacities hold.
-            for c in 0..nc {
+            for (c, &cap) in capacity.iter().enumerate() {
                 let used: f64 = s.flow.iter().zip(&arcs).filter(|(_, a)| a.cell == c).map(|(f, _)| f).sum();
-                assert!(used <= f64::from(capacity[c]) + 1e-9);
+                assert!(used <= f64::from(cap) + 1e-9);
             }
         }
     }

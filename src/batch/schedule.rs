@@ -160,73 +160,23 @@ mod tests {
     const H: i64 = 3600;
     const T0: i64 = 1_688_256_000;
 
-    /// Two hosted sites (PUE 1, 3.6 kW, 1000 decode tokens/s, base 0: a request of 1000 output
-    /// tokens costs P × 1e-6 $ at P $/MWh), one without a price node (base 0.5 $/Mtok output)
-    /// and a provider route (list 0.2 $/Mtok output + 5 %).
-    const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:1"]
-[[data_centers]]
-id = "a"
-price_node = "X/A"
-pue = 1.0
-[[data_centers]]
-id = "b"
-price_node = "X/B"
-pue = 1.0
-[[data_centers]]
-id = "plain"
-[[providers]]
-id = "prov"
-base_url = "https://provider.example/v1"
-[[models]]
-id = "m"
-category = "hosted"
-[[models.deployments]]
-id = "m-a"
-data_center = "a"
-url = "http://127.0.0.1:9/v1"
-base_price_input = 0
-base_price_output = 0
-gpu = { node_kw = 3.6, prefill_tokens_per_s = 10000, decode_tokens_per_s = 1000 }
-[[models.deployments]]
-id = "m-b"
-data_center = "b"
-url = "http://127.0.0.1:9/v1"
-base_price_input = 0
-base_price_output = 0
-gpu = { node_kw = 3.6, prefill_tokens_per_s = 10000, decode_tokens_per_s = 1000 }
-[[models.deployments]]
-id = "m-plain"
-data_center = "plain"
-url = "http://127.0.0.1:9/v1"
-base_price_input = 0
-base_price_output = 0.5
-[[models.deployments]]
-id = "m-prov"
-provider = "prov"
-list_price_input = 0
-list_price_output = 0.2
-"#;
-
+    /// Sites A (`X/A`) and B (`X/B`): PUE 1, 3.6 kW, 1000 decode tokens/s, base 0, so a request
+    /// of 1000 output tokens costs P × 1e-6 $ at P $/MWh.
     fn catalog() -> Catalog {
-        crate::config::parse(CONFIG, std::path::Path::new("."), &|_| None).unwrap_or_else(|e| panic!("{e}")).catalog
+        let config = crate::routing::evaluate::tests::CONFIG;
+        crate::config::parse(config, std::path::Path::new("."), &|_| None).unwrap_or_else(|e| panic!("{e}")).catalog
     }
 
-    /// Hourly slots; the forecast of each node is its hourly prices from `T0` (last-price-only
-    /// forecasts would be flat, so the tests give the whole future as day-ahead prices and the
-    /// first hour as the last real-time price).
+    /// Hourly slots, no margin share (the one-slot floor remains).
     fn settings() -> ScheduleSettings {
         ScheduleSettings { slot_s: H, margin_share: 0.0, ..Default::default() }
     }
 
-    fn forecasts(a: &'static [f64], b: &'static [f64]) -> impl Fn(&str) -> Option<NodeForecast> {
+    /// Forecasts made at `T0`: each listed node's hourly prices from `T0` as day-ahead prices,
+    /// with the first hour as its last real-time price.
+    fn forecasts(nodes: &'static [(&'static str, &'static [f64])]) -> impl Fn(&str) -> Option<NodeForecast> {
         move |node: &str| {
-            let v = match node {
-                "X/A" => a,
-                "X/B" => b,
-                _ => return None,
-            };
+            let (_, v) = nodes.iter().find(|(n, _)| *n == node)?;
             let points: Vec<PricePoint> =
                 v.iter().enumerate().map(|(h, &p)| PricePoint { start: T0 + H * h as i64, minutes: 60, usd_per_mwh: p }).collect();
             Some(NodeForecast::build(&ForecastSettings::default(), &points[..1], &points, T0))
@@ -243,20 +193,19 @@ list_price_output = 0.2
 
     #[test]
     fn the_cheapest_cells_before_the_deadline_by_hand() {
-        // A: 50, 30, 10, 5 $/MWh; B: 40, 20, 60, 1. One request of 1000 output tokens costs
-        // P·1e-6 $. 5 requests, 2 per site per hour, deadline after hour 3 (slots 0–2), margin
-        // one slot → slots 0–1 only: cells B1 (20), A1 (30), B0 (40), A0 (50): 2 + 2 + 1 →
-        // 2·20 + 2·30 + 40 = 140 µ$, one now at B.
+        // A: 50, 30, 10, 5 $/MWh; B: 40, 20, 60, 1. One request costs P·1e-6 $. 5 requests,
+        // 2 per site per hour, deadline after hour 3 (slots 0–2), margin one slot → slots 0–1
+        // only: cells B1 (20), A1 (30), B0 (40), A0 (50): 2 + 2 + 1 → 2·20 + 2·30 + 40 = 140 µ$,
+        // one now at B.
         let c = catalog();
         let m = c.model("m").unwrap();
         let sites = [Site { deployment: 0, requests_per_slot: 2.0 }, Site { deployment: 1, requests_per_slot: 2.0 }];
-        let f = forecasts(&[50.0, 30.0, 10.0, 5.0], &[40.0, 20.0, 60.0, 1.0]);
+        let f = forecasts(&[("X/A", &[50.0, 30.0, 10.0, 5.0]), ("X/B", &[40.0, 20.0, 60.0, 1.0])]);
         let p = &decide(&settings(), &c, m, &sites, &f, &[pending(5.0, 3)], T0)[0];
         assert_eq!(p.now, vec![0.0, 1.0]);
         assert!(close(p.cost, 140e-6), "{p:?}");
         assert!(!p.behind);
-        // Without the one-slot margin floor (a 3-slot window), slot 2 at A (10) would be used:
-        // the margin is at least one slot, so it is not.
+        // Without the one-slot margin floor, slot 2 at A (10) would be used.
         let g = grid(&settings(), &sites, &[pending(5.0, 3)], T0);
         assert_eq!(g.slots, 3);
         assert_eq!(latest(&settings(), &pending(5.0, 3)), T0 + 2 * H);
@@ -269,36 +218,46 @@ list_price_output = 0.2
     fn slot_zero_is_the_last_price_under_the_stale_rule_and_unknown_nodes_the_fallback() {
         let c = catalog();
         let m = c.model("m").unwrap();
-        let sites: Vec<Site> = (0..4).map(|d| Site { deployment: d, requests_per_slot: 1.0 }).collect();
-        let f = forecasts(&[50.0, 30.0], &[40.0, 20.0]);
+        let sites: Vec<Site> = (0..2).map(|d| Site { deployment: d, requests_per_slot: 1.0 }).collect();
+        let f = forecasts(&[("X/A", &[50.0, 30.0]), ("X/B", &[40.0, 20.0])]);
+        let output = |f: &dyn Fn(&str) -> Option<NodeForecast>, g: &Grid| -> Vec<f64> {
+            cell_prices(&settings(), &c, m, &sites, f, g).iter().map(|p| p.output).collect()
+        };
+        // $/Mtok output at P $/MWh: P/1000.
         let g = grid(&settings(), &sites, &[pending(1.0, 2)], T0);
-        let cost: Vec<f64> = cell_prices(&settings(), &c, m, &sites, &f, &g).iter().map(|p| p.output).collect();
-        // $/Mtok output at P $/MWh: P/1000. Plain: base 0.5. Provider: 0.2 + 5 %.
-        let want = [0.05, 0.04, 0.5, 0.21, 0.03, 0.02, 0.5, 0.21];
-        assert!(cost.iter().zip(want).all(|(a, b)| close(*a, b)), "{cost:?}");
-        // Three hours on, the last prices (hour 0) are stale: slot 0 at max(last, 150); later
-        // slots from the forecast (the day-ahead price, 30 and 20, is gone: the last price).
+        let cost = output(&f, &g);
+        assert!(cost.iter().zip([0.05, 0.04, 0.03, 0.02]).all(|(a, b)| close(*a, b)), "{cost:?}");
+        // Three hours on, the last prices (hour 0) are stale: slot 0 at max(last, 150).
         let late = grid(&settings(), &sites, &[Pending { deadline: T0 + 5 * H, ..pending(1.0, 5) }], T0 + 3 * H);
-        let cost: Vec<f64> = cell_prices(&settings(), &c, m, &sites, &f, &late).iter().map(|p| p.output).collect();
+        let cost = output(&f, &late);
         assert!(close(cost[0], 0.15) && close(cost[1], 0.15), "{cost:?}");
         // No forecast for B at all: the fallback in every slot.
         let only_a = |n: &str| if n == "X/A" { f(n) } else { None };
-        let cost: Vec<f64> = cell_prices(&settings(), &c, m, &sites, &only_a, &g).iter().map(|p| p.output).collect();
-        assert!(close(cost[1], 0.15) && close(cost[5], 0.15) && close(cost[0], 0.05), "{cost:?}");
+        let cost = output(&only_a, &g);
+        assert!(close(cost[1], 0.15) && close(cost[3], 0.15) && close(cost[0], 0.05), "{cost:?}");
     }
 
     #[test]
-    fn provider_routes_and_tokens_both_ways() {
-        // 2000 input tokens (10 000 prefill tokens/s: P/10000 $/Mtok) and 500 output. Site A
-        // at 100 $/MWh costs 2000·0.01 + 500·0.1 = 70 µ$; the provider 500·0.21 = 105 µ$.
-        let c = catalog();
+    fn unpriced_sites_and_provider_routes_by_hand() {
+        // `pricing::tests` catalog, model `m`: west (CAISO/SP-15, PUE 1.25, base 0.1/0.2; at
+        // 100 $/MWh 0.1125/0.325 $/Mtok), plain (no price node, 0.3/0.3), provider (list
+        // 1.0/2.0 + 5 %: 1.05/2.1). A request of 2000 input and 500 output tokens: west 387.5 µ$,
+        // plain 750 µ$, provider 3150 µ$. One request of room each (the provider 10), three
+        // requests, only slot 0 before the margin: one at each, 4287.5 µ$.
+        let c = crate::pricing::tests::two_site_catalog();
         let m = c.model("m").unwrap();
-        let sites = [Site { deployment: 0, requests_per_slot: 1.0 }, Site { deployment: 3, requests_per_slot: 10.0 }];
-        let f = forecasts(&[100.0, 100.0], &[]);
+        let sites = [
+            Site { deployment: 0, requests_per_slot: 1.0 },
+            Site { deployment: 2, requests_per_slot: 1.0 },
+            Site { deployment: 3, requests_per_slot: 10.0 },
+        ];
+        let f = forecasts(&[("CAISO/SP-15", &[100.0, 100.0])]);
         let job = Pending { remaining: 3.0, created: T0, deadline: T0 + 2 * H, input_tokens: 2000.0, output_tokens: 500.0 };
-        // Margin one slot: only slot 0. One request at A (70 µ$), two at the provider (210 µ$).
-        let p = &decide(&settings(), &c, m, &sites, &f, &[job], T0)[0];
-        assert_eq!(p.now, vec![1.0, 2.0]);
-        assert!(close(p.cost, 280e-6), "{p:?}");
+        let p = &decide(&settings(), &c, m, &sites, &f, std::slice::from_ref(&job), T0)[0];
+        assert_eq!(p.now, vec![1.0, 1.0, 1.0]);
+        assert!(close(p.cost, 4287.5e-6), "{p:?}");
+        // With two requests the provider is left out.
+        let p = &decide(&settings(), &c, m, &sites, &f, &[Pending { remaining: 2.0, ..job }], T0)[0];
+        assert_eq!(p.now, vec![1.0, 1.0, 0.0]);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::{load_config, print_json};
 use crate::clock::parse_duration;
@@ -13,21 +13,29 @@ use crate::batch::evaluate as batch_eval;
 use crate::batch::schedule::ScheduleSettings;
 use crate::routing::evaluate;
 
+/// What both evaluations replay.
+#[derive(Args)]
+pub struct TraceArgs {
+    /// A joule config: its data centers, GPU profiles and base prices.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Price trace CSV files (the format of shared/data/energy/; rows of market `DA` are
+    /// day-ahead prices).
+    #[arg(long, num_args = 1.., required = true)]
+    prices: Vec<PathBuf>,
+    /// Model to evaluate (default: the first hosted model with two or more priced sites).
+    #[arg(long)]
+    model: Option<String>,
+}
+
 /// `joule energy <command>`.
 #[derive(Subcommand)]
 pub enum EnergyCommand {
     /// Replay a price trace against a synthetic load and compare the cost of static sites,
     /// round robin, joule's `price` routing (with the feed delay) and the oracle.
     Evaluate {
-        /// A joule config: its data centers, GPU profiles and base prices.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Price trace CSV files (the format of shared/data/energy/).
-        #[arg(long, num_args = 1.., required = true)]
-        prices: Vec<PathBuf>,
-        /// Model to evaluate (default: the first hosted model with two or more priced sites).
-        #[arg(long)]
-        model: Option<String>,
+        #[command(flatten)]
+        trace: TraceArgs,
         /// rate=REQ/S,shape=flat|diurnal,amplitude=A,peak=HOUR,mix=IN:OUT:W+...,capacity=REQ/S
         #[arg(long, default_value = "")]
         load: String,
@@ -45,15 +53,8 @@ pub enum EnergyCommand {
     /// submission, joule's batch scheduler (forecast from history; perfect day-ahead prices;
     /// perfect foresight) and the hindsight oracle.
     EvaluateBatch {
-        /// A joule config: its data centers, GPU profiles and base prices.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Price trace CSV files (the format of shared/data/energy/; `DA` rows are day-ahead).
-        #[arg(long, num_args = 1.., required = true)]
-        prices: Vec<PathBuf>,
-        /// Model to evaluate (default: the first hosted model with two or more priced sites).
-        #[arg(long)]
-        model: Option<String>,
+        #[command(flatten)]
+        trace: TraceArgs,
         /// count=N,size=LO..HI,window=DUR,mix=IN:OUT:W+...,arrivals=poisson|even,capacity=REQ/S,start=DUR,seed=N
         #[arg(long, default_value = "")]
         batches: String,
@@ -81,7 +82,7 @@ pub enum EnergyCommand {
 /// The config, the load description, a duration or a price file is invalid.
 pub fn run(cmd: EnergyCommand) -> anyhow::Result<()> {
     match cmd {
-        EnergyCommand::Evaluate { config, prices, model, load, feed_delay, step, json } => {
+        EnergyCommand::Evaluate { trace: TraceArgs { config, prices, model }, load, feed_delay, step, json } => {
             let settings = load_config(&config)?;
             let feed_delay = duration("--feed-delay", &feed_delay)?;
             let step = duration("--step", &step)?;
@@ -89,7 +90,7 @@ pub fn run(cmd: EnergyCommand) -> anyhow::Result<()> {
             let result = evaluate::evaluate_files(&settings.catalog, &settings.energy, &prices, &setup)?;
             show(&result, json, || result.table())
         }
-        EnergyCommand::EvaluateBatch { config, prices, model, batches, forecast, slot, margin, feed_delay, json } => {
+        EnergyCommand::EvaluateBatch { trace: TraceArgs { config, prices, model }, batches, forecast, slot, margin, feed_delay, json } => {
             let settings = load_config(&config)?;
             let schedule = ScheduleSettings {
                 slot_s: duration("--slot", &slot)?,

@@ -192,7 +192,9 @@ fn validate(raw: RawConfig, base: &Path, env: Env<'_>) -> Result<Settings, Confi
     let store = store::store(&mut p, &raw.store, base, env);
     let admin_token = keys::admin_token(&mut p, &raw.admin, env);
     let plugins = plugins::plugins(&mut p, &raw.plugins, base);
-    let batch = batch::batch(&mut p, &raw.batch);
+    let mut batch = batch::batch(&mut p, &raw.batch);
+    // A site without a forecast is planned at the price the engine would charge there.
+    batch.schedule.fallback_usd_per_mwh = energy.stale_fallback_usd_per_mwh;
     p.into_result(|| Settings {
         server,
         limits,

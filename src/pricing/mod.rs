@@ -622,4 +622,4 @@ impl Pricing {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -256,14 +256,10 @@ impl Evaluation {
 
     /// A Markdown table.
     pub fn table(&self) -> String {
-        let mut s = String::new();
+        let mut s = heading(&self.model, self.sites.len(), &self.from, &self.to);
         let _ = writeln!(
             s,
-            "model {} on {} sites, {} → {}, {:.0} requests ({:.2e} input + {:.2e} output tokens), feed delay {} s, step {} s{}",
-            self.model,
-            self.sites.len(),
-            self.from,
-            self.to,
+            ", {:.0} requests ({:.2e} input + {:.2e} output tokens), feed delay {} s, step {} s{}",
             self.requests,
             self.input_tokens,
             self.output_tokens,
@@ -272,20 +268,18 @@ impl Evaluation {
             self.load.capacity.map_or(String::new(), |c| format!(", capacity {c} req/s per site")),
         );
         let _ = writeln!(s);
-        let _ = writeln!(s, "| strategy | cost $ | energy $ | savings vs best static | energy savings | share of oracle savings |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
-        for o in &self.outcomes {
-            let _ = writeln!(
-                s,
-                "| {} | {:.2} | {:.2} | {:.2} % | {:.1} % | {} |",
-                o.strategy,
-                o.cost,
-                o.energy,
-                100.0 * o.savings_vs_best_static,
-                100.0 * o.energy_savings_vs_best_static,
-                o.share_of_oracle_savings.map_or("–".into(), |x| format!("{:.1} %", 100.0 * x)),
-            );
-        }
+        let rows = self.outcomes.iter().map(|o| {
+            vec![
+                o.strategy.clone(),
+                format!("{:.2}", o.cost),
+                format!("{:.2}", o.energy),
+                format!("{:.2} %", 100.0 * o.savings_vs_best_static),
+                format!("{:.1} %", 100.0 * o.energy_savings_vs_best_static),
+                percent(o.share_of_oracle_savings),
+            ]
+        });
+        let header = ["strategy", "cost $", "energy $", "savings vs best static", "energy savings", "share of oracle savings"];
+        markdown_table(&mut s, &header, rows);
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -297,6 +291,25 @@ impl Evaluation {
         );
         s
     }
+}
+
+/// The start of a result's caption: `model M on N sites, FROM → TO`.
+pub fn heading(model: &str, sites: usize, from: &str, to: &str) -> String {
+    format!("model {model} on {sites} sites, {from} → {to}")
+}
+
+/// A Markdown table: the first column left-aligned, the others right-aligned.
+pub fn markdown_table(out: &mut String, header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(header.len().saturating_sub(1)));
+    for row in rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+}
+
+/// A share as `12.3 %`, or `–` when there is none.
+pub fn percent(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{:.1} %", 100.0 * x))
 }
 
 /// Loads trace files and evaluates.
@@ -634,4 +647,4 @@ pub fn evaluate(catalog: &Catalog, energy: &EnergySettings, rows: &[EnergyRow], 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use crate::pricing::energy::EnergyPrice;
 /// Two sites, PUE 1, base price 0, 3.6 kW and 1000 decode tokens/s: a request of 1000 output
 /// tokens costs P × 1e-6 $ at P $/MWh. One request per second, one-hour steps: 3600 requests
 /// per step, so an hour at P $/MWh costs 0.0036 × P $.
-const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 [server]
 listen = ["127.0.0.1:1"]
 [[data_centers]]
@@ -145,20 +145,26 @@ fn fill_and_even_split() {
     assert_eq!(out, vec![5.0, 2.0, 2.0]);
 }
 
-/// The full July 2023 trace, when present next to the repository (`../shared/data/energy`,
-/// or `JOULE_ENERGY_TRACE_DIR`), on `config/evaluate.toml`: the figures the README reports.
-#[test]
-fn full_trace_figures_when_available() {
+/// The full July 2023 trace's CSV files, when present next to the repository
+/// (`../shared/data/energy`, or `JOULE_ENERGY_TRACE_DIR`), and `config/evaluate.toml`.
+pub(crate) fn shared_trace() -> Option<(crate::config::Settings, Vec<std::path::PathBuf>)> {
     let dir = std::env::var("JOULE_ENERGY_TRACE_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/energy"));
     let Ok(entries) = std::fs::read_dir(&dir) else {
         eprintln!("skipped: no energy trace at {}", dir.display());
-        return;
+        return None;
     };
     let files: Vec<std::path::PathBuf> =
         entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "csv")).collect();
     let cfg = crate::config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/evaluate.toml")).unwrap();
+    Some((cfg, files))
+}
+
+/// The full trace on `config/evaluate.toml`: the figures the README reports.
+#[test]
+fn full_trace_figures_when_available() {
+    let Some((cfg, files)) = shared_trace() else { return };
     let share = |delay: i64, load: &str| {
         let setup = Setup { model: None, load: load.parse().unwrap(), feed_delay: delay, step: 60 };
         let e = evaluate_files(&cfg.catalog, &cfg.energy, &files, &setup).unwrap();
