@@ -300,6 +300,9 @@ async fn schedule_all(
             sites.push(Site { deployment: c.deployment, requests_per_slot: per_slot });
             free_now.push(free);
         }
+        // The plan aims to finish three ticks early: work starts only at a tick, and the
+        // batch is finalized at one (at 600× replay a 1 s tick is 10 trace minutes).
+        let reserve = (3.0 * settings.tick.as_secs_f64() * st.speed).ceil() as i64;
         let pending: Vec<Pending> = batches
             .iter()
             .map(|b| {
@@ -308,7 +311,7 @@ async fn schedule_all(
                 Pending {
                     remaining: (b.counts.unfinished() - running).max(0) as f64,
                     created: b.created_ms.div_euclid(1000),
-                    deadline: b.expires_ms.div_euclid(1000),
+                    deadline: (b.expires_ms.div_euclid(1000) - reserve).max(b.created_ms.div_euclid(1000) + 1),
                     input_tokens: b.est_input_tokens / total,
                     output_tokens: b.est_output_tokens / total,
                 }
