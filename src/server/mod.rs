@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::proxy::HttpProxy;
@@ -36,6 +37,16 @@ use crate::usage::{new_instance_id, UsageSink};
 use crate::routing::wasm::explain::DecisionLog;
 use crate::routing::wasm::{watch, Host, PluginRegistry};
 use adapter::{JouleProxy, Role};
+
+/// Per-connection buffering in front of a plain client socket: no read buffer, pingora's
+/// 1460-byte write buffer. pingora's default 64 KiB read buffer is allocated (zeroed) for every
+/// accepted connection and held for its whole life — most of the memory an open stream cost —
+/// while the HTTP/1 session reads the head into its own 4 KiB buffer and bodies in large reads
+/// anyway, so it saved no system calls worth the memory.
+const PLAIN_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(0), write: Some(1460) };
+/// TLS listeners keep a read buffer of one TLS record (16 KiB): rustls reads record by record,
+/// and unbuffered that is a system call per record.
+const TLS_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(16 * 1024), write: Some(1460) };
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -324,13 +335,13 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
 
     let mut api = guarded_service(&server.configuration, &gw, Role::Api, "joule api");
     for addr in &settings.server.listen {
-        api.add_tcp(&addr.to_string());
+        api.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
     }
     if let Some(t) = &settings.server.tls {
         let certs = Arc::new(tls::Certificates::load(&t.certificates, gw.metrics.clone()).map_err(|e| StartError::Tls(e.to_string()))?);
         for addr in &t.listen {
             let settings = tls::listener_settings(&certs).map_err(|e| StartError::Tls(e.to_string()))?;
-            api.add_tls_with_settings(&addr.to_string(), None, settings);
+            api.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings).l4_buffer(TLS_L4_BUFFER));
         }
         server.add_service(background_service("tls certificates", tls::Renewal { certs, interval: t.reload_interval }));
     }
@@ -339,7 +350,7 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
     if let Some(addr) = settings.server.admin_listen {
         let mut admin = guarded_service(&server.configuration, &gw, Role::Admin, "joule admin");
         admin.threads = Some(1);
-        admin.add_tcp(&addr.to_string());
+        admin.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
         server.add_service(admin);
     }
     server.add_service(background_service("probes", Prober { gateway: gw.clone(), health: settings.health.clone() }));
