@@ -276,6 +276,14 @@ pub trait Downstream: Send {
     async fn accept_body(&mut self) -> Result<(), DownstreamError> {
         Ok(())
     }
+    /// Resolves when the client has gone away (closed or reset its connection, reset its h2
+    /// stream) while an answer is being sent; called only once the request body was read. A
+    /// stream then stops at once instead of at its next event, which may be seconds away,
+    /// holding two descriptors and the upstream's generation meanwhile. Cancel-safe. Default:
+    /// never (a client that cannot leave).
+    async fn closed(&mut self) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The API a client spoke, which its answers and errors are given in.

@@ -315,17 +315,33 @@ pub async fn relay(
         _ => Output::Same(client),
     };
     let mut flow = forward_items(&prefetched, &ctx, &mut out, io, rec).await?;
+    // One idle timer for the whole stream, moved only when it fires (a timer per event cost a
+    // timer-wheel insertion and removal each).
+    let idle_limit = world.limits.stream_idle_timeout;
+    let mut last_chunk = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
     while let Flow::Continue = flow {
-        let chunk = match tokio::time::timeout(world.limits.stream_idle_timeout, rest.next()).await {
-            Err(_) => {
+        let next = tokio::select! {
+            biased;
+            next = rest.next() => next,
+            () = &mut idle => {
+                if last_chunk.elapsed() < idle_limit {
+                    idle.as_mut().reset(last_chunk + idle_limit);
+                    continue;
+                }
                 flow = Flow::Failed("The upstream stopped sending for too long.", "upstream_stream_timeout");
                 break;
             }
-            Ok(Some(Err(_))) => {
+            () = io.closed() => return Err(DownstreamError("client closed the connection mid-stream".into())),
+        };
+        last_chunk = tokio::time::Instant::now();
+        let chunk = match next {
+            Some(Err(_)) => {
                 flow = Flow::Failed("The upstream connection failed mid-stream.", "upstream_stream_interrupted");
                 break;
             }
-            Ok(None) => {
+            None => {
                 prefetched.clear();
                 if let Err(broken) = decoder.finish(&mut prefetched) {
                     flow = broken_flow(broken);
@@ -337,7 +353,7 @@ pub async fn relay(
                 };
                 break;
             }
-            Ok(Some(Ok(chunk))) => chunk,
+            Some(Ok(chunk)) => chunk,
         };
         prefetched.clear();
         if let Err(broken) = decoder.feed(&chunk, &mut prefetched) {

@@ -35,6 +35,9 @@ struct SessionIo<'a> {
     session: &'a mut Session,
     /// The client sent `Expect: 100-continue` and has not had `100 Continue` yet.
     awaits_continue: bool,
+    /// The client sent bytes while its answer was streaming (pipelining): they were not
+    /// kept, the connection closes after this answer and nothing more is watched.
+    unwatched: bool,
 }
 
 /// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1). HTTP/2 clients are not
@@ -84,6 +87,20 @@ impl Downstream for SessionIo<'_> {
 
     fn close_after(&mut self) {
         self.session.set_keepalive(None);
+    }
+
+    async fn closed(&mut self) {
+        if !self.unwatched {
+            match self.session.read_body_or_idle(true).await {
+                // pingora's word for bytes after the request: not a departure.
+                Err(e) if *e.etype() == pingora::ErrorType::ConnectError => {}
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            self.session.set_keepalive(None);
+            self.unwatched = true;
+        }
+        std::future::pending::<()>().await;
     }
 
     async fn accept_body(&mut self) -> Result<(), DownstreamError> {
@@ -140,7 +157,7 @@ impl ProxyHttp for JouleProxy {
         ctx.method = head.method.to_string();
         ctx.path = head.path.chars().take(200).collect();
         let awaits_continue = expects_continue(session.req_header());
-        let mut io = SessionIo { session, awaits_continue };
+        let mut io = SessionIo { session, awaits_continue, unwatched: false };
         let result = match self.role {
             Role::Api => proxy::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
             Role::Admin => admin::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
