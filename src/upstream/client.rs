@@ -1,12 +1,16 @@
-//! HTTP clients for upstreams: one pooled client for hosted backends and one per provider
-//! (each provider may trust an extra CA). Built once per catalog, off the request path.
+//! HTTP clients for upstreams: the plain-HTTP origins (`h1`), one pooled reqwest client for
+//! `https://` hosted backends and one per provider (each provider may trust an extra CA).
+//! Built once per catalog, off the request path.
 //! reqwest resolves names on its blocking pool, so DNS never blocks the runtime and a failed
 //! lookup is an ordinary connect error for failover, never a panic.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, Deployment, DeploymentKind};
+use super::h1::Origin;
 use super::ExchangeLimits;
 
 /// Why a client could not be built.
@@ -40,12 +44,23 @@ pub fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
 }
 
 /// The upstream clients of one catalog, and every deployment's chat-completions URL parsed
-/// once (parsing it per request showed up in profiles).
+/// once (parsing it per request showed up in profiles). `http://` deployments are spoken to
+/// with [`super::h1`] (one [`Origin`] per host and port, shared by its deployments), `https://`
+/// ones with reqwest.
 #[derive(Debug, Clone)]
 pub struct Clients {
     hosted: reqwest::Client,
     providers: Vec<reqwest::Client>,
     chat_urls: Vec<Vec<reqwest::Url>>,
+    plain: Vec<Vec<Option<PlainTarget>>>,
+}
+
+/// Where a plain-HTTP deployment's chat requests go.
+#[derive(Debug, Clone)]
+pub struct PlainTarget {
+    pub origin: Arc<Origin>,
+    /// Path and query of the chat URL.
+    pub path: String,
 }
 
 fn builder(limits: &ExchangeLimits) -> reqwest::ClientBuilder {
@@ -79,8 +94,11 @@ impl Clients {
             providers.push(b.build().map_err(|e| ClientError::Build(e.to_string()))?);
         }
         let mut chat_urls = Vec::with_capacity(catalog.models.len());
+        let mut plain = Vec::with_capacity(catalog.models.len());
+        let mut origins: HashMap<String, Arc<Origin>> = HashMap::new();
         for m in &catalog.models {
             let mut urls = Vec::with_capacity(m.deployments.len());
+            let mut targets = Vec::with_capacity(m.deployments.len());
             for d in &m.deployments {
                 let (base, _) = catalog.endpoint_of(d);
                 let path = match catalog.provider_of(d).map(|p| &p.api) {
@@ -89,11 +107,26 @@ impl Clients {
                 };
                 let url = reqwest::Url::parse(&format!("{base}/{path}"))
                     .map_err(|e| ClientError::Url { deployment: d.id.clone(), detail: e.to_string() })?;
+                targets.push(Origin::of(&url, limits.connect_timeout).map(|fresh| {
+                    let origin = origins.entry(fresh.authority().to_owned()).or_insert(fresh).clone();
+                    let mut path = url.path().to_owned();
+                    if let Some(q) = url.query() {
+                        path.push('?');
+                        path.push_str(q);
+                    }
+                    PlainTarget { origin, path }
+                }));
                 urls.push(url);
             }
             chat_urls.push(urls);
+            plain.push(targets);
         }
-        Ok(Clients { hosted, providers, chat_urls })
+        Ok(Clients { hosted, providers, chat_urls, plain })
+    }
+
+    /// The plain-HTTP target of deployment `d` of model index `m`, if its URL is `http://`.
+    pub fn plain(&self, m: usize, d: usize) -> Option<&PlainTarget> {
+        self.plain.get(m)?.get(d)?.as_ref()
     }
 
     /// The chat-completions URL of deployment `d` of model index `m`.

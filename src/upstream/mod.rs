@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod decode;
+pub mod h1;
 pub mod probe;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 
 use crate::api::chat::{read_doc, ChatRequest, Chunk, StreamEvent};
 use crate::api::error::ApiError;
@@ -151,7 +152,7 @@ pub enum AnswerBody {
     Full { bytes: Bytes, doc: Option<Chunk> },
     /// An SSE stream: the events read before the first content token (held back until the
     /// deployment proved it answers), and the rest of the stream.
-    Stream { prefetched: Vec<Decoded>, decoder: Box<StreamDecoder>, rest: BoxStream<'static, reqwest::Result<Bytes>> },
+    Stream { prefetched: Vec<Decoded>, decoder: Box<StreamDecoder>, rest: BodyStream },
 }
 
 /// The upstream that answered.
@@ -233,8 +234,65 @@ fn descriptors_exhausted(request_id: &str) {
     }
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<u64> {
-    resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
+/// A piece of an answer's body that could not be read; `timeout` when a client's own timer
+/// ended it.
+#[derive(Debug)]
+pub struct BodyError {
+    pub timeout: bool,
+}
+
+/// The rest of a streamed answer.
+pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
+
+/// An upstream's answer, its head read, from either client.
+enum Reply {
+    Plain(h1::Response),
+    Pooled(reqwest::Response),
+}
+
+impl Reply {
+    fn status(&self) -> u16 {
+        match self {
+            Reply::Plain(r) => r.status,
+            Reply::Pooled(r) => r.status().as_u16(),
+        }
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        match self {
+            Reply::Plain(r) => r.content_type.as_deref(),
+            Reply::Pooled(r) => r.headers().get(CONTENT_TYPE)?.to_str().ok(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        let value = match self {
+            Reply::Plain(r) => r.retry_after.as_deref()?,
+            Reply::Pooled(r) => r.headers().get("retry-after")?.to_str().ok()?,
+        };
+        value.trim().parse().ok()
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        match self {
+            Reply::Plain(r) => r.content_length,
+            Reply::Pooled(r) => r.content_length(),
+        }
+    }
+
+    async fn chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        match self {
+            Reply::Plain(r) => r.chunk().await.map_err(|_| BodyError { timeout: false }),
+            Reply::Pooled(r) => r.chunk().await.map_err(|e| BodyError { timeout: e.is_timeout() }),
+        }
+    }
+
+    fn into_stream(self) -> BodyStream {
+        match self {
+            Reply::Plain(r) => r.into_stream().map(|c| c.map_err(|_| BodyError { timeout: false })).boxed(),
+            Reply::Pooled(r) => r.bytes_stream().map(|c| c.map_err(|e| BodyError { timeout: e.is_timeout() })).boxed(),
+        }
+    }
 }
 
 /// Tries the ranked deployments in order; calls `on_failure` for every failed attempt (the
@@ -350,46 +408,58 @@ async fn attempt(
         }
         (_, _) => (Wire::OpenAi, request.upstream_body(body, &dep.upstream_model)),
     };
-    let mut rb = route
-        .clients
-        .for_deployment(dep)
-        .post(url.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .header(ACCEPT, if request.stream { "text/event-stream" } else { "application/json" })
-        .header("x-request-id", route.request_id)
-        .body(upstream_body);
+    let accept = if request.stream { "text/event-stream" } else { "application/json" };
+    let mut headers: Vec<(&'static str, &str)> = Vec::with_capacity(6);
+    headers.extend([("content-type", "application/json"), ("accept", accept), ("x-request-id", route.request_id)]);
+    let bearer: String;
     match wire.version() {
         None => {
             if let Some(k) = key {
-                rb = rb.header(AUTHORIZATION, format!("Bearer {}", k.expose()));
+                bearer = format!("Bearer {}", k.expose());
+                headers.push(("authorization", &bearer));
             }
         }
         Some(version) => {
-            rb = rb.header("anthropic-version", version);
+            headers.push(("anthropic-version", version));
             if let Some(k) = key {
-                rb = rb.header("x-api-key", k.expose());
+                headers.push(("x-api-key", k.expose()));
             }
             if let Some(beta) = route.anthropic_beta {
-                rb = rb.header("anthropic-beta", beta);
+                headers.push(("anthropic-beta", beta));
             }
         }
     }
-    let resp = match tokio::time::timeout(route.first_byte_timeout, rb.send()).await {
-        Err(_) => return Err(AttemptFailure::Timeout),
-        Ok(Err(e)) if e.is_timeout() => return Err(AttemptFailure::Timeout),
-        Ok(Err(e)) => return Err(connect_failure(&e)),
-        Ok(Ok(resp)) => resp,
+    let exchange = async {
+        match route.clients.plain(route.model_index, index) {
+            Some(target) => {
+                let head = h1::RequestHead::post(&target.origin, &target.path, &headers, upstream_body.len()).map_err(|_| AttemptFailure::Connect)?;
+                target.origin.send(head, Bytes::from(upstream_body)).await.map(Reply::Plain).map_err(|e| match e.io() {
+                    Some(io) => connect_failure(io),
+                    None => AttemptFailure::Connect,
+                })
+            }
+            None => {
+                let mut rb = route.clients.for_deployment(dep).post(url.clone()).body(upstream_body);
+                for (name, value) in &headers {
+                    rb = rb.header(*name, *value);
+                }
+                match rb.send().await {
+                    Ok(resp) => Ok(Reply::Pooled(resp)),
+                    Err(e) if e.is_timeout() => Err(AttemptFailure::Timeout),
+                    Err(e) => Err(connect_failure(&e)),
+                }
+            }
+        }
     };
-    let status = resp.status().as_u16();
+    let resp = match tokio::time::timeout(route.first_byte_timeout, exchange).await {
+        Err(_) => return Err(AttemptFailure::Timeout),
+        Ok(r) => r?,
+    };
+    let status = resp.status();
     if status == 429 || status >= 500 {
-        return Err(AttemptFailure::Status { code: status, retry_after: retry_after(&resp) });
+        return Err(AttemptFailure::Status { code: status, retry_after: resp.retry_after() });
     }
-    let content_type = resp
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
+    let content_type = resp.content_type().unwrap_or("application/json").to_string();
     let success = (200..300).contains(&status);
     let sse = content_type.starts_with("text/event-stream");
     if request.stream && success && !sse {
@@ -432,7 +502,7 @@ async fn attempt(
     // Hold the stream back until its first content token (or its end): until then the client
     // has seen nothing and another deployment can still take over.
     let deadline = tokio::time::Instant::from_std(sent_at + route.ttft_timeout);
-    let mut rest = resp.bytes_stream().boxed();
+    let mut rest = resp.into_stream();
     let native = matches!(wire, Wire::AnthropicNative { .. });
     let mut decoder = match wire {
         Wire::OpenAi => StreamDecoder::openai(),
@@ -511,11 +581,11 @@ pub async fn count_tokens(route: &Route<'_>, body: &[u8], model_span: &std::ops:
     };
     let status = resp.status().as_u16();
     let deadline = tokio::time::Instant::from_std(sent_at + route.request_timeout);
-    Some(read_answer(resp, route.max_answer_bytes, deadline).await.map(|b| (status, b)))
+    Some(read_answer(Reply::Pooled(resp), route.max_answer_bytes, deadline).await.map(|b| (status, b)))
 }
 
 /// Reads a whole non-stream body, at most `limit` bytes, by `deadline`.
-async fn read_answer(mut resp: reqwest::Response, limit: usize, deadline: tokio::time::Instant) -> Result<Bytes, AttemptFailure> {
+async fn read_answer(mut resp: Reply, limit: usize, deadline: tokio::time::Instant) -> Result<Bytes, AttemptFailure> {
     let too_large = AttemptFailure::AnswerTooLarge { limit };
     let declared = resp.content_length().map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     if declared.is_some_and(|n| n > limit) {
@@ -526,7 +596,7 @@ async fn read_answer(mut resp: reqwest::Response, limit: usize, deadline: tokio:
     loop {
         match tokio::time::timeout_at(deadline, resp.chunk()).await {
             Err(_) => return Err(AttemptFailure::AnswerTimeout),
-            Ok(Err(e)) if e.is_timeout() => return Err(AttemptFailure::AnswerTimeout),
+            Ok(Err(e)) if e.timeout => return Err(AttemptFailure::AnswerTimeout),
             Ok(Err(_)) => return Err(AttemptFailure::BrokenAnswer),
             Ok(Ok(None)) => return Ok(body.freeze()),
             Ok(Ok(Some(chunk))) => {
@@ -596,7 +666,7 @@ mod tests {
 
     /// A response whose body arrives as `chunks` (no declared length), then ends, breaks or
     /// stalls.
-    fn streamed(chunks: &[&'static [u8]], end: &'static str) -> reqwest::Response {
+    fn streamed(chunks: &[&'static [u8]], end: &'static str) -> Reply {
         let items: Vec<std::io::Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
         let tail = futures_util::stream::once(async move {
             match end {
@@ -606,7 +676,7 @@ mod tests {
             }
         });
         let body = reqwest::Body::wrap_stream(futures_util::stream::iter(items).chain(tail));
-        reqwest::Response::from(http::Response::new(body))
+        Reply::Pooled(reqwest::Response::from(http::Response::new(body)))
     }
 
     fn soon() -> tokio::time::Instant {
@@ -617,13 +687,13 @@ mod tests {
     async fn reads_a_whole_answer_within_the_limit() {
         let got = read_answer(streamed(&[b"{\"a\":", b" 1}"], "end"), 10, soon()).await;
         assert_eq!(got, Ok(Bytes::from_static(b"{\"a\": 1}")));
-        let exact = reqwest::Response::from(http::Response::new(reqwest::Body::from(vec![b'x'; 10])));
+        let exact = Reply::Pooled(reqwest::Response::from(http::Response::new(reqwest::Body::from(vec![b'x'; 10]))));
         assert_eq!(read_answer(exact, 10, soon()).await.map(|b| b.len()), Ok(10));
     }
 
     #[tokio::test]
     async fn an_answer_over_the_limit_fails_declared_or_not() {
-        let declared = reqwest::Response::from(http::Response::new(reqwest::Body::from(vec![b'x'; 11])));
+        let declared = Reply::Pooled(reqwest::Response::from(http::Response::new(reqwest::Body::from(vec![b'x'; 11]))));
         assert_eq!(read_answer(declared, 10, soon()).await, Err(AttemptFailure::AnswerTooLarge { limit: 10 }));
         // Without a length, the chunk that crosses the limit fails it, before the rest arrives.
         let undeclared = streamed(&[b"123456", b"789012"], "stall");
