@@ -1,15 +1,20 @@
-//! The one place that knows pingora's proxy API: a `ProxyHttp` whose `request_filter` hands
-//! the session, wrapped as a [`Downstream`], to the pingora-free handlers, and whose
-//! `logging` phase hands the finished request to `proxy::finish`. The gateway drives upstream
-//! exchanges itself (see `crate::upstream`), so `upstream_peer` is never reached.
+//! The one place that knows pingora's HTTP session API: an `HttpServerApp` that reads each
+//! request head, hands the session, wrapped as a [`Downstream`], to the pingora-free handlers,
+//! then hands the finished request to `proxy::finish` and the connection back for reuse. The
+//! gateway drives upstream exchanges itself (see `crate::upstream`), so pingora's proxy
+//! (`pingora-proxy`'s `HttpProxy`) is not used: its per-request machinery (modules, cache and
+//! subrequest hooks, a 15 KiB future held for the life of every stream) did nothing for joule.
+//! What it did that joule needs is here: a bare 400 for an unparsable head, 405 for CONNECT,
+//! idle keep-alive connections dropped when the server shuts down.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::ResponseHeader;
-use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::protocols::http::ServerSession as Session;
+use pingora::server::ShutdownWatch;
 
 use super::guard;
 use crate::admin;
@@ -18,13 +23,15 @@ use crate::proxy::{self, Downstream, DownstreamError, Gateway, InFlight, Record,
 pub use crate::proxy::Surface as Role;
 
 /// The pingora application.
-pub struct JouleProxy {
+pub struct JouleApp {
     pub gateway: Arc<Gateway>,
     pub role: Role,
+    /// h2c on plain listeners.
+    pub options: HttpServerOptions,
 }
 
 /// Per-request state.
-pub struct Ctx {
+struct Ctx {
     rec: Record,
     method: String,
     path: String,
@@ -69,7 +76,9 @@ impl Downstream for SessionIo<'_> {
     }
 
     async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError> {
-        let mut h = ResponseHeader::build(head.status, Some(head.headers.len() + 3)).map_err(io_err)?;
+        // Without the case-preserving copy of the header map (joule's names are lowercase):
+        // the header is kept for the whole answer, a stream's whole life.
+        let mut h = ResponseHeader::build_no_case(head.status, Some(head.headers.len() + 3)).map_err(io_err)?;
         for (k, v) in head.headers {
             h.insert_header(k, v).map_err(io_err)?;
         }
@@ -78,11 +87,11 @@ impl Downstream for SessionIo<'_> {
             // Chunked on HTTP/1.1 keeps the connection reusable; h2 drops the header itself.
             None => h.insert_header("transfer-encoding", "chunked").map_err(io_err)?,
         }
-        self.session.write_response_header(Box::new(h), false).await.map_err(io_err)
+        self.session.write_response_header(Box::new(h)).await.map_err(io_err)
     }
 
     async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError> {
-        self.session.write_response_body(Some(chunk), end).await.map_err(io_err)
+        self.session.write_response_body(chunk, end).await.map_err(io_err)
     }
 
     fn close_after(&mut self) {
@@ -136,18 +145,51 @@ fn request_head(session: &Session) -> RequestHead {
 }
 
 #[async_trait]
-impl ProxyHttp for JouleProxy {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx { rec: Record::new(), method: String::new(), path: String::new(), _in_flight: None }
+impl HttpServerApp for JouleApp {
+    async fn process_new_http(self: &Arc<Self>, mut session: Session, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            // Biased: a request already buffered is served, not dropped.
+            biased;
+            read = session.read_request() => read,
+            _ = stopping.wait_for(|s| *s) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if *e.etype() == pingora::ErrorType::InvalidHTTPHeader {
+                    // The guard turns pingora's bare error page into JSON.
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = Ctx { rec: Record::new(), method: String::new(), path: String::new(), _in_flight: None };
+        self.serve(&mut session, &mut ctx).await;
+        guard::request_done(session.stream());
+        proxy::finish::finish(&self.gateway, self.role, &ctx.rec, &ctx.method, &ctx.path);
+        drop(ctx);
+        let settings = HttpPersistentSettings::for_session(&session);
+        session.finish().await.ok().flatten().map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
     }
 
-    async fn upstream_peer(&self, _s: &mut Session, _c: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "joule answers every request in request_filter"))
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
     }
+}
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+impl JouleApp {
+    async fn serve(&self, session: &mut Session, ctx: &mut Ctx) {
         ctx._in_flight = Some(self.gateway.enter());
         guard::head_received(session.stream());
         if self.gateway.is_draining() {
@@ -160,7 +202,7 @@ impl ProxyHttp for JouleProxy {
         let mut io = SessionIo { session, awaits_continue, unwatched: false };
         let result = match self.role {
             Role::Api => proxy::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
-            Role::Admin => admin::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
+            Role::Admin => Box::pin(admin::handle(&self.gateway, &head, &mut io, &mut ctx.rec)).await,
         };
         if io.awaits_continue {
             // Answered without `100 Continue`: the client may never send the body it
@@ -178,11 +220,5 @@ impl ProxyHttp for JouleProxy {
             }
             session.set_keepalive(None);
         }
-        Ok(true)
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
-        guard::request_done(session.stream());
-        proxy::finish::finish(&self.gateway, self.role, &ctx.rec, &ctx.method, &ctx.path);
     }
 }

@@ -23,7 +23,6 @@ use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::proxy::HttpProxy;
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -36,7 +35,7 @@ use crate::store::{Store, StoreError};
 use crate::usage::{new_instance_id, UsageSink};
 use crate::routing::wasm::explain::DecisionLog;
 use crate::routing::wasm::{watch, Host, PluginRegistry};
-use adapter::{JouleProxy, Role};
+use adapter::{JouleApp, Role};
 
 /// Per-connection buffering in front of a plain client socket: no read buffer, pingora's
 /// 1460-byte write buffer. pingora's default 64 KiB read buffer is allocated (zeroed) for every
@@ -333,7 +332,7 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
         tracing::info!("upgrade: listening sockets taken over; the previous process drains");
     }
 
-    let mut api = guarded_service(&server.configuration, &gw, Role::Api, "joule api");
+    let mut api = guarded_service(&gw, Role::Api, "joule api");
     for addr in &settings.server.listen {
         api.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
     }
@@ -348,7 +347,7 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
     server.add_service(api);
 
     if let Some(addr) = settings.server.admin_listen {
-        let mut admin = guarded_service(&server.configuration, &gw, Role::Admin, "joule admin");
+        let mut admin = guarded_service(&gw, Role::Admin, "joule admin");
         admin.threads = Some(1);
         admin.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAIN_L4_BUFFER));
         server.add_service(admin);
@@ -383,12 +382,11 @@ pub fn run(settings: Settings, config: Option<std::path::PathBuf>, upgrade: bool
 }
 
 /// A listening service for `role`, its connections behind the [`guard`].
-fn guarded_service(conf: &Arc<ServerConf>, gw: &Arc<Gateway>, role: Role, name: &str) -> Service<guard::Guarded<HttpProxy<JouleProxy>>> {
-    let mut proxy = pingora::proxy::http_proxy(conf, JouleProxy { gateway: gw.clone(), role });
+fn guarded_service(gw: &Arc<Gateway>, role: Role, name: &str) -> Service<guard::Guarded<JouleApp>> {
     // Cleartext HTTP/2 (prior knowledge) beside HTTP/1.1 on plain listeners; TLS listeners
     // negotiate h2 by ALPN. The guard answers pingora's preface peek (see `guard`).
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = true;
-    proxy.server_options = Some(options);
-    Service::new(name.to_string(), guard::Guarded { inner: Arc::new(proxy), gateway: gw.clone() })
+    let app = JouleApp { gateway: gw.clone(), role, options };
+    Service::new(name.to_string(), guard::Guarded { inner: Arc::new(app), gateway: gw.clone() })
 }
