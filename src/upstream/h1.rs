@@ -29,8 +29,12 @@ pub const MAX_IDLE: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest response head (status line and headers).
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Bytes reserved per read: an SSE event or two, a small answer whole.
-const READ_SIZE: usize = 4 * 1024;
+/// Bytes reserved for a read at first: a response head, an SSE event or two. A read that fills
+/// it doubles the next one (up to [`MAX_READ_SIZE`]), so a large answer takes few reads while
+/// a stream of small events keeps one small buffer for its whole life.
+const READ_SIZE: usize = 1024;
+/// The largest read.
+const MAX_READ_SIZE: usize = 32 * 1024;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 4 * 1024;
 /// Most response headers read.
@@ -224,7 +228,17 @@ async fn exchange(origin: &Arc<Origin>, mut conn: TcpStream, head: Bytes, body: 
                         Framing::Length(n) => Some(n),
                         _ => None,
                     },
-                    body: BodyReader { conn: Some(conn), buf, framing: parsed.framing, keep_alive: parsed.keep_alive, origin: origin.clone() },
+                    body: BodyReader {
+                        conn: Some(conn),
+                        buf,
+                        read_size: match parsed.framing {
+                            Framing::Length(n) => usize::try_from(n).unwrap_or(MAX_READ_SIZE).clamp(READ_SIZE, MAX_READ_SIZE),
+                            _ => READ_SIZE,
+                        },
+                        framing: parsed.framing,
+                        keep_alive: parsed.keep_alive,
+                        origin: origin.clone(),
+                    },
                 });
             }
             None => {}
@@ -365,6 +379,8 @@ struct BodyReader {
     /// `None` once returned to the idle queue or dropped.
     conn: Option<TcpStream>,
     buf: BytesMut,
+    /// Bytes reserved for the next read.
+    read_size: usize,
     framing: Framing,
     keep_alive: bool,
     origin: Arc<Origin>,
@@ -459,13 +475,23 @@ impl BodyReader {
     /// Reads more bytes; `false` when the upstream closed the connection.
     async fn fill(&mut self) -> Result<bool, H1Error> {
         let Some(conn) = self.conn.as_mut() else { return Ok(false) };
-        self.buf.reserve(READ_SIZE);
+        self.buf.reserve(self.read_size);
+        let spare = self.buf.capacity() - self.buf.len();
         match conn.read_buf(&mut self.buf).await {
             Ok(0) => {
                 self.conn = None;
                 Ok(false)
             }
-            Ok(_) => Ok(true),
+            Ok(n) => {
+                self.read_size = if n == spare {
+                    (self.read_size * 2).min(MAX_READ_SIZE)
+                } else if n < self.read_size / 4 {
+                    (self.read_size / 2).max(READ_SIZE)
+                } else {
+                    self.read_size
+                };
+                Ok(true)
+            }
             Err(e) => {
                 self.conn = None;
                 Err(H1Error::Io(e))

@@ -202,3 +202,31 @@ fn a_header_value_with_a_line_break_is_never_sent() {
     }
     assert!(Origin::of(&reqwest::Url::parse("https://api.example.com/v1").expect("url"), Duration::from_secs(1)).is_none());
 }
+
+#[tokio::test]
+async fn large_answers_arrive_whole_in_growing_reads() {
+    static LENGTH: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut v = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 100_000).into_bytes();
+        v.extend((0..100_000u32).map(|i| b'a' + (i % 26) as u8));
+        v
+    });
+    static CHUNKED: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut v = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..10 {
+            v.extend_from_slice(b"2710\r\n");
+            v.extend((0..10_000u32).map(|i| b'a' + (i % 26) as u8));
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"0\r\n\r\n");
+        v
+    });
+    let expected: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 10_000 % 26) as u8).collect();
+    let s = serve(vec![LENGTH.as_slice(), CHUNKED.as_slice()], 10).await;
+    let r = s.origin.send(head(&s.origin), Bytes::from_static(b"{}")).await.expect("answer");
+    let got = whole(r).await.expect("length-framed body");
+    assert_eq!(got.len(), 100_000);
+    assert!(got.iter().enumerate().all(|(i, &c)| c == b'a' + (i % 26) as u8));
+    let r = s.origin.send(head(&s.origin), Bytes::from_static(b"{}")).await.expect("answer");
+    assert_eq!(whole(r).await.expect("chunked body"), expected);
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}
