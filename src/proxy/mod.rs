@@ -371,7 +371,9 @@ fn authenticate_anthropic(gw: &Gateway, head: &RequestHead, rec: &mut Record) ->
     authenticate_header(gw, Some(&[&b"Bearer "[..], key].concat()), rec)
 }
 
-/// Serves one request of the public API.
+/// Serves one request of the public API. Routes other than chat completions run boxed: the
+/// future of this function lives as long as an answer streams, and sized for the largest
+/// route it would make every chat stream carry the Responses and batch routes' state.
 ///
 /// # Errors
 /// Only downstream I/O failures; every other outcome is a response.
@@ -386,19 +388,19 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             Err(e) => Err(e),
         },
         ("/v1/messages", &Method::POST) => match authenticate_anthropic(gw, head, rec) {
-            Ok(p) => return messages::handle(gw, &world, &p, head, io, rec).await,
+            Ok(p) => return Box::pin(messages::handle(gw, &world, &p, head, io, rec)).await,
             Err(e) => return refuse(ClientApi::Anthropic, head, io, rec, &e).await,
         },
         ("/v1/responses", &Method::POST) => match authenticate(gw, head, rec) {
-            Ok(p) => return responses::create(gw, &world, &p, head, io, rec).await,
+            Ok(p) => return Box::pin(responses::create(gw, &world, &p, head, io, rec)).await,
             Err(e) => Err(e),
         },
         (p, m @ (&Method::GET | &Method::DELETE)) if p.starts_with("/v1/responses/") => match authenticate(gw, head, rec) {
-            Ok(key) => return responses::kept(gw, &key, &p["/v1/responses/".len()..], m == Method::DELETE, io, rec).await,
+            Ok(key) => return Box::pin(responses::kept(gw, &key, &p["/v1/responses/".len()..], m == Method::DELETE, io, rec)).await,
             Err(e) => Err(e),
         },
         ("/v1/messages/count_tokens", &Method::POST) => match authenticate_anthropic(gw, head, rec) {
-            Ok(p) => return messages::count_tokens(&world, &p, head, io, rec).await,
+            Ok(p) => return Box::pin(messages::count_tokens(&world, &p, head, io, rec)).await,
             Err(e) => return refuse(ClientApi::Anthropic, head, io, rec, &e).await,
         },
         ("/v1/messages" | "/v1/messages/count_tokens", m) => {
@@ -409,7 +411,7 @@ pub async fn handle(gw: &Gateway, head: &RequestHead, io: &mut dyn Downstream, r
             authenticate(gw, head, rec).map(|p| models::list(&world.catalog, &gw.pricing.book(), &|m| p.may_use(m)))
         }
         (p, _) if batch::is_batch_path(p) => match authenticate(gw, head, rec) {
-            Ok(key) => return batch::handle(gw, &world, &key, head, io, rec).await,
+            Ok(key) => return Box::pin(batch::handle(gw, &world, &key, head, io, rec)).await,
             Err(e) => Err(e),
         },
         (p, &Method::GET) if p.starts_with("/v1/models/") && p.ends_with("/prices") => authenticate(gw, head, rec)
