@@ -302,6 +302,22 @@ impl AsyncWrite for GuardedIo {
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
+    /// A handler's writes (pingora's chunked body pieces: size line, data, CRLF) pass through
+    /// as one vectored write; anything written while no handler has the request goes through
+    /// `poll_write`, which may replace it.
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.passthrough || (this.replacement.is_none() && this.phase.load(Ordering::Acquire) != AWAITING_HEAD) {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        Pin::new(this).poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_replacement(cx))?;

@@ -37,12 +37,13 @@ use crate::routing::wasm::explain::DecisionLog;
 use crate::routing::wasm::{watch, Host, PluginRegistry};
 use adapter::{JouleApp, Role};
 
-/// Per-connection buffering in front of a plain client socket: no read buffer, pingora's
-/// 1460-byte write buffer. pingora's default 64 KiB read buffer is allocated (zeroed) for every
-/// accepted connection and held for its whole life — most of the memory an open stream cost —
-/// while the HTTP/1 session reads the head into its own 4 KiB buffer and bodies in large reads
-/// anyway, so it saved no system calls worth the memory.
-const PLAIN_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(0), write: Some(1460) };
+/// Per-connection buffering in front of a plain client socket: none. pingora's default 64 KiB
+/// read buffer is allocated (zeroed) for every accepted connection and held for its whole
+/// life — most of the memory an open stream cost — while the HTTP/1 session reads the head
+/// into its own 4 KiB buffer and bodies in large reads anyway. Its 1460-byte write buffer only
+/// coalesced the pieces of a chunked body write, which `server::guard` now passes through as
+/// one vectored write (measured: no change in CPU per request or per stream, 1.5 KiB less per
+/// connection).
 /// TLS listeners keep a read buffer of one TLS record (16 KiB): rustls reads record by record,
 /// and unbuffered that is a system call per record.
 const TLS_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(16 * 1024), write: Some(1460) };
