@@ -229,3 +229,75 @@ async fn a_thousand_slow_heads_do_not_stop_a_normal_client() {
     assert_eq!(attacker.await.unwrap(), 0, "some slow connections outlived the head deadline by far");
     metrics_containing(&gw, &format!("joule_connections_closed_total{{reason=\"head_timeout\"}} {SLOW}\n")).await;
 }
+
+/// A client that leaves mid-stream ends the exchange at once: the upstream connection closes
+/// (freeing both descriptors and stopping the upstream's generation) although the upstream
+/// sends nothing more — before, joule noticed only when it next wrote, here never until the
+/// two-minute idle timeout.
+#[tokio::test]
+async fn a_client_leaving_mid_stream_closes_the_upstream_connection_at_once() {
+    // An upstream that sends the stream's head and one content event, then stays silent and
+    // reports when its connection is closed.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", upstream.local_addr().unwrap());
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !head.starts_with(b"POST ") {
+                    // A health probe.
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 28\r\n\r\n{\"object\":\"list\",\"data\":[]}").await;
+                    return;
+                }
+                let event = r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#;
+                let chunk = format!("{:x}\r\n{event}\n\n\r\n", event.len() + 2);
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{chunk}");
+                s.write_all(head.as_bytes()).await.unwrap();
+                // Silent from here on; read (the rest of the request body, if any) until the
+                // gateway closes.
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = closed_tx.send(Instant::now());
+            });
+        }
+    });
+    let gw = Gateway::start(&hosted_catalog(MODEL, &[url])).await;
+
+    let mut client = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let body = chat_body(MODEL, true).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: joule\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"Hi\"") {
+        let n = tokio::time::timeout(BOUND, client.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no first token in time; got: {}", String::from_utf8_lossy(&seen)))
+            .unwrap();
+        assert!(n > 0, "the gateway closed before the first token: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let left = Instant::now();
+    drop(client);
+    let closed = tokio::time::timeout(BOUND, closed_rx.recv())
+        .await
+        .expect("the upstream connection was still open 15 s after the client left")
+        .unwrap();
+    eprintln!("upstream connection closed {:?} after the client left", closed - left);
+}

@@ -44,6 +44,7 @@ use adapter::{JouleApp, Role};
 /// coalesced the pieces of a chunked body write, which `server::guard` now passes through as
 /// one vectored write (measured: no change in CPU per request or per stream, 1.5 KiB less per
 /// connection).
+const PLAIN_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(0), write: Some(0) };
 /// TLS listeners keep a read buffer of one TLS record (16 KiB): rustls reads record by record,
 /// and unbuffered that is a system call per record.
 const TLS_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(16 * 1024), write: Some(1460) };
