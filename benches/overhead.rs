@@ -63,7 +63,7 @@ use joule::mock::MockConfig;
 
 mod harness;
 use harness::{
-    percentile, report_path, run_scenario, sanity_check, Endpoint, Joule, Machine, Mode,
+    percentile, run_scenario, sanity_check, Endpoint, Joule, Machine, Mode,
     MockThread, Samples, Scenario, StoreMode, Variant,
 };
 
@@ -115,14 +115,7 @@ fn main() -> Result<()> {
     let results = results?;
 
     let report = render(&plan, &machine, comparison, &sides, &results);
-    println!("\n{report}");
-    let out = report_path(comparison.report_file());
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
-    println!("written to {}", out.display());
-    Ok(())
+    harness::publish(&report, comparison.report_file())
 }
 
 // ---------------------------------------------------------------------------------------------

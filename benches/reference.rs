@@ -42,7 +42,7 @@ use joule::mock::MockConfig;
 
 mod harness;
 use harness::{
-    is_content_event, percentile, process_tree, report_path, rss, run_scenario, sanity_check,
+    is_content_event, percentile, process_tree, rss, run_scenario, sanity_check,
     Body, Conn, Endpoint, Joule, Machine, Mode, MockThread, Samples, Scenario, StoreMode,
     Variant,
 };
@@ -66,14 +66,7 @@ fn main() -> Result<()> {
         None => (fast(&options, &machine, &nginx)?, "bench-reference.md"),
         Some(n) => (streams(n, &options, &machine, &nginx)?, "bench-reference-streams.md"),
     };
-    println!("\n{report}");
-    let out = report_path(file);
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
-    println!("written to {}", out.display());
-    Ok(())
+    harness::publish(&report, file)
 }
 
 /// Command-line options (after `--` of `cargo bench`).
@@ -96,23 +89,9 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
-                "--streams" => {
-                    let v = args.next().context("--streams needs a number")?;
-                    let n = v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&n| n >= 1)
-                        .with_context(|| format!("--streams `{v}` is not a positive integer"))?;
-                    options.streams = Some(n);
-                }
+                "--streams" => options.streams = Some(positive(&mut args, "--streams")?),
                 "--stream-seconds" => {
-                    let v = args.next().context("--stream-seconds needs a number")?;
-                    let s = v
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|&s| s >= 1)
-                        .with_context(|| format!("--stream-seconds `{v}` is not a positive integer"))?;
-                    options.probe_phase = Duration::from_secs(s);
+                    options.probe_phase = Duration::from_secs(u64::try_from(positive(&mut args, "--stream-seconds")?)?);
                 }
                 // cargo bench passes `--bench`; other harness flags are ignored likewise.
                 _ => {}
@@ -120,6 +99,15 @@ impl Options {
         }
         Ok(options)
     }
+}
+
+/// The positive integer after `flag`.
+fn positive(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<usize> {
+    let v = args.next().with_context(|| format!("{flag} needs a number"))?;
+    v.parse::<usize>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .with_context(|| format!("{flag} `{v}` is not a positive integer"))
 }
 
 fn nginx_binary() -> Result<PathBuf> {

@@ -664,6 +664,21 @@ impl Machine {
     }
 }
 
+/// Prints the report and writes it to `target/<file>`.
+///
+/// # Errors
+/// The directory or the file cannot be written.
+pub fn publish(report: &str, file: &str) -> Result<()> {
+    println!("\n{report}");
+    let out = report_path(file);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&out, report).with_context(|| format!("writing {}", out.display()))?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
 /// `target/<file>`, honouring `CARGO_TARGET_DIR`.
 pub fn report_path(file: &str) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
