@@ -59,7 +59,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use joule::mock::MockConfig;
 
 mod harness;
 use harness::{
@@ -79,12 +78,7 @@ fn main() -> Result<()> {
     let comparison = Comparison::from_env()?;
     let machine = Machine::probe();
 
-    let mock = MockThread::start(MockConfig {
-        ttft_ms: 0,
-        tokens_per_s: 0.0,
-        tokens: TOKENS,
-        ..MockConfig::default()
-    })?;
+    let mock = MockThread::immediate(TOKENS)?;
     let sides = comparison.sides();
     let mut gateways = Vec::new();
     let mut paths = Vec::new();
@@ -149,14 +143,7 @@ impl Plan {
         } else {
             (5_000, 20_000, 2_000)
         };
-        let scenario = |label, mode, concurrency, requests: usize, batch| Scenario {
-            label,
-            mode,
-            concurrency,
-            requests,
-            warmup: (requests / 10).max(concurrency * 4),
-            batch,
-        };
+        let scenario = Scenario::new;
         Ok(Plan {
             quick,
             joule_threads,

@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use joule::api::sse::{SseItem, SseParser};
-use joule::mock::MockConfig;
 
 mod harness;
 use harness::{
@@ -135,12 +134,7 @@ fn joule_variant(store: StoreMode) -> Variant {
 // Default run: latency, saturation and stream CPU
 
 fn fast(options: &Options, machine: &Machine, nginx_bin: &PathBuf) -> Result<String> {
-    let mock = MockThread::start(MockConfig {
-        ttft_ms: 0,
-        tokens_per_s: 0.0,
-        tokens: TOKENS,
-        ..MockConfig::default()
-    })?;
+    let mock = MockThread::immediate(TOKENS)?;
     let nginx = Nginx::start(nginx_bin, mock.addr)?;
     let mut joule = Joule::start(mock.addr, WORKERS, joule_variant(StoreMode::Off))?;
     let mut joule_sqlite = Joule::start(mock.addr, WORKERS, joule_variant(StoreMode::Default))?;
@@ -155,14 +149,7 @@ fn fast(options: &Options, machine: &Machine, nginx_bin: &PathBuf) -> Result<Str
     } else {
         (5_000, 40_000, 4_000)
     };
-    let scenario = |label, mode, concurrency, requests: usize, batch| Scenario {
-        label,
-        mode,
-        concurrency,
-        requests,
-        warmup: (requests / 10).max(concurrency * 4),
-        batch,
-    };
+    let scenario = Scenario::new;
     let scenarios = [
         scenario("non-stream, c=1", Mode::Complete, 1, c1, 10),
         scenario("non-stream, c=64", Mode::Complete, 64, c64, 64 * 8),

@@ -338,6 +338,12 @@ pub struct MockThread {
 }
 
 impl MockThread {
+    /// A mock answering at once (no time to first token, no decode delay) with `tokens`
+    /// tokens.
+    pub fn immediate(tokens: u32) -> Result<Self> {
+        Self::start(MockConfig { ttft_ms: 0, tokens_per_s: 0.0, tokens, ..MockConfig::default() })
+    }
+
     pub fn start(cfg: MockConfig) -> Result<Self> {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -708,6 +714,14 @@ pub struct Scenario {
     pub warmup: usize,
     /// Requests per path in one batch; batches alternate between the paths.
     pub batch: usize,
+}
+
+impl Scenario {
+    /// A scenario whose untimed warm-up is a tenth of its requests, at least four per
+    /// connection.
+    pub fn new(label: &'static str, mode: Mode, concurrency: usize, requests: usize, batch: usize) -> Self {
+        Scenario { label, mode, concurrency, requests, warmup: (requests / 10).max(concurrency * 4), batch }
+    }
 }
 
 /// One way to reach the upstream: its address and the exact request bytes to send.
