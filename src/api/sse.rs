@@ -65,12 +65,29 @@ impl SseParser {
     /// # Errors
     /// An event over the cap, or a line that is not UTF-8.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseItem>) -> Result<(), SseError> {
-        self.buf.extend_from_slice(chunk);
+        // The lines are read from the buffer while the event state changes: taken out of
+        // `self` for the loop, so no line is copied into a string of its own first.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(chunk);
+        let result = self.lines(&buf, out);
+        if let Ok(start) = result {
+            buf.drain(..start);
+        }
+        self.buf = buf;
+        result?;
+        if self.pending() > self.max_event {
+            return Err(SseError::EventTooLarge(self.max_event));
+        }
+        Ok(())
+    }
+
+    /// Handles every complete line of `buf`; returns where the unfinished rest starts.
+    fn lines(&mut self, buf: &[u8], out: &mut Vec<SseItem>) -> Result<usize, SseError> {
         let mut start = 0;
-        while let Some(rel) = memchr::memchr2(b'\n', b'\r', &self.buf[start..]) {
+        while let Some(rel) = memchr::memchr2(b'\n', b'\r', &buf[start..]) {
             let end = start + rel;
-            let next = if self.buf[end] == b'\r' {
-                match self.buf.get(end + 1) {
+            let next = if buf[end] == b'\r' {
+                match buf.get(end + 1) {
                     Some(b'\n') => end + 2,
                     Some(_) => end + 1,
                     // A lone '\r' at the end may be the first half of "\r\n": wait for more.
@@ -79,15 +96,11 @@ impl SseParser {
             } else {
                 end + 1
             };
-            let line = std::str::from_utf8(&self.buf[start..end]).map_err(|_| SseError::NotUtf8)?.to_owned();
-            self.line(&line, out);
+            let line = std::str::from_utf8(&buf[start..end]).map_err(|_| SseError::NotUtf8)?;
+            self.line(line, out);
             start = next;
         }
-        self.buf.drain(..start);
-        if self.pending() > self.max_event {
-            return Err(SseError::EventTooLarge(self.max_event));
-        }
-        Ok(())
+        Ok(start)
     }
 
     /// Ends the input: a trailing lone `\r` counts as a line end (it cannot start a `\r\n`
@@ -144,7 +157,12 @@ impl SseParser {
 /// whitespace) starts a new `data:` line: written as one line, the client would end the
 /// field there and read the rest as a field of its own.
 pub fn encode(item: &SseItem) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Sized once for the usual single-line event (grown only for multi-line data).
+    let len = match item {
+        SseItem::Event { event, data } => event.as_ref().map_or(0, |e| e.len() + 8) + data.len() + 8,
+        SseItem::Comment(c) => c.len() + 3,
+    };
+    let mut out = Vec::with_capacity(len);
     match item {
         SseItem::Event { event, data } => {
             if let Some(e) = event {
