@@ -116,7 +116,9 @@ def wait_serving(ports: tuple[int, int], proc: subprocess.Popen, log: Path) -> b
     pytest.fail(f"joule not serving on {ports} after 30 s:\n{log.read_text()}")
 
 
-def gateway_config(port: int, admin: int, fast_url: str, failing_url: str, claude_busy_url: str, claude_url: str) -> str:
+def gateway_config(port: int, admin: int, urls: dict[str, str]) -> str:
+    """The session gateway's config; `urls` holds each mock's base URL by its name in
+    `gateway()`."""
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     return f"""
 [server]
@@ -140,14 +142,14 @@ category = "hosted"
 [[models.deployments]]
 id = "broken"
 data_center = "dc-a"
-url = "{failing_url}"
+url = "{urls["failing"]}"
 base_price_input = 0.01
 base_price_output = 0.01
 
 [[models.deployments]]
 id = "healthy"
 data_center = "dc-b"
-url = "{fast_url}"
+url = "{urls["fast"]}"
 upstream_model = "upstream-llama"
 base_price_input = 0.1
 base_price_output = 0.2
@@ -156,11 +158,11 @@ base_price_output = 0.2
 # one is overloaded (529), so requests fail over to the other.
 [[providers]]
 id = "anthropic-busy"
-base_url = "{claude_busy_url}"
+base_url = "{urls["claude_busy"]}"
 api = "anthropic"
 [[providers]]
 id = "anthropic"
-base_url = "{claude_url}"
+base_url = "{urls["claude"]}"
 api = "anthropic"
 api_key_env = "JOULE_PY_ANTHROPIC_KEY"
 
@@ -176,6 +178,34 @@ list_price_output = 5.0
 [[models.deployments]]
 id = "claude-ok"
 provider = "anthropic"
+upstream_model = "claude-sonnet-4"
+list_price_input = 3.0
+list_price_output = 15.0
+
+# The same two APIs paced at 25 tokens/s (40 ms apart), for tests that check tokens are
+# streamed: at 200/s a client busy for 20 ms (a loaded CI machine) reads several at once.
+[[models]]
+id = "llama-paced"
+category = "hosted"
+[[models.deployments]]
+id = "paced"
+data_center = "dc-b"
+url = "{urls["paced"]}"
+base_price_input = 0.1
+base_price_output = 0.2
+
+[[providers]]
+id = "anthropic-paced"
+base_url = "{urls["claude_paced"]}"
+api = "anthropic"
+api_key_env = "JOULE_PY_ANTHROPIC_KEY"
+
+[[models]]
+id = "claude-paced"
+category = "third-party"
+[[models.deployments]]
+id = "claude-paced"
+provider = "anthropic-paced"
 upstream_model = "claude-sonnet-4"
 list_price_input = 3.0
 list_price_output = 15.0
@@ -235,16 +265,23 @@ def start_demo(tmp: Path, *args: str) -> tuple[subprocess.Popen, int, int]:
 
 @pytest.fixture(scope="session")
 def gateway():
-    fast, fast_url = start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8")
-    failing, failing_url = start_mock("--failure", "500")
-    claude_busy, claude_busy_url = start_mock("--api", "anthropic", "--failure", "529")
-    claude, claude_url = start_mock("--api", "anthropic", "--tokens", "8", "--require-bearer", ANTHROPIC_KEY)
+    mocks = {
+        "fast": start_mock("--ttft-ms", "10", "--tokens-per-s", "200", "--tokens", "8"),
+        "failing": start_mock("--failure", "500"),
+        "claude_busy": start_mock("--api", "anthropic", "--failure", "529"),
+        "claude": start_mock("--api", "anthropic", "--tokens", "8", "--require-bearer", ANTHROPIC_KEY),
+        "paced": start_mock("--ttft-ms", "10", "--tokens-per-s", "25", "--tokens", "8"),
+        "claude_paced": start_mock(
+            "--api", "anthropic", "--tokens-per-s", "25", "--tokens", "8", "--require-bearer", ANTHROPIC_KEY
+        ),
+    }
+    urls = {name: url for name, (_, url) in mocks.items()}
     tmp = Path(tempfile.mkdtemp(prefix="joule-py-"))
-    procs = [fast, failing, claude_busy, claude]
+    procs = [proc for proc, _ in mocks.values()]
     try:
         proc, port, _ = start_joule(
             tmp,
-            lambda port, admin: gateway_config(port, admin, fast_url, failing_url, claude_busy_url, claude_url),
+            lambda port, admin: gateway_config(port, admin, urls),
             {"JOULE_PY_ANTHROPIC_KEY": ANTHROPIC_KEY},
         )
         procs.append(proc)

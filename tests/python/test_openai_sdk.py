@@ -54,7 +54,7 @@ def test_stream_with_usage(client):
 def test_models(client):
     models = client.models.list()
     ids = [m.id for m in models]
-    assert ids == [MODEL, "claude-sdk"]
+    assert ids == [MODEL, "claude-sdk", "llama-paced", "claude-paced"]
     model = client.models.retrieve(MODEL)
     assert model.id == MODEL and model.object == "model" and model.owned_by
     with pytest.raises(openai.NotFoundError):

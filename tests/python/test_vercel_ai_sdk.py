@@ -29,6 +29,9 @@ if not (NODE_DIR / "node_modules").is_dir():
 
 TEXT = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7"  # what both mocks answer (8 tokens)
 MODELS = ["llama-sdk", "claude-sdk"]  # an OpenAI-API deployment; one translated to Anthropic
+# The streaming tests use the same two paced at 25 tokens/s (conftest), so that a client busy
+# for a few tens of ms cannot make well-paced tokens look like one burst.
+PACED = {"llama-sdk": "llama-paced", "claude-sdk": "claude-paced"}
 
 
 def run(gateway: str, model: str, mode: str) -> dict:
@@ -59,9 +62,9 @@ def check_streamed(out: dict):
     times = out["deltaTimesMs"]
     assert "".join(out["deltas"]) == TEXT
     assert len(times) >= 8, f"expected a delta per token, got {out['deltas']}"
-    # The mock paces 8 tokens at 200/s (5 ms apart): streamed, they arrive over ~35 ms;
+    # The paced mocks send 8 tokens 40 ms apart: streamed, they arrive over ~280 ms;
     # buffered into one answer, they would all arrive within a millisecond or two.
-    assert times[-1] - times[0] > 20, f"deltas arrived in one burst: {times}; off the wire: {out['wireChunks']}"
+    assert times[-1] - times[0] > 140, f"deltas arrived in one burst: {times}; off the wire: {out['wireChunks']}"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -74,7 +77,7 @@ def test_generate(gateway, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_stream(gateway, model):
-    out = run(gateway, model, "stream")
+    out = run(gateway, PACED[model], "stream")
     assert out["provider"] == "openai.responses"
     check_streamed(out)
     assert out["providerMetadata"]["openai"]["responseId"]
@@ -98,7 +101,7 @@ def test_generate_chat(gateway, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_stream_chat(gateway, model):
-    out = run(gateway, model, "stream-chat")
+    out = run(gateway, PACED[model], "stream-chat")
     assert out["provider"] == "openai.chat"
     check_streamed(out)
 
