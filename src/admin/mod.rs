@@ -61,7 +61,7 @@ use crate::access::Principal;
 use crate::api::error::ApiError;
 use crate::console;
 use crate::proxy::body::read_body;
-use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, ResponseHead};
+use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead};
 use crate::store::{Store, StoreError};
 
 pub use deployments::deployments_json;
@@ -352,8 +352,7 @@ async fn send(io: &mut dyn Downstream, rec: &mut Record, reply: Reply) -> Result
     if let Some(c) = cursor {
         headers.push(("x-next-cursor", c));
     }
-    io.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
-    io.send_body(Bytes::from(body), true).await
+    io.send_whole(status, headers, Bytes::from(body)).await
 }
 
 /// A console answer, with the security headers on every status.
@@ -385,8 +384,7 @@ async fn send_console(io: &mut dyn Downstream, rec: &mut Record, answer: console
         }
     };
     rec.status = status;
-    io.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
-    io.send_body(body, true).await
+    io.send_whole(status, headers, body).await
 }
 
 /// The client-visible form of a store error.

@@ -102,6 +102,5 @@ pub async fn count_tokens(world: &World, principal: &Principal, head: &RequestHe
     };
     rec.status = status;
     let headers = vec![("content-type", "application/json".to_string()), ("x-request-id", rec.request_id.clone())];
-    io.send_head(super::ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
-    io.send_body(bytes, true).await
+    io.send_whole(status, headers, bytes).await
 }

@@ -267,6 +267,14 @@ pub trait Downstream: Send {
     async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError>;
     /// Sends a body chunk (written and flushed at once); `end` finishes the body.
     async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError>;
+    /// Sends a whole answer: the status, the headers and `body`, which is all of it
+    /// (`Content-Length` is its length). An HTTP/1.1 connection writes head and body in one
+    /// system call (one loopback round through the kernel, one wake-up of the client) where
+    /// `send_head` then `send_body` make two. Default: exactly that pair.
+    async fn send_whole(&mut self, status: u16, headers: Vec<(&'static str, String)>, body: Bytes) -> Result<(), DownstreamError> {
+        self.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
+        self.send_body(body, true).await
+    }
     /// The connection must not be reused after this response (unread body left behind).
     fn close_after(&mut self);
     /// The handler is about to read the body: a client that sent `Expect: 100-continue` and
@@ -338,8 +346,7 @@ pub async fn send_error_as(api: ClientApi, io: &mut dyn Downstream, rec: &mut Re
     }
     rec.status = err.status();
     rec.error = Some(err.label());
-    io.send_head(ResponseHead { status: err.status(), headers, content_length: Some(body.len()) }).await?;
-    io.send_body(Bytes::from(body), true).await
+    io.send_whole(err.status(), headers, Bytes::from(body)).await
 }
 
 /// Sends a JSON document with status 200.
@@ -349,8 +356,7 @@ pub async fn send_error_as(api: ClientApi, io: &mut dyn Downstream, rec: &mut Re
 pub async fn send_json(io: &mut dyn Downstream, rec: &mut Record, body: Vec<u8>) -> Result<(), DownstreamError> {
     rec.status = 200;
     let headers = vec![("content-type", "application/json".to_string()), ("x-request-id", rec.request_id.clone())];
-    io.send_head(ResponseHead { status: 200, headers, content_length: Some(body.len()) }).await?;
-    io.send_body(Bytes::from(body), true).await
+    io.send_whole(200, headers, Bytes::from(body)).await
 }
 
 fn authenticate(gw: &Gateway, head: &RequestHead, rec: &mut Record) -> Result<Principal, ApiError> {

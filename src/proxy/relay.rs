@@ -294,8 +294,7 @@ pub async fn relay(
                 content_type = "application/json".into();
             }
             headers.push(("content-type", content_type));
-            io.send_head(ResponseHead { status, headers, content_length: Some(bytes.len()) }).await?;
-            return io.send_body(bytes, true).await;
+            return io.send_whole(status, headers, bytes).await;
         }
         AnswerBody::Stream { prefetched, decoder, rest } => (prefetched, decoder, rest),
     };

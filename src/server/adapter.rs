@@ -94,6 +94,17 @@ impl Downstream for SessionIo<'_> {
         self.session.write_response_body(chunk, end).await.map_err(io_err)
     }
 
+    async fn send_whole(&mut self, status: u16, headers: Vec<(&'static str, String)>, body: Bytes) -> Result<(), DownstreamError> {
+        if !body.is_empty() {
+            // The head pingora writes next waits in the guard and leaves with the body's
+            // write; the body's end flushes whatever is held (and a session that wrote no
+            // body, a HEAD answer, flushed with the head).
+            guard::hold_next_write(self.session.stream());
+        }
+        self.send_head(ResponseHead { status, headers, content_length: Some(body.len()) }).await?;
+        self.send_body(body, true).await
+    }
+
     fn close_after(&mut self) {
         self.session.set_keepalive(None);
     }

@@ -10,7 +10,12 @@
 //! - closes a connection that carries no request for `client_idle_timeout` (default 60 s),
 //!   new or kept alive — quietly, as an idle close should be;
 //! - replaces pingora's bare answers to a head no handler saw (400 malformed, 405 `CONNECT`)
-//!   with the OpenAI-shaped JSON body.
+//!   with the OpenAI-shaped JSON body;
+//! - when asked ([`hold_next_write`]), holds the next write (a whole answer's head) and sends
+//!   it with the write after it (the body) as one vectored write: pingora writes a response
+//!   head and its body separately, and without a write buffer under it (none is kept per
+//!   connection, see `server::PLAIN_L4_BUFFER`) each would be its own system call and its
+//!   own wake-up of the client.
 //!
 //! The request phases tell the guard where a connection is: [`head_received`] when a
 //! handler starts (reads from then on are body reads, bounded by the handlers' own body
@@ -49,6 +54,8 @@ use crate::proxy::Gateway;
 const AWAITING_HEAD: u8 = 0;
 const IN_REQUEST: u8 = 1;
 const BETWEEN: u8 = 2;
+/// In a request, and the next write is to be held until the one after it.
+const IN_REQUEST_HOLD: u8 = 3;
 
 /// Wraps a pingora server app so every HTTP/1 connection it serves is guarded.
 pub struct Guarded<A> {
@@ -88,6 +95,15 @@ pub fn request_done(stream: Option<&Stream>) {
     set_phase(stream, BETWEEN);
 }
 
+/// The next write on the connection (a response head) is held and goes out with the write
+/// after it, or at the next flush. The caller must write or flush after that next write
+/// (pingora's end of body flushes). No-op outside a request and on HTTP/2.
+pub fn hold_next_write(stream: Option<&Stream>) {
+    if let Some(g) = stream.and_then(|s| s.as_ref().as_any().downcast_ref::<GuardedIo>()) {
+        let _ = g.phase.compare_exchange(IN_REQUEST, IN_REQUEST_HOLD, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
 fn set_phase(stream: Option<&Stream>, phase: u8) {
     if let Some(g) = stream.and_then(|s| s.as_ref().as_any().downcast_ref::<GuardedIo>()) {
         g.phase.store(phase, Ordering::Release);
@@ -111,6 +127,9 @@ pub struct GuardedIo {
     closed: IntCounterVec,
     /// Bytes read while answering pingora's peek, served again before the stream's.
     peeked: Vec<u8>,
+    /// A held write ([`hold_next_write`]) and how much of it has gone out.
+    held: Vec<u8>,
+    held_at: usize,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -135,6 +154,8 @@ impl GuardedIo {
             replacement: None,
             closed,
             peeked: Vec::new(),
+            held: Vec::new(),
+            held_at: 0,
         }
     }
 
@@ -198,6 +219,61 @@ impl GuardedIo {
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
     }
 
+    /// Writes the held bytes and then `bufs`, in one vectored write where the stream allows;
+    /// the count returned is of `bufs`' bytes only.
+    fn poll_write_held(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        while self.held_at < self.held.len() {
+            let held = self.held.get(self.held_at..).unwrap_or_default();
+            let mut slices = [io::IoSlice::new(&[]); 4];
+            let n = match slices.get_mut(1..=bufs.len()) {
+                Some(rest) => {
+                    rest.copy_from_slice(bufs);
+                    slices[0] = io::IoSlice::new(held);
+                    ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..=bufs.len()]))?
+                }
+                None => ready!(Pin::new(&mut self.inner).poll_write(cx, held))?,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let from_held = n.min(held.len());
+            self.held_at += from_held;
+            if self.held_at >= self.held.len() {
+                // Freed, not kept: a stream or an idle keep-alive connection holds nothing.
+                (self.held, self.held_at) = (Vec::new(), 0);
+                if n > from_held {
+                    return Poll::Ready(Ok(n - from_held));
+                }
+            }
+        }
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    /// Writes out what is held; `Ready(Ok)` once nothing is.
+    fn poll_drain_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.held_at < self.held.len() {
+            ready!(self.poll_write_held(cx, &[]))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `bufs` as the held write when one is asked for; `None` otherwise.
+    fn hold(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+        if self.held_at < self.held.len() || self.phase.load(Ordering::Acquire) != IN_REQUEST_HOLD {
+            return None;
+        }
+        self.phase.store(IN_REQUEST, Ordering::Release);
+        self.held.clear();
+        self.held_at = 0;
+        for b in bufs {
+            self.held.extend_from_slice(b);
+        }
+        Some(self.held.len())
+    }
+
     /// Drives our replacement answer out; `Ready(Ok)` once all of it is written.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, at)) = self.replacement.as_mut() {
@@ -248,7 +324,7 @@ impl AsyncRead for GuardedIo {
             this.peeked.drain(..n);
             return Poll::Ready(Ok(()));
         }
-        if this.passthrough || this.sync_phase() == IN_REQUEST {
+        if this.passthrough || matches!(this.sync_phase(), IN_REQUEST | IN_REQUEST_HOLD) {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
@@ -284,6 +360,12 @@ impl AsyncWrite for GuardedIo {
         if this.passthrough {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
+        if let Some(n) = this.hold(&[io::IoSlice::new(buf)]) {
+            return Poll::Ready(Ok(n));
+        }
+        if this.held_at < this.held.len() {
+            return this.poll_write_held(cx, &[io::IoSlice::new(buf)]);
+        }
         if this.replacement.is_none() && this.phase.load(Ordering::Acquire) == AWAITING_HEAD {
             // No handler has seen this request: the only writer is pingora refusing its head.
             match replacement_for(buf) {
@@ -307,7 +389,16 @@ impl AsyncWrite for GuardedIo {
     /// `poll_write`, which may replace it.
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.passthrough || (this.replacement.is_none() && this.phase.load(Ordering::Acquire) != AWAITING_HEAD) {
+        if this.passthrough {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        if let Some(n) = this.hold(bufs) {
+            return Poll::Ready(Ok(n));
+        }
+        if this.held_at < this.held.len() {
+            return this.poll_write_held(cx, bufs);
+        }
+        if this.replacement.is_none() && this.phase.load(Ordering::Acquire) != AWAITING_HEAD {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
@@ -320,12 +411,14 @@ impl AsyncWrite for GuardedIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        ready!(this.poll_drain_held(cx))?;
         ready!(this.poll_replacement(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        ready!(this.poll_drain_held(cx))?;
         ready!(this.poll_replacement(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
@@ -334,6 +427,7 @@ impl AsyncWrite for GuardedIo {
 #[async_trait]
 impl Shutdown for GuardedIo {
     async fn shutdown(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.poll_drain_held(cx)).await;
         let _ = std::future::poll_fn(|cx| self.poll_replacement(cx)).await;
         self.inner.shutdown().await;
     }
@@ -393,3 +487,6 @@ impl Peek for GuardedIo {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests;

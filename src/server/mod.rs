@@ -43,7 +43,8 @@ use adapter::{JouleApp, Role};
 /// into its own 4 KiB buffer and bodies in large reads anyway. Its 1460-byte write buffer only
 /// coalesced the pieces of a chunked body write, which `server::guard` now passes through as
 /// one vectored write (measured: no change in CPU per request or per stream, 1.5 KiB less per
-/// connection).
+/// connection), and a whole answer's head and body, which the guard joins itself
+/// (`guard::hold_next_write`).
 const PLAIN_L4_BUFFER: L4BufferSettings = L4BufferSettings { read: Some(0), write: Some(0) };
 /// TLS listeners keep a read buffer of one TLS record (16 KiB): rustls reads record by record,
 /// and unbuffered that is a system call per record.

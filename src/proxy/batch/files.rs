@@ -9,7 +9,7 @@ use crate::api::error::ApiError;
 use crate::batch::input::{self, InputError};
 use crate::batch::{FileObject, PURPOSE_BATCH};
 use crate::proxy::body::read_body;
-use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, ResponseHead, World};
+use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::routing::tags;
 
 /// Most files one list answers.
@@ -187,6 +187,5 @@ pub async fn content(svc: &BatchService, principal: &Principal, id: &str, io: &m
     };
     rec.status = 200;
     let headers = vec![("content-type", "application/jsonl".to_string()), ("x-request-id", rec.request_id.clone())];
-    io.send_head(ResponseHead { status: 200, headers, content_length: Some(text.len()) }).await?;
-    io.send_body(Bytes::from(text), true).await
+    io.send_whole(200, headers, Bytes::from(text)).await
 }
