@@ -299,20 +299,16 @@ pub struct Chunk {
     /// Where the top-level `model` string (quotes included) sits in the text, if there is one:
     /// the upstream's model name, which the relay replaces with the catalog's.
     pub model: Option<(usize, usize)>,
+    /// Where the top-level `usage` object sits in the text, if it is one: the relay sets
+    /// `cost` in it without parsing the document again.
+    pub usage_at: Option<(usize, usize)>,
 }
 
 impl Chunk {
     /// A chunk that says nothing but what is given.
     pub fn plain(content: bool, error: bool, usage: Option<Usage>) -> Self {
-        Chunk { content, error, usage, usage_only: false, model: None }
+        Chunk { content, error, usage, usage_only: false, model: None, usage_at: None }
     }
-}
-
-/// `text` with the span `at` (from [`Chunk::model`]) replaced by `model` as a JSON string.
-pub fn with_model_name(text: &str, at: (usize, usize), model: &str) -> Option<String> {
-    let (head, tail) = (text.get(..at.0)?, text.get(at.1..)?);
-    let name = serde_json::to_string(model).ok()?;
-    Some([head, name.as_str(), tail].concat())
 }
 
 /// Classifies one event's `data`.
@@ -331,15 +327,17 @@ pub fn read_doc(text: &[u8]) -> Option<Chunk> {
     // UTF-8 for the whole text: skipped members are not looked into (see `inspect`).
     let text = std::str::from_utf8(text).ok()?;
     let top: DocMembers = serde_json::from_str(text).ok()?;
-    let model = top.model.filter(|m| m.get().starts_with('"')).map(|m| {
-        let start = m.get().as_ptr() as usize - text.as_ptr() as usize;
-        (start, start + m.get().len())
-    });
+    let span = |v: &RawValue| {
+        let start = v.get().as_ptr() as usize - text.as_ptr() as usize;
+        (start, start + v.get().len())
+    };
+    let model = top.model.filter(|m| m.get().starts_with('"')).map(span);
+    let usage_at = top.usage.filter(|u| u.get().starts_with('{')).map(span);
     let usage = top.usage.and_then(usage_of);
     let choices = top.choices.map(RawValue::get);
     let usage_only = choices.is_some_and(|c| c.starts_with('[') && c[1..].trim_start().starts_with(']'))
         && top.usage.is_some_and(|u| u.get() != "null");
-    Some(Chunk { content: choices.is_some_and(any_content), error: top.error, usage, usage_only, model })
+    Some(Chunk { content: choices.is_some_and(any_content), error: top.error, usage, usage_only, model, usage_at })
 }
 
 /// The top-level members of an upstream document joule reads (the last of duplicates, as a

@@ -130,6 +130,18 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
         }
     })?;
     let usage = usage?.get();
+    let start = usage.as_ptr() as usize - text.as_ptr() as usize;
+    let end = start + usage.len();
+    let rewritten = usage_with_cost(usage, cost)?;
+    Some([&doc[..start], rewritten.as_bytes(), &doc[end..]].concat())
+}
+
+/// The JSON object `usage` (a document's usage object, as its text) with joule's `cost` and
+/// `cost_details` set (`Some`), or an upstream's own removed (`None`). `None` when nothing
+/// changes (nothing to set and nothing to remove) or `usage` is not one JSON object. Members
+/// other than those two keep their bytes; when the upstream wrote neither, the new members
+/// go in before the closing brace and nothing else is touched.
+pub fn usage_with_cost(usage: &str, cost: Option<&Cost>) -> Option<String> {
     if !usage.starts_with('{') {
         return None;
     }
@@ -141,42 +153,38 @@ fn set_cost(doc: &[u8], cost: Option<&Cost>) -> Option<Vec<u8>> {
     if cost.is_none() && !has_cost {
         return None;
     }
-    let start = usage.as_ptr() as usize - text.as_ptr() as usize;
-    let end = start + usage.len();
     let cost_json = cost.map(Cost::members_json);
-    let mut out = Vec::with_capacity(doc.len() + cost_json.as_ref().map_or(0, String::len) + 10);
-    out.extend_from_slice(&doc[..start]);
+    let mut out = String::with_capacity(usage.len() + cost_json.as_ref().map_or(0, String::len) + 2);
     if has_cost {
         // Rewritten member by member (values as sent), without the upstream's `cost`.
-        out.push(b'{');
+        out.push('{');
         let mut first = true;
         visit_members(usage, |k, v| {
             if !is_cost(&k) {
                 if !std::mem::take(&mut first) {
-                    out.push(b',');
+                    out.push(',');
                 }
-                out.extend_from_slice(serde_json::to_string(&k).unwrap_or_default().as_bytes());
-                out.push(b':');
-                out.extend_from_slice(v.get().as_bytes());
+                out.push_str(&serde_json::to_string(&k).unwrap_or_default());
+                out.push(':');
+                out.push_str(v.get());
             }
         })?;
         if let Some(c) = &cost_json {
             if !first {
-                out.push(b',');
+                out.push(',');
             }
-            out.extend_from_slice(c.as_bytes());
+            out.push_str(c);
         }
-        out.push(b'}');
+        out.push('}');
     } else if let Some(c) = &cost_json {
-        // `usage` ends with `}`; insert before it.
-        out.extend_from_slice(&doc[start..end - 1]);
+        // `usage` is one object (parsed above), so it ends with `}`; insert before it.
+        out.push_str(usage.get(..usage.len() - 1)?);
         if members > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.extend_from_slice(c.as_bytes());
-        out.push(b'}');
+        out.push_str(c);
+        out.push('}');
     }
-    out.extend_from_slice(&doc[end..]);
     Some(out)
 }
 

@@ -15,7 +15,7 @@ use crate::api::chat::{self, ChatRequest, StreamEvent, TokenCounts, Usage};
 use crate::api::error::stream_error_event;
 use crate::api::sse::{self, SseItem};
 use crate::catalog::{Model, Quote};
-use crate::pricing::cost::{insert_cost, remove_cost, Cost};
+use crate::pricing::cost::{insert_cost, remove_cost, usage_with_cost, Cost};
 use crate::routing::RouteDecision;
 use crate::translate::anthropic::inbound::{self, EventStream};
 use crate::translate::responses::{self, Finished, ResponseStream};
@@ -43,11 +43,74 @@ fn quote_of(decision: &RouteDecision, deployment: usize) -> Quote {
     decision.ranked.iter().find(|(c, _)| c.deployment == deployment).map(|(c, _)| c.quote).unwrap_or_default()
 }
 
-/// Adds `cost` to the usage object of an upstream JSON document, recording it.
-fn with_cost(doc: &[u8], quote: &Quote, tokens: &TokenCounts, rec: &mut Record) -> Option<Vec<u8>> {
-    let cost = Cost::of(quote, tokens);
-    rec.cost = Some(cost);
-    insert_cost(doc, &cost)
+/// What the relay changes in an upstream document's `usage` object.
+enum UsageEdit {
+    /// joule's cost goes in (replacing an upstream's own).
+    Set(Cost),
+    /// An upstream's own cost comes out (its usage is not believed).
+    Remove,
+}
+
+impl UsageEdit {
+    fn cost(&self) -> Option<&Cost> {
+        match self {
+            UsageEdit::Set(c) => Some(c),
+            UsageEdit::Remove => None,
+        }
+    }
+}
+
+/// The edit for a reported usage, recording usage and cost: joule's cost for believable
+/// tokens when the answer is `charged`, the upstream's own cost removed for unbelievable
+/// ones, nothing otherwise.
+fn usage_edit(usage: Usage, quote: &Quote, charged: bool, rec: &mut Record) -> Option<UsageEdit> {
+    match record_usage(usage, rec) {
+        Some(tokens) if charged => {
+            let cost = Cost::of(quote, &tokens);
+            rec.cost = Some(cost);
+            Some(UsageEdit::Set(cost))
+        }
+        Some(_) => None,
+        None => Some(UsageEdit::Remove),
+    }
+}
+
+/// `text` (an upstream document or chunk) with its model name made `model` (at `model_at`,
+/// when it names another) and its usage object edited, in one copy; `None` when nothing
+/// changes. Both spans come from reading the document (`Chunk::model`, `Chunk::usage_at`);
+/// without the usage object's, the document is parsed again to find it.
+fn rewrite(text: &str, model_at: Option<(usize, usize)>, model: &str, usage_at: Option<(usize, usize)>, usage: Option<&UsageEdit>) -> Option<String> {
+    let name = model_at
+        .filter(|at| text.get(at.0 + 1..at.1.saturating_sub(1)) != Some(model))
+        .and_then(|at| Some((at, serde_json::to_string(model).ok()?)));
+    let usage_in_place = match (usage, usage_at) {
+        (Some(e), Some(at)) => text.get(at.0..at.1).and_then(|u| usage_with_cost(u, e.cost())).map(|u| (at, u)),
+        _ => None,
+    };
+    let mut edits = [name, usage_in_place];
+    edits.sort_by_key(|e| e.as_ref().map_or(usize::MAX, |(at, _)| at.0));
+    let spliced = match edits.iter().any(Option::is_some) {
+        false => None,
+        true => {
+            let mut out = String::with_capacity(text.len() + edits.iter().flatten().map(|(_, s)| s.len()).sum::<usize>());
+            let mut from = 0;
+            for (at, new) in edits.iter().flatten() {
+                // Top-level members: the spans are disjoint and in order.
+                out.push_str(text.get(from..at.0)?);
+                out.push_str(new);
+                from = at.1;
+            }
+            out.push_str(text.get(from..)?);
+            Some(out)
+        }
+    };
+    let Some(edit) = usage.filter(|_| usage_at.is_none()) else { return spliced };
+    let base = spliced.as_deref().unwrap_or(text).as_bytes();
+    let reparsed = match edit {
+        UsageEdit::Set(c) => insert_cost(base, c),
+        UsageEdit::Remove => remove_cost(base),
+    };
+    reparsed.and_then(|b| String::from_utf8(b).ok()).or(spliced)
 }
 
 /// Records the usage an upstream reported, returning the tokens to charge: none for an
@@ -92,15 +155,6 @@ fn to_anthropic(bytes: &[u8], status: u16, model: &str, rec: &mut Record) -> (u1
         rec.status = 502;
         (502, inbound::error_body(502, "The upstream sent an answer that could not be converted."))
     })
-}
-
-/// `text` naming `model` at `at` (the upstream's model name), or `None` when it already does.
-fn renamed(text: &str, at: (usize, usize), model: &str) -> Option<String> {
-    let current = text.get(at.0 + 1..at.1.saturating_sub(1));
-    if current == Some(model) {
-        return None;
-    }
-    chat::with_model_name(text, at, model)
 }
 
 /// How the answer is put into the client's API.
@@ -196,17 +250,8 @@ async fn forward_items(
         // catalog model itself); the usage event gets `cost` (or loses an upstream's own when
         // its usage is not believed). Other bytes pass as sent.
         let passed_as_is = matches!(out, Output::Same(_));
-        let mut rewritten = chunk.model.filter(|_| passed_as_is).and_then(|at| renamed(data, at, ctx.model));
-        if let Some(usage) = chunk.usage {
-            let text = rewritten.as_deref().unwrap_or(data).as_bytes();
-            let doc = match record_usage(usage, rec) {
-                Some(tokens) => with_cost(text, &ctx.quote, &tokens, rec),
-                None => remove_cost(text),
-            };
-            if let Some(d) = doc.and_then(|b| String::from_utf8(b).ok()) {
-                rewritten = Some(d);
-            }
-        }
+        let edit = chunk.usage.and_then(|u| usage_edit(u, &ctx.quote, true, rec));
+        let rewritten = rewrite(data, chunk.model.filter(|_| passed_as_is), ctx.model, chunk.usage_at, edit.as_ref());
         if chunk.usage_only && !ctx.req.include_usage {
             continue;
         }
@@ -255,19 +300,10 @@ pub async fn relay(
         AnswerBody::Full { mut bytes, doc } => {
             // Non-stream answer (or an upstream error document for a stream request), read
             // and parsed whole by `upstream::send`: nothing can fail here but the client.
-            if let Some(renamed) = doc.and_then(|d| d.model).and_then(|at| std::str::from_utf8(&bytes).ok().and_then(|t| renamed(t, at, &model.id))) {
-                bytes = Bytes::from(renamed);
-            }
             if let Some(d) = doc {
-                if let Some(usage) = d.usage {
-                    let doc = match record_usage(usage, rec) {
-                        Some(tokens) if (200..300).contains(&status) => with_cost(&bytes, &quote, &tokens, rec),
-                        Some(_) => None,
-                        None => remove_cost(&bytes),
-                    };
-                    if let Some(b) = doc {
-                        bytes = Bytes::from(b);
-                    }
+                let edit = d.usage.and_then(|u| usage_edit(u, &quote, (200..300).contains(&status), rec));
+                if let Some(t) = std::str::from_utf8(&bytes).ok().and_then(|t| rewrite(t, d.model, &model.id, d.usage_at, edit.as_ref())) {
+                    bytes = Bytes::from(t);
                 }
             }
             let mut content_type = answer.content_type;
@@ -376,4 +412,55 @@ pub async fn relay(
         io.send_body(Bytes::from(event), false).await?;
     }
     io.send_body(Bytes::new(), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::chat::read_doc;
+    use crate::pricing::cost::Cost;
+
+    fn cost() -> Cost {
+        Cost::of(&Quote::default(), &TokenCounts::new(3, 4))
+    }
+
+    /// `rewrite` with the spans `read_doc` finds, and with the usage span withheld (the
+    /// re-parsing path): both must give the same document.
+    fn both_ways(text: &str, model: &str, edit: Option<&UsageEdit>) -> Option<String> {
+        let doc = read_doc(text.as_bytes()).expect("a document");
+        let spanned = rewrite(text, doc.model, model, doc.usage_at, edit);
+        let reparsed = rewrite(text, doc.model, model, None, edit);
+        assert_eq!(spanned, reparsed, "{text}");
+        spanned
+    }
+
+    #[test]
+    fn model_and_cost_are_set_in_one_copy_whatever_their_order() {
+        let members = cost().members_json();
+        let text = r#"{"id":"x","model":"up-1","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let want = format!(r#"{{"id":"x","model":"cat","usage":{{"prompt_tokens":3,"completion_tokens":4,{members}}}}}"#);
+        assert_eq!(both_ways(text, "cat", Some(&UsageEdit::Set(cost()))).as_deref(), Some(want.as_str()));
+
+        let text = r#"{"usage":{"prompt_tokens":3},  "model" : "up-1" ,"choices":[]}"#;
+        let want = format!(r#"{{"usage":{{"prompt_tokens":3,{members}}},  "model" : "c\"at" ,"choices":[]}}"#);
+        assert_eq!(both_ways(text, "c\"at", Some(&UsageEdit::Set(cost()))).as_deref(), Some(want.as_str()));
+    }
+
+    #[test]
+    fn an_upstream_cost_is_replaced_or_removed_and_nothing_else_moves() {
+        let text = r#"{"model":"cat","usage":{"cost":9,"prompt_tokens":3,"cost_details":{}}}"#;
+        let set = both_ways(text, "cat", Some(&UsageEdit::Set(cost()))).unwrap();
+        assert_eq!(set, format!(r#"{{"model":"cat","usage":{{"prompt_tokens":3,{}}}}}"#, cost().members_json()));
+        let removed = both_ways(text, "cat", Some(&UsageEdit::Remove)).unwrap();
+        assert_eq!(removed, r#"{"model":"cat","usage":{"prompt_tokens":3}}"#);
+    }
+
+    #[test]
+    fn nothing_to_change_is_none() {
+        let text = r#"{"model":"cat","usage":{"prompt_tokens":3}}"#;
+        assert_eq!(both_ways(text, "cat", None), None, "same model, no usage edit");
+        assert_eq!(both_ways(text, "cat", Some(&UsageEdit::Remove)), None, "no upstream cost to remove");
+        let text = r#"{"model":"up","usage":null}"#;
+        assert_eq!(both_ways(text, "cat", Some(&UsageEdit::Set(cost()))).as_deref(), Some(r#"{"model":"cat","usage":null}"#));
+    }
 }

@@ -33,8 +33,8 @@ pub struct JouleApp {
 /// Per-request state.
 struct Ctx {
     rec: Record,
-    method: String,
-    path: String,
+    /// The request's head, once read (the access log's method and path).
+    head: Option<RequestHead>,
     _in_flight: Option<InFlight>,
 }
 
@@ -135,6 +135,11 @@ impl Downstream for SessionIo<'_> {
     }
 }
 
+/// The first 200 characters of a path: as much as the access log shows.
+fn clipped(path: &str) -> &str {
+    path.char_indices().nth(200).map_or(path, |(at, _)| path.get(..at).unwrap_or(path))
+}
+
 fn request_head(session: &Session) -> RequestHead {
     let req = session.req_header();
     RequestHead {
@@ -185,10 +190,11 @@ impl HttpServerApp for JouleApp {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
-        let mut ctx = Ctx { rec: Record::new(), method: String::new(), path: String::new(), _in_flight: None };
+        let mut ctx = Ctx { rec: Record::new(), head: None, _in_flight: None };
         self.serve(&mut session, &mut ctx).await;
         guard::request_done(session.stream());
-        proxy::finish::finish(&self.gateway, self.role, &ctx.rec, &ctx.method, &ctx.path);
+        let (method, path) = ctx.head.as_ref().map_or(("", ""), |h| (h.method.as_str(), clipped(&h.path)));
+        proxy::finish::finish(&self.gateway, self.role, &ctx.rec, method, path);
         drop(ctx);
         let settings = HttpPersistentSettings::for_session(&session);
         session.finish().await.ok().flatten().map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
@@ -206,14 +212,12 @@ impl JouleApp {
         if self.gateway.is_draining() {
             session.set_keepalive(None);
         }
-        let head = request_head(session);
-        ctx.method = head.method.to_string();
-        ctx.path = head.path.chars().take(200).collect();
+        let head = ctx.head.insert(request_head(session));
         let awaits_continue = expects_continue(session.req_header());
         let mut io = SessionIo { session, awaits_continue, unwatched: false };
         let result = match self.role {
-            Role::Api => proxy::handle(&self.gateway, &head, &mut io, &mut ctx.rec).await,
-            Role::Admin => Box::pin(admin::handle(&self.gateway, &head, &mut io, &mut ctx.rec)).await,
+            Role::Api => proxy::handle(&self.gateway, head, &mut io, &mut ctx.rec).await,
+            Role::Admin => Box::pin(admin::handle(&self.gateway, head, &mut io, &mut ctx.rec)).await,
         };
         if io.awaits_continue {
             // Answered without `100 Continue`: the client may never send the body it

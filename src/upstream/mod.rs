@@ -477,7 +477,7 @@ async fn attempt(
             Wire::AnthropicNative { .. } => {
                 let doc = match success {
                     // The spans of the conversion are not the answer's: only its usage counts.
-                    true => anthropic::response_from_anthropic(&bytes, None, 0).ok().and_then(|c| read_doc(&c)).map(|d| Chunk { model: None, ..d }),
+                    true => anthropic::response_from_anthropic(&bytes, None, 0).ok().and_then(|c| read_doc(&c)).map(|d| Chunk { model: None, usage_at: None, ..d }),
                     false => None,
                 };
                 if success && doc.is_none() {
