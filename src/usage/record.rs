@@ -61,16 +61,38 @@ impl Record {
     }
 }
 
-/// `req_` and 24 random hex digits, built in one allocation.
+/// `req_` and 24 hex digits: the wall clock's milliseconds (48 bits), then 48 random bits.
+/// Time-ordered, so the stores' primary-key index on usage records grows at its right edge
+/// (each batch dirties a few pages instead of one page per record, as random ids did);
+/// unique, as two requests in one millisecond would need 48 equal random bits. Built in one
+/// allocation.
 fn request_id() -> String {
+    let ms = u64::try_from(crate::clock::now_ms()).unwrap_or(0).to_be_bytes();
+    let random = rand::random::<[u8; 6]>();
+    let mut raw = [0u8; 12];
+    raw[..6].copy_from_slice(&ms[2..]);
+    raw[6..].copy_from_slice(&random);
     let mut id = *b"req_000000000000000000000000";
     // 12 bytes always fit the 24 digits after the prefix.
-    let _ = hex::encode_to_slice(rand::random::<[u8; 12]>(), &mut id[4..]);
+    let _ = hex::encode_to_slice(raw, &mut id[4..]);
     String::from_utf8_lossy(&id).into_owned()
 }
 
 impl Default for Record {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique_and_ordered_by_time() {
+        let ids: Vec<String> = (0..10_000).map(|_| super::request_id()).collect();
+        assert!(ids.iter().all(|id| id.len() == 28 && id.starts_with("req_") && id[4..].bytes().all(|b| b.is_ascii_hexdigit())));
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        // The time part (12 digits) never goes back.
+        assert!(ids.windows(2).all(|w| w[0][4..16] <= w[1][4..16]), "time-ordered");
     }
 }
