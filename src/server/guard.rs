@@ -260,6 +260,15 @@ impl GuardedIo {
         Poll::Ready(Ok(()))
     }
 
+    /// A write the held-write mechanism takes: held itself when a hold was asked for, or sent
+    /// after what is held; `None` when neither applies.
+    fn poll_through_held(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Option<Poll<io::Result<usize>>> {
+        if let Some(n) = self.hold(bufs) {
+            return Some(Poll::Ready(Ok(n)));
+        }
+        (self.held_at < self.held.len()).then(|| self.poll_write_held(cx, bufs))
+    }
+
     /// Takes `bufs` as the held write when one is asked for; `None` otherwise.
     fn hold(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
         if self.held_at < self.held.len() || self.phase.load(Ordering::Acquire) != IN_REQUEST_HOLD {
@@ -360,11 +369,8 @@ impl AsyncWrite for GuardedIo {
         if this.passthrough {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
-        if let Some(n) = this.hold(&[io::IoSlice::new(buf)]) {
-            return Poll::Ready(Ok(n));
-        }
-        if this.held_at < this.held.len() {
-            return this.poll_write_held(cx, &[io::IoSlice::new(buf)]);
+        if let Some(p) = this.poll_through_held(cx, &[io::IoSlice::new(buf)]) {
+            return p;
         }
         if this.replacement.is_none() && this.phase.load(Ordering::Acquire) == AWAITING_HEAD {
             // No handler has seen this request: the only writer is pingora refusing its head.
@@ -392,11 +398,8 @@ impl AsyncWrite for GuardedIo {
         if this.passthrough {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
-        if let Some(n) = this.hold(bufs) {
-            return Poll::Ready(Ok(n));
-        }
-        if this.held_at < this.held.len() {
-            return this.poll_write_held(cx, bufs);
+        if let Some(p) = this.poll_through_held(cx, bufs) {
+            return p;
         }
         if this.replacement.is_none() && this.phase.load(Ordering::Acquire) != AWAITING_HEAD {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
