@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::Downstream;
+use super::{send_error_as, ClientApi, Downstream, DownstreamError, Record};
 use crate::api::error::ApiError;
 
 /// Reads the whole request body, first letting a client that waits on `Expect: 100-continue`
@@ -24,6 +24,25 @@ pub async fn read_body(io: &mut dyn Downstream, content_length: Option<u64>, lim
         io.close_after();
     }
     read
+}
+
+/// [`read_body`] for an endpoint's handler: a body that cannot be read is answered here, as
+/// an error in the client's `api`, and comes back as `None` (the handler is then done).
+///
+/// # Errors
+/// Only downstream I/O failures while answering.
+pub async fn read_or_refuse(
+    api: ClientApi,
+    io: &mut dyn Downstream,
+    rec: &mut Record,
+    content_length: Option<u64>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, DownstreamError> {
+    match read_body(io, content_length, limit, timeout).await {
+        Ok(b) => Ok(Some(b)),
+        Err(e) => send_error_as(api, io, rec, &e).await.map(|()| None),
+    }
 }
 
 async fn read_whole(io: &mut dyn Downstream, content_length: Option<u64>, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {

@@ -7,7 +7,7 @@
 //! exchange is over.
 
 use super::authorize::{authorize, authorize_batch};
-use super::body::read_body;
+use super::body::read_or_refuse;
 use super::relay::relay;
 use super::route::{rank, resolve};
 use super::{observe, send_error, send_error_as, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
@@ -31,10 +31,9 @@ pub async fn handle(
 ) -> Result<(), DownstreamError> {
     rec.principal = Some(principal.clone());
     let limits = &world.limits;
-    // On an error `read_body` has already marked the connection to close after this answer.
-    let body = match read_body(io, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await {
-        Ok(b) => b,
-        Err(e) => return send_error(io, rec, &e).await,
+    // On an error the connection is already marked to close after this answer.
+    let Some(body) = read_or_refuse(ClientApi::OpenAi, io, rec, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await? else {
+        return Ok(());
     };
     let req = match chat::inspect(&body) {
         Ok(r) => r,

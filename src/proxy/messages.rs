@@ -3,7 +3,7 @@
 //! completions ([`super::chat::serve`]), with the client's own body kept for deployments that
 //! speak Anthropic and every answer and error given in Anthropic's shape.
 
-use super::body::read_body;
+use super::body::read_or_refuse;
 use super::chat::{serve, AnswerAs, Exchange};
 use super::{send_error_as, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::access::Principal;
@@ -27,9 +27,8 @@ pub async fn handle(
     rec.principal = Some(principal.clone());
     let api = ClientApi::Anthropic;
     let limits = &world.limits;
-    let body = match read_body(io, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await {
-        Ok(b) => b,
-        Err(e) => return send_error_as(api, io, rec, &e).await,
+    let Some(body) = read_or_refuse(api, io, rec, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await? else {
+        return Ok(());
     };
     let mut inbound = match request_to_chat(&body) {
         Ok(i) => i,
@@ -56,9 +55,8 @@ pub async fn handle(
 pub async fn count_tokens(world: &World, principal: &Principal, head: &RequestHead, io: &mut dyn Downstream, rec: &mut Record) -> Result<(), DownstreamError> {
     let api = ClientApi::Anthropic;
     let limits = &world.limits;
-    let body = match read_body(io, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await {
-        Ok(b) => b,
-        Err(e) => return send_error_as(api, io, rec, &e).await,
+    let Some(body) = read_or_refuse(api, io, rec, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await? else {
+        return Ok(());
     };
     let (name, span) = match crate::translate::anthropic::inbound::model_of(&body) {
         Ok(m) => m,

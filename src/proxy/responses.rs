@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use super::body::read_body;
+use super::body::read_or_refuse;
 use super::chat::{serve, AnswerAs, Exchange, ResponsesAnswer};
 use super::{send_error_as, send_json, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::access::Principal;
@@ -92,9 +92,8 @@ pub async fn create(gw: &Gateway, world: &World, principal: &Principal, head: &R
     rec.principal = Some(principal.clone());
     let api = ClientApi::Responses;
     let limits = &world.limits;
-    let body = match read_body(io, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await {
-        Ok(b) => b,
-        Err(e) => return send_error_as(api, io, rec, &e).await,
+    let Some(body) = read_or_refuse(api, io, rec, head.content_length, limits.max_body_bytes, limits.client_body_timeout).await? else {
+        return Ok(());
     };
     let keeping = match (&gw.store, gw.response_retention) {
         (Some(store), Some(retention)) => Some((store, retention)),

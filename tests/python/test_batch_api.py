@@ -8,6 +8,7 @@ day at 00:00 with two days of history, so the scheduler's forecast knows the dip
 Upstream calls are counted at the mocks (`GET /_mock/stats`).
 """
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -199,13 +200,22 @@ def test_a_batch_runs_in_the_cheap_interval_and_its_files_add_up(joule):
         client.files.retrieve(f.id)
 
 
-def test_cancel_keeps_finished_lines(tmp_path):
-    j = Joule(mock_args=("--ttft-ms", "400", "--tokens", "4"), batch="concurrency = 2")
+@contextlib.contextmanager
+def slow_batch(ttft_ms: int, concurrency: int, started: int, lines: int = 30):
+    """A batch of `lines` lines on slow mocks, yielded once `started` lines have completed."""
+    j = Joule(mock_args=("--ttft-ms", str(ttft_ms), "--tokens", "4"), batch=f"concurrency = {concurrency}")
     try:
         client = j.client()
-        f = client.files.create(file=("q.jsonl", jsonl(30)), purpose="batch")
+        f = client.files.create(file=("q.jsonl", jsonl(lines)), purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h")
-        wait(client, b.id, lambda x: x.request_counts.completed >= 2, 20)
+        wait(client, b.id, lambda x: x.request_counts.completed >= started, 20)
+        yield j, client, b
+    finally:
+        j.close()
+
+
+def test_cancel_keeps_finished_lines():
+    with slow_batch(ttft_ms=400, concurrency=2, started=2) as (j, client, b):
         c = client.batches.cancel(b.id)
         assert c.status in ("cancelling", "cancelled")
         done = wait(client, b.id, ended, 20)
@@ -215,8 +225,6 @@ def test_cancel_keeps_finished_lines(tmp_path):
         assert all(e["error"]["code"] == "batch_cancelled" for e in errors)
         assert len(errors) + done.request_counts.completed == 30
         assert j.upstream_calls() == done.request_counts.completed
-    finally:
-        j.close()
 
 
 def test_bad_files_are_refused_with_line_numbers(joule):
@@ -259,13 +267,8 @@ def test_another_projects_key_gets_404(joule):
     assert mine.batches.retrieve(b.id).id == b.id
 
 
-def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path):
-    j = Joule(mock_args=("--ttft-ms", "300", "--tokens", "4"), batch="concurrency = 3")
-    try:
-        client = j.client()
-        f = client.files.create(file=("q.jsonl", jsonl(30)), purpose="batch")
-        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h")
-        wait(client, b.id, lambda x: x.request_counts.completed >= 6, 20)
+def test_sigkill_mid_batch_loses_and_duplicates_nothing():
+    with slow_batch(ttft_ms=300, concurrency=3, started=6) as (j, _, b):
         j.proc.send_signal(signal.SIGKILL)
         j.proc.wait()
         j.start()
@@ -278,8 +281,6 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path):
         calls = j.upstream_calls()
         # Every line once, plus at most the lines in flight at the kill (3 per deployment).
         assert 30 <= calls <= 36, calls
-    finally:
-        j.close()
 
 
 def test_a_batch_on_the_demo_completes_within_its_window(tmp_path):

@@ -4,13 +4,13 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{objects, owner, page, store_error, BatchService};
+use super::{objects, owner, page, store_error, BatchService, Page};
 use crate::access::Principal;
 use crate::api::error::ApiError;
 use crate::batch::input::{self, CHAT_URL};
 use crate::batch::{parse_window, BatchRecord, BatchStatus, LineCounts, NewLine, Transition, PURPOSE_BATCH};
-use crate::proxy::body::read_body;
-use crate::proxy::{send_error, send_json, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
+use crate::proxy::body::read_or_refuse;
+use crate::proxy::{send_error, send_json, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::routing::tags;
 
 /// Most batches one list answers (OpenAI's limit).
@@ -69,9 +69,8 @@ pub async fn create(
     io: &mut dyn Downstream,
     rec: &mut Record,
 ) -> Result<(), DownstreamError> {
-    let body = match read_body(io, head.content_length, MAX_BODY, world.limits.client_body_timeout).await {
-        Ok(b) => b,
-        Err(e) => return send_error(io, rec, &e).await,
+    let Some(body) = read_or_refuse(ClientApi::OpenAi, io, rec, head.content_length, MAX_BODY, world.limits.client_body_timeout).await? else {
+        return Ok(());
     };
     match create_batch(gw, world, svc, principal, &body).await {
         Ok(b) => {
@@ -179,7 +178,7 @@ async fn create_batch(gw: &Gateway, world: &World, svc: &BatchService, principal
 /// # Errors
 /// 400 for bad parameters; 503 when the store is unreachable.
 pub async fn list(svc: &BatchService, principal: &Principal, head: &RequestHead) -> Result<Vec<u8>, ApiError> {
-    let (limit, after, order, purpose) = page(head, 20, MAX_LIST)?;
+    let Page { limit, after, order, purpose } = page(head, 20, MAX_LIST)?;
     if order.is_some() || purpose.is_some() {
         return Err(ApiError::invalid("Batches are listed newest first; `order` and `purpose` do not apply.", None));
     }

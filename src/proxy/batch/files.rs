@@ -3,13 +3,13 @@
 
 use bytes::Bytes;
 
-use super::{objects, owner, page, store_error, BatchService};
+use super::{objects, owner, page, store_error, BatchService, Page};
 use crate::access::Principal;
 use crate::api::error::ApiError;
 use crate::batch::input::{self, InputError};
 use crate::batch::{FileObject, PURPOSE_BATCH};
-use crate::proxy::body::read_body;
-use crate::proxy::{send_error, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
+use crate::proxy::body::read_or_refuse;
+use crate::proxy::{send_error, ClientApi, Downstream, DownstreamError, Gateway, Record, RequestHead, World};
 use crate::routing::tags;
 
 /// Most files one list answers.
@@ -93,9 +93,8 @@ pub async fn upload(
     let limits = &svc.settings.input;
     // Large files take their time: at least ten minutes, or the configured body timeout.
     let timeout = world.limits.client_body_timeout.max(std::time::Duration::from_secs(600));
-    let body = match read_body(io, head.content_length, limits.max_bytes + FORM_OVERHEAD, timeout).await {
-        Ok(b) => b,
-        Err(e) => return send_error(io, rec, &e).await,
+    let Some(body) = read_or_refuse(ClientApi::OpenAi, io, rec, head.content_length, limits.max_bytes + FORM_OVERHEAD, timeout).await? else {
+        return Ok(());
     };
     let result = async {
         let form = form(body, head.content_type.as_deref()).await?;
@@ -142,7 +141,7 @@ fn not_found(id: &str) -> ApiError {
 /// # Errors
 /// 400 for bad parameters; 503 when the store is unreachable.
 pub async fn list(svc: &BatchService, principal: &Principal, head: &RequestHead) -> Result<Vec<u8>, ApiError> {
-    let (limit, after, order, purpose) = page(head, MAX_LIST, MAX_LIST)?;
+    let Page { limit, after, order, purpose } = page(head, MAX_LIST, MAX_LIST)?;
     let ascending = match order.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,

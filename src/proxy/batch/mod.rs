@@ -134,8 +134,24 @@ async fn reply(io: &mut dyn Downstream, rec: &mut Record, r: Result<Vec<u8>, Api
     }
 }
 
-/// A query string's pagination: `limit` (1..=`max`, default `default`) and `after`.
-fn page(head: &RequestHead, default: u32, max: u32) -> Result<(u32, Option<String>, Option<String>, Option<String>), ApiError> {
+/// A list request's query string, checked: the parameters the list endpoints know.
+struct Page {
+    /// 1..=`max`; `default` when absent.
+    limit: u32,
+    /// The last id of the previous page.
+    after: Option<String>,
+    /// `asc` or `desc`, as sent (only files may be listed in either order).
+    order: Option<String>,
+    /// A file purpose to filter by, as sent (files only).
+    purpose: Option<String>,
+}
+
+/// Reads a query string's pagination: `limit` (1..=`max`, default `default`), `after`,
+/// `order` and `purpose`; each endpoint refuses what does not apply to it.
+///
+/// # Errors
+/// 400 for an unknown parameter or a `limit` out of range.
+fn page(head: &RequestHead, default: u32, max: u32) -> Result<Page, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Q {
@@ -152,5 +168,5 @@ fn page(head: &RequestHead, default: u32, max: u32) -> Result<(u32, Option<Strin
             ApiError::InvalidRequest { message: format!("`limit` must be a whole number from 1 to {max}."), param: Some("limit"), code: None }
         })?,
     };
-    Ok((limit, q.after, q.order, q.purpose))
+    Ok(Page { limit, after: q.after, order: q.order, purpose: q.purpose })
 }
