@@ -217,7 +217,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn keys(&self, project: Option<&str>) -> Result<Vec<ApiKey>, StoreError>;
     async fn revoke_key(&self, id_or_name: &str, now: i64) -> Result<ApiKey, StoreError>;
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
-    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+    async fn insert_usage(&self, records: Arc<Vec<UsageRecord>>) -> Result<(), StoreError>;
     async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError>;
     async fn usage_summary(&self, filter: &UsageFilter) -> Result<UsageSummary, StoreError>;
     /// Totals per `step_ms` bucket of `ts_ms`, oldest first, buckets without records left out.
@@ -517,7 +517,7 @@ impl Store {
     /// The database.
     pub async fn insert_usage(&self, records: Arc<Vec<UsageRecord>>) -> Result<(), StoreError> {
         let b = self.backend.clone();
-        self.spawn(async move { b.insert_usage(&records).await }).await
+        self.spawn(async move { b.insert_usage(records).await }).await
     }
 
     /// One page of usage records, newest first.

@@ -2,7 +2,7 @@
 //! dropped when broken, so the store recovers by itself when the server comes back), and a
 //! dedicated `LISTEN joule_changes` connection that reconnects with backoff.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -340,7 +340,7 @@ impl Backend for PgStore {
         r
     }
 
-    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+    async fn insert_usage(&self, records: Arc<Vec<UsageRecord>>) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let r = async {
             let tx = c.transaction().await.map_err(err)?;

@@ -4,9 +4,10 @@
 //! The request path only builds a [`UsageRecord`] and `try_send`s it into a bounded queue
 //! ([`UsageSink::emit`], no lock, no I/O). A writer task on the store runtime drains the queue
 //! in batches (up to `batch_size` records or `flush_interval`, whichever comes first) and
-//! inserts each batch in one transaction. If the store refuses, the batch is appended to a
-//! local spill file (JSON lines) and retried from there every `retry_interval` until the store
-//! takes it; inserts skip ids already stored, so a replay never duplicates. A spill file left
+//! inserts each batch in one transaction. Records do not wake the writer one by one: it sleeps
+//! through the interval unless a full batch is queued or a flush is asked for. If the store
+//! refuses, the batch is appended to a local spill file (JSON lines) and retried from there
+//! every `retry_interval` until the store takes it; inserts skip ids already stored, so a replay never duplicates. A spill file left
 //! by a crash is replayed at start. Shutdown calls [`UsageSink::flush`], which writes (or
 //! spills) everything queued before the process exits.
 //!
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -151,6 +152,10 @@ enum Msg {
 #[derive(Clone)]
 pub struct UsageSink {
     tx: Option<mpsc::Sender<Msg>>,
+    /// Wakes the writer before its interval ends: a full batch is queued, or a flush asked.
+    nudge: Arc<Notify>,
+    /// The queue depth that nudges the writer (`batch_size`).
+    batch_size: usize,
     /// This process's instance id (random per start).
     pub instance: Arc<str>,
     metrics: Metrics,
@@ -159,15 +164,17 @@ pub struct UsageSink {
 impl UsageSink {
     /// A sink that records nothing (store disabled).
     pub fn disabled(metrics: Metrics) -> Self {
-        UsageSink { tx: None, instance: Arc::from(new_instance_id()), metrics }
+        UsageSink { tx: None, nudge: Arc::new(Notify::new()), batch_size: usize::MAX, instance: Arc::from(new_instance_id()), metrics }
     }
 
     /// Starts the writer on the store runtime and returns its sink.
     pub fn start(store: Arc<dyn UsageStore>, settings: UsageSettings, metrics: Metrics, instance: Arc<str>) -> Self {
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
-        let writer = Writer { store: store.clone(), settings, metrics: metrics.clone(), spilled: false, last_retry: None };
+        let nudge = Arc::new(Notify::new());
+        let batch_size = settings.batch_size.max(1);
+        let writer = Writer { store: store.clone(), settings, metrics: metrics.clone(), nudge: nudge.clone(), spilled: false, last_retry: None };
         store.spawn(Box::pin(writer.run(rx)));
-        UsageSink { tx: Some(tx), instance, metrics }
+        UsageSink { tx: Some(tx), nudge, batch_size, instance, metrics }
     }
 
     /// Whether records are being kept.
@@ -180,7 +187,13 @@ impl UsageSink {
         let Some(tx) = &self.tx else { return };
         let id = r.id.clone();
         match tx.try_send(Msg::Record(Box::new(r))) {
-            Ok(()) => self.metrics.usage_queue_depth.set((tx.max_capacity() - tx.capacity()) as i64),
+            Ok(()) => {
+                let queued = tx.max_capacity() - tx.capacity();
+                self.metrics.usage_queue_depth.set(queued as i64);
+                if queued >= self.batch_size {
+                    self.nudge.notify_one();
+                }
+            }
             Err(_) => {
                 self.metrics.usage_dropped.inc();
                 tracing::error!(request_id = %id, "usage queue full: record dropped");
@@ -197,6 +210,7 @@ impl UsageSink {
         if !matches!(sent, Ok(Ok(()))) {
             return false;
         }
+        self.nudge.notify_one();
         matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())))
     }
 }
@@ -223,6 +237,7 @@ struct Writer {
     store: Arc<dyn UsageStore>,
     settings: UsageSettings,
     metrics: Metrics,
+    nudge: Arc<Notify>,
     /// Whether the spill file may hold records.
     spilled: bool,
     last_retry: Option<Instant>,
@@ -234,17 +249,22 @@ impl Writer {
         let mut batch: Vec<UsageRecord> = Vec::new();
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
+            // Sleep through the interval unless a sender nudges (a full batch is queued, a
+            // flush is asked for): records arriving one by one do not wake the writer one by
+            // one, which at thousands of requests a second cost more than the inserts.
             let deadline = tokio::time::Instant::now() + self.settings.flush_interval;
-            // Collect until the batch is full, the interval passes, or a flush is asked for.
+            let _ = tokio::time::timeout_at(deadline, self.nudge.notified()).await;
             let closed = loop {
-                if batch.len() >= self.settings.batch_size || !acks.is_empty() {
-                    break false;
-                }
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Msg::Record(r))) => batch.push(*r),
-                    Ok(Some(Msg::Flush(ack))) => acks.push(ack),
-                    Ok(None) => break true,
-                    Err(_) => break false,
+                match rx.try_recv() {
+                    Ok(Msg::Record(r)) => {
+                        batch.push(*r);
+                        if batch.len() >= self.settings.batch_size {
+                            self.write(std::mem::take(&mut batch)).await;
+                        }
+                    }
+                    Ok(Msg::Flush(ack)) => acks.push(ack),
+                    Err(mpsc::error::TryRecvError::Empty) => break false,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break true,
                 }
             };
             self.metrics.usage_queue_depth.set(rx.len() as i64);
@@ -418,6 +438,47 @@ mod tests {
         let back = read_spill(&path).unwrap();
         assert_eq!(back.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(back[0], rec("a", None, 1));
+    }
+
+    /// A store that hands each written batch to the test.
+    struct Batches(mpsc::UnboundedSender<Vec<String>>);
+
+    #[async_trait]
+    impl UsageStore for Batches {
+        async fn insert_usage(&self, records: Arc<Vec<UsageRecord>>) -> Result<(), WriteError> {
+            let _ = self.0.send(records.iter().map(|r| r.id.clone()).collect());
+            Ok(())
+        }
+        async fn touch_keys(&self, _: Vec<(String, i64)>) -> Result<(), WriteError> {
+            Ok(())
+        }
+        fn spawn(&self, task: BoxFuture<'static, ()>) {
+            tokio::spawn(task);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_and_a_flush_are_written_without_waiting_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut written) = mpsc::unbounded_channel();
+        let settings = UsageSettings {
+            queue_capacity: 100,
+            batch_size: 3,
+            // Longer than the test may take: only a nudge can get the records written.
+            flush_interval: Duration::from_secs(3600),
+            retry_interval: Duration::from_secs(3600),
+            spill_path: dir.path().join("spill.jsonl"),
+        };
+        let sink = UsageSink::start(Arc::new(Batches(tx)), settings, Metrics::new().unwrap(), Arc::from("gw_1"));
+        let within = Duration::from_secs(20);
+        for id in ["a", "b", "c", "d"] {
+            sink.emit(rec(id, None, 1));
+        }
+        let first = tokio::time::timeout(within, written.recv()).await.expect("a full batch is written at once").unwrap();
+        assert_eq!(first, ["a", "b", "c"]);
+        assert!(sink.flush(within).await, "a flush is answered at once");
+        assert_eq!(written.try_recv().unwrap(), ["d"], "the flush wrote the partial batch");
+        assert!(written.try_recv().is_err());
     }
 
     #[test]
