@@ -3,7 +3,6 @@
 //! value (and, for streams, `stream_options`) is spliced, so everything else reaches the
 //! upstream byte-exact, whatever its size.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -11,6 +10,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::json::Str;
 
 /// What the gateway needs from a chat-completions body.
 #[derive(Debug, Clone)]
@@ -59,8 +59,8 @@ impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut top = TopLevel::default();
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    let (slot, name) = match k.as_ref() {
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    let (slot, name) = match k.as_str() {
                         "model" => (&mut top.model, "model"),
                         "messages" => (&mut top.messages, "messages"),
                         "stream" => (&mut top.stream, "stream"),
@@ -116,7 +116,7 @@ fn is_message(raw: &RawValue) -> bool {
     #[derive(serde::Deserialize)]
     struct Msg<'a> {
         #[serde(borrow)]
-        role: Option<Cow<'a, str>>,
+        role: Option<Str<'a>>,
     }
     raw.get().starts_with('{') && matches!(serde_json::from_str::<Msg>(raw.get()), Ok(Msg { role: Some(_) }))
 }
@@ -151,8 +151,8 @@ fn stream_options_of(body: &[u8], raw: &RawValue) -> Result<(bool, StreamOptions
                 }
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                     let mut include_usage = None;
-                    while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                        if k == "include_usage" {
+                    while let Some(k) = map.next_key::<Str<'de>>()? {
+                        if k.as_str() == "include_usage" {
                             let raw: &'de RawValue = map.next_value()?;
                             if include_usage.replace(raw).is_some() {
                                 return Err(serde::de::Error::duplicate_field("include_usage"));
@@ -360,8 +360,8 @@ impl<'de> serde::Deserialize<'de> for DocMembers<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut doc = DocMembers::default();
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    match k.as_ref() {
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    match k.as_str() {
                         "choices" => doc.choices = Some(map.next_value()?),
                         "usage" => doc.usage = Some(map.next_value()?),
                         "model" => doc.model = Some(map.next_value()?),

@@ -3,4 +3,5 @@
 pub mod bearer;
 pub mod chat;
 pub mod error;
+pub mod json;
 pub mod sse;

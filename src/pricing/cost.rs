@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::api::chat::TokenCounts;
+use crate::api::json::Str;
 use crate::catalog::{CacheQuote, Quote};
 
 /// Itemised cost of a request in US$. `total = input + output`; `energy` and `routing_fee`
@@ -204,9 +205,9 @@ fn visit_members<'a>(text: &'a str, f: impl FnMut(Cow<'a, str>, &'a RawValue)) -
             out.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            while let Some(k) = map.next_key::<Str<'de>>()? {
                 let v: &'de RawValue = map.next_value()?;
-                (self.0)(k, v);
+                (self.0)(k.0, v);
             }
             Ok(())
         }

@@ -76,18 +76,7 @@ impl Downstream for SessionIo<'_> {
     }
 
     async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError> {
-        // Without the case-preserving copy of the header map (joule's names are lowercase):
-        // the header is kept for the whole answer, a stream's whole life.
-        let mut h = ResponseHeader::build_no_case(head.status, Some(head.headers.len() + 3)).map_err(io_err)?;
-        for (k, v) in head.headers {
-            h.insert_header(k, v).map_err(io_err)?;
-        }
-        match head.content_length {
-            Some(n) => h.insert_header("content-length", n.to_string()).map_err(io_err)?,
-            // Chunked on HTTP/1.1 keeps the connection reusable; h2 drops the header itself.
-            None => h.insert_header("transfer-encoding", "chunked").map_err(io_err)?,
-        }
-        self.session.write_response_header(Box::new(h)).await.map_err(io_err)
+        self.session.write_response_header(Box::new(response_header(head)?)).await.map_err(io_err)
     }
 
     async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError> {
@@ -132,6 +121,42 @@ impl Downstream for SessionIo<'_> {
             self.session.set_keepalive(keepalive);
         }
         Ok(())
+    }
+}
+
+/// pingora's response head for `head`, built as `http` parts: pingora's own `insert_header`
+/// copies every name that is not a standard one (`x-request-id`, `x-joule-*`) into a new
+/// allocation, where a lowercase `&'static str` name can be used as it is. Without the
+/// case-preserving copy of the names (joule's are lowercase): the head is kept for the whole
+/// answer, a stream's whole life.
+///
+/// # Errors
+/// A status outside 100..=999 or a value with bytes a header cannot carry.
+fn response_header(head: ResponseHead) -> Result<ResponseHeader, DownstreamError> {
+    let bad = |what: &str| DownstreamError(format!("invalid response {what}"));
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(head.status).map_err(|_| bad("status"))?;
+    parts.headers.reserve(head.headers.len() + 1);
+    for (name, value) in head.headers {
+        let value = http::HeaderValue::try_from(value).map_err(|_| bad("header value"))?;
+        parts.headers.insert(header_name(name).ok_or_else(|| bad("header name"))?, value);
+    }
+    match head.content_length {
+        Some(n) => parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n)),
+        // Chunked on HTTP/1.1 keeps the connection reusable; h2 drops the header itself.
+        None => parts.headers.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked")),
+    };
+    Ok(ResponseHeader::from(parts))
+}
+
+/// A header name from a name written in the code: used as it is when it is already in the
+/// form `HeaderName::from_static` takes (lowercase token characters), else parsed.
+fn header_name(name: &'static str) -> Option<http::HeaderName> {
+    let canonical = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if canonical {
+        Some(http::HeaderName::from_static(name))
+    } else {
+        http::HeaderName::from_bytes(name.as_bytes()).ok()
     }
 }
 
@@ -235,5 +260,34 @@ impl JouleApp {
             }
             session.set_keepalive(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: Vec<(&'static str, String)>, content_length: Option<usize>) -> ResponseHead {
+        ResponseHead { status: 200, headers, content_length }
+    }
+
+    #[test]
+    fn the_response_head_carries_every_header_and_the_framing() {
+        let h = response_header(head(vec![("content-type", "application/json".into()), ("x-joule-data-center", "dc-1".into())], Some(12))).unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers["x-joule-data-center"], "dc-1");
+        assert_eq!(h.headers["content-type"], "application/json");
+        assert_eq!(h.headers["content-length"], "12");
+        let streamed = response_header(head(vec![], None)).unwrap();
+        assert_eq!(streamed.headers["transfer-encoding"], "chunked");
+    }
+
+    #[test]
+    fn names_not_in_static_form_are_parsed_and_bad_input_is_an_error() {
+        assert_eq!(header_name("X-Odd-Case").unwrap().as_str(), "x-odd-case");
+        assert!(header_name("").is_none());
+        assert!(header_name("bad name").is_none());
+        assert!(response_header(head(vec![("x-a", "line\nbreak".into())], Some(0))).is_err());
+        assert!(response_header(ResponseHead { status: 1000, headers: vec![], content_length: Some(0) }).is_err());
     }
 }
