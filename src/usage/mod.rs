@@ -84,21 +84,22 @@ pub struct UsageRecord {
     pub cost_total: f64,
 }
 
+/// A finished request's cost parts, USD: input, output and the routing fee. The cost the
+/// client was shown (`usage.cost`) when there was one; else from the quote.
+fn cost_parts(rec: &Record) -> (f64, f64, f64) {
+    let tin = rec.prompt_tokens.unwrap_or(0) as f64;
+    let tout = rec.completion_tokens.unwrap_or(0) as f64;
+    match (&rec.cost, &rec.quote) {
+        (Some(c), _) => (c.input, c.output, c.routing_fee),
+        (None, Some(q)) => (tin * q.price.input / 1e6, tout * q.price.output / 1e6, (tin * q.fee.input + tout * q.fee.output) / 1e6),
+        (None, None) => (0.0, 0.0, 0.0),
+    }
+}
+
 impl UsageRecord {
     /// Builds the record of a finished request.
     pub fn from_record(rec: &Record, instance: &str, ts_ms: i64) -> Self {
-        let tin = rec.prompt_tokens.unwrap_or(0) as f64;
-        let tout = rec.completion_tokens.unwrap_or(0) as f64;
-        // The cost the client was shown (`usage.cost`) when there was one; else from the quote.
-        let (ci, co, fee) = match (&rec.cost, &rec.quote) {
-            (Some(c), _) => (c.input, c.output, c.routing_fee),
-            (None, Some(q)) => (
-                tin * q.price.input / 1e6,
-                tout * q.price.output / 1e6,
-                (tin * q.fee.input + tout * q.fee.output) / 1e6,
-            ),
-            (None, None) => (0.0, 0.0, 0.0),
-        };
+        let (ci, co, fee) = cost_parts(rec);
         let p = rec.principal.as_ref();
         UsageRecord {
             id: rec.request_id.clone(),
@@ -221,11 +222,14 @@ impl UsageSink {
 pub fn account(sink: &UsageSink, rec: &Record) {
     let Some(p) = &rec.principal else { return };
     let now = crate::clock::now_ms();
-    let started = now - i64::try_from(rec.started.elapsed().as_millis()).unwrap_or(0);
-    let r = UsageRecord::from_record(rec, &sink.instance, started);
-    let tokens = r.tokens_in.unwrap_or(0) + r.tokens_out.unwrap_or(0);
-    crate::access::limits::settle(p, tokens, r.cost_total, crate::clock::now_ns(), now);
-    sink.emit(r);
+    let (ci, co, _) = cost_parts(rec);
+    let tokens = rec.prompt_tokens.unwrap_or(0) + rec.completion_tokens.unwrap_or(0);
+    crate::access::limits::settle(p, tokens, ci + co, crate::clock::now_ns(), now);
+    // The record's strings are copies: made only when the record is kept.
+    if sink.enabled() {
+        let started = now - i64::try_from(rec.started.elapsed().as_millis()).unwrap_or(0);
+        sink.emit(UsageRecord::from_record(rec, &sink.instance, started));
+    }
 }
 
 /// A random instance id: `gw_` + 64 random bits.
