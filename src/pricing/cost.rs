@@ -74,6 +74,23 @@ impl Cost {
     /// The breakdown as the JSON object sent as `usage.cost_details` (every member but the
     /// total).
     pub fn details_json(&self) -> String {
+        let mut out = Vec::with_capacity(160);
+        self.write_details(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The two usage members, `"cost":<total>,"cost_details":{…}`, written into one buffer.
+    pub fn members_json(&self) -> String {
+        let mut out = Vec::with_capacity(200);
+        out.extend_from_slice(b"\"cost\":");
+        // A number always serialises (a non-finite one as `null`, as before).
+        let _ = serde_json::to_writer(&mut out, &self.total);
+        out.extend_from_slice(b",\"cost_details\":");
+        self.write_details(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn write_details(&self, out: &mut Vec<u8>) {
         #[derive(Serialize)]
         struct Details<'a> {
             input: f64,
@@ -95,14 +112,8 @@ impl Cost {
             cache_write: self.cache_write,
             currency: self.currency,
         };
-        // A struct of finite numbers and a string always serialises.
-        serde_json::to_string(&d).unwrap_or_default()
-    }
-
-    /// The two usage members, `"cost":<total>,"cost_details":{…}`.
-    pub fn members_json(&self) -> String {
-        let total = serde_json::to_string(&self.total).unwrap_or_else(|_| "0".into());
-        format!("\"cost\":{total},\"cost_details\":{}", self.details_json())
+        // A struct of numbers and a string always serialises.
+        let _ = serde_json::to_writer(out, &d);
     }
 }
 
