@@ -334,17 +334,16 @@ pub fn read_doc(text: &[u8]) -> Option<Chunk> {
     let model = top.model.filter(|m| m.get().starts_with('"')).map(span);
     let usage_at = top.usage.filter(|u| u.get().starts_with('{')).map(span);
     let usage = top.usage.and_then(usage_of);
-    let choices = top.choices.map(RawValue::get);
-    let usage_only = choices.is_some_and(|c| c.starts_with('[') && c[1..].trim_start().starts_with(']'))
-        && top.usage.is_some_and(|u| u.get() != "null");
-    Some(Chunk { content: choices.is_some_and(any_content), error: top.error, usage, usage_only, model, usage_at })
+    let choices = top.choices.unwrap_or_default();
+    let usage_only = choices.empty_array && top.usage.is_some_and(|u| u.get() != "null");
+    Some(Chunk { content: choices.content, error: top.error, usage, usage_only, model, usage_at })
 }
 
 /// The top-level members of an upstream document joule reads (the last of duplicates, as a
 /// JSON tree would keep).
 #[derive(Default)]
 struct DocMembers<'a> {
-    choices: Option<&'a RawValue>,
+    choices: Option<Choices>,
     usage: Option<&'a RawValue>,
     model: Option<&'a RawValue>,
     error: bool,
@@ -381,59 +380,194 @@ impl<'de> serde::Deserialize<'de> for DocMembers<'de> {
     }
 }
 
-/// Whether any choice of a `choices` array carries content, read choice by choice (never
-/// collected).
-fn any_content(choices: &str) -> bool {
-    struct Any(bool);
-    impl<'de> serde::Deserialize<'de> for Any {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Any;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("an array")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any, A::Error> {
-                    let mut any = false;
-                    while let Some(choice) = seq.next_element::<&'de RawValue>()? {
-                        any = any || choice_has_content(choice.get());
-                    }
-                    Ok(Any(any))
-                }
-            }
-            d.deserialize_seq(V)
-        }
-    }
-    serde_json::from_str::<Any>(choices).is_ok_and(|a| a.0)
+/// What joule reads from a document's `choices` member, in the same pass as the rest of the
+/// document (each choice and its `delta` used to be captured raw and parsed again: four
+/// passes over every event's bytes): whether it is an empty array, and whether any choice's
+/// `delta` carries content — non-empty text `content`, non-null `tool_calls` or non-empty
+/// text `refusal`. A choice or delta that is not an object, or that repeats one of these
+/// members, carries none (a strict reader refuses it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Choices {
+    empty_array: bool,
+    content: bool,
 }
 
-/// A choice whose `delta` has non-empty text content, tool calls or a non-empty refusal.
-fn choice_has_content(choice: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Choice<'a> {
-        #[serde(borrow)]
-        delta: Option<&'a RawValue>,
+/// The kind of a JSON value, the value itself skipped (arrays and objects consumed whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    NonEmptyString,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Kind, E> {
+                Ok(if v.is_empty() { Kind::Other } else { Kind::NonEmptyString })
+            }
+            fn visit_unit<E>(self) -> Result<Kind, E> {
+                Ok(Kind::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+        }
+        d.deserialize_any(V)
     }
-    #[derive(serde::Deserialize)]
-    struct Delta<'a> {
-        #[serde(borrow)]
-        content: Option<&'a RawValue>,
-        #[serde(borrow)]
-        tool_calls: Option<&'a RawValue>,
-        #[serde(borrow)]
-        refusal: Option<&'a RawValue>,
+}
+
+/// The `visit_*` methods for scalars, each reading as `Self::Value::default()`.
+macro_rules! scalars_read_as_default {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
+/// An object read member by member in one pass: the members it reads, each with its own bit
+/// (an object that repeats one reads as the default: a strict reader refuses it).
+trait ObjectScan: Default {
+    /// Reads the value of member `name` if it is one this scan reads, returning its bit.
+    fn member<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<Option<u32>, A::Error>;
+}
+
+/// Reads any JSON value as the [`ObjectScan`] `T`: an object member by member, anything else
+/// (consumed whole) as `T::default()`.
+struct ScanVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: ObjectScan> Visitor<'de> for ScanVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
     }
-    let object = |t: &str| t.starts_with('{');
-    let text = |r: Option<&RawValue>| r.is_some_and(|r| r.get().starts_with('"') && r.get() != "\"\"");
-    if !object(choice) {
-        return false;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let (mut scan, mut seen, mut repeated) = (T::default(), 0u32, false);
+        while let Some(k) = map.next_key::<Str<'de>>()? {
+            match scan.member(k.as_str(), &mut map)? {
+                Some(bit) => {
+                    repeated |= seen & (1 << bit) != 0;
+                    seen |= 1 << bit;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(if repeated { T::default() } else { scan })
     }
-    let Ok(Choice { delta: Some(delta) }) = serde_json::from_str::<Choice>(choice) else { return false };
-    if !object(delta.get()) {
-        return false;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(T::default())
     }
-    serde_json::from_str::<Delta>(delta.get())
-        .is_ok_and(|d| text(d.content) || d.tool_calls.is_some() || text(d.refusal))
+    scalars_read_as_default!();
+}
+
+/// One choice: whether its `delta` carries content.
+#[derive(Default)]
+struct ChoiceContent(bool);
+
+impl ObjectScan for ChoiceContent {
+    fn member<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<Option<u32>, A::Error> {
+        if name != "delta" {
+            return Ok(None);
+        }
+        self.0 = map.next_value::<DeltaContent>()?.0;
+        Ok(Some(0))
+    }
+}
+
+/// A choice's `delta`: whether it carries content.
+#[derive(Default)]
+struct DeltaContent(bool);
+
+impl ObjectScan for DeltaContent {
+    fn member<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<Option<u32>, A::Error> {
+        let (bit, carries) = match name {
+            "content" => (0, map.next_value::<Kind>()? == Kind::NonEmptyString),
+            "tool_calls" => (1, map.next_value::<Kind>()? != Kind::Null),
+            "refusal" => (2, map.next_value::<Kind>()? == Kind::NonEmptyString),
+            _ => return Ok(None),
+        };
+        self.0 |= carries;
+        Ok(Some(bit))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChoiceContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScanVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeltaContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScanVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Choices;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("choices")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                let (mut any, mut content) = (false, false);
+                while let Some(c) = seq.next_element::<ChoiceContent>()? {
+                    any = true;
+                    content |= c.0;
+                }
+                Ok(Choices { empty_array: !any, content })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Choices, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Choices::default())
+            }
+            scalars_read_as_default!();
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The most tokens one request may report per direction (prompt, completion): 10 million,
@@ -519,6 +653,67 @@ fn usage_of(usage: &RawValue) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The multi-pass reading `Choices` replaced (each choice and delta captured raw and
+    /// parsed again), kept as the oracle of what content and an empty array mean.
+    fn oracle(choices: &str) -> (bool, bool) {
+        #[derive(serde::Deserialize)]
+        struct Choice<'a> {
+            #[serde(borrow)]
+            delta: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Delta<'a> {
+            #[serde(borrow)]
+            content: Option<&'a RawValue>,
+            #[serde(borrow)]
+            tool_calls: Option<&'a RawValue>,
+            #[serde(borrow)]
+            refusal: Option<&'a RawValue>,
+        }
+        let text = |r: Option<&RawValue>| r.is_some_and(|r| r.get().starts_with('"') && r.get() != "\"\"");
+        let choice_has_content = |choice: &str| {
+            let Ok(Choice { delta: Some(delta) }) = serde_json::from_str::<Choice>(choice) else { return false };
+            delta.get().starts_with('{')
+                && serde_json::from_str::<Delta>(delta.get()).is_ok_and(|d| text(d.content) || d.tool_calls.is_some() || text(d.refusal))
+        };
+        let content = serde_json::from_str::<Vec<&RawValue>>(choices)
+            .is_ok_and(|cs| cs.iter().any(|c| c.get().starts_with('{') && choice_has_content(c.get())));
+        let empty = choices.starts_with('[') && choices[1..].trim_start().starts_with(']');
+        (content, empty)
+    }
+
+    #[test]
+    fn choices_read_in_one_pass_mean_what_the_raw_reading_meant() {
+        let values = ["null", "1", "true", "\"\"", "\"a\"", "\"\\u0000\"", "[]", "[1]", "{}", "{\"a\":1}"];
+        let mut deltas: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        for member in ["content", "tool_calls", "refusal", "role"] {
+            for v in values {
+                deltas.push(format!("{{\"{member}\":{v}}}"));
+                deltas.push(format!("{{\"{member}\":{v},\"{member}\":\"x\"}}"));
+                deltas.push(format!("{{ \"x\" : [ {{}} ] , \"{member}\" : {v} }}"));
+            }
+        }
+        deltas.push(r#"{"content":"","tool_calls":null,"refusal":"no"}"#.into());
+        let mut choices: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        choices.push("[ ]".into());
+        for d in &deltas {
+            choices.push(format!("[{{\"delta\":{d}}}]"));
+            choices.push(format!("[{{\"index\":0,\"delta\":{d},\"finish_reason\":null}}, 2]"));
+            choices.push(format!("[{{\"delta\":{d},\"delta\":{{\"content\":\"x\"}}}}]"));
+            choices.push(format!("[{{\"delta\":{{}}}}, {{\"delta\":{d}}}]"));
+        }
+        for c in &choices {
+            for usage in ["", r#","usage":{"prompt_tokens":1}"#, r#","usage":null"#] {
+                let doc = format!(r#"{{"model":"m","choices":{c}{usage}}}"#);
+                let chunk = read_doc(doc.as_bytes()).unwrap_or_else(|| panic!("{doc}"));
+                let (content, empty) = oracle(c);
+                assert_eq!(chunk.content, content, "{doc}");
+                assert_eq!(chunk.usage_only, empty && usage.contains('{'), "{doc}");
+            }
+        }
+        assert!(read_doc(br#"{"choices":[{"delta":{"content":"x"}]}"#).is_none(), "malformed JSON is still refused");
+    }
 
     fn json(b: &[u8]) -> serde_json::Value {
         serde_json::from_slice(b).unwrap()
