@@ -7,9 +7,9 @@
 //! inserts each batch in one transaction. Records do not wake the writer one by one: it sleeps
 //! through the interval unless a full batch is queued or a flush is asked for. If the store
 //! refuses, the batch is appended to a local spill file (JSON lines) and retried from there
-//! every `retry_interval` until the store takes it; inserts skip ids already stored, so a replay never duplicates. A spill file left
-//! by a crash is replayed at start. Shutdown calls [`UsageSink::flush`], which writes (or
-//! spills) everything queued before the process exits.
+//! every `retry_interval` until the store takes it; inserts skip ids already stored, so a
+//! replay never duplicates. A spill file left by a crash is replayed at start. Shutdown calls
+//! [`UsageSink::flush`], which writes (or spills) everything queued before the process exits.
 //!
 //! Nothing is dropped silently: the only loss is a full queue (the writer cannot keep up
 //! even by spilling to disk), which is counted in `joule_usage_dropped_total` and logged.
@@ -186,7 +186,6 @@ impl UsageSink {
     /// Queues a record. Never blocks.
     pub fn emit(&self, r: UsageRecord) {
         let Some(tx) = &self.tx else { return };
-        let id = r.id.clone();
         match tx.try_send(Msg::Record(Box::new(r))) {
             Ok(()) => {
                 let queued = tx.max_capacity() - tx.capacity();
@@ -195,8 +194,12 @@ impl UsageSink {
                     self.nudge.notify_one();
                 }
             }
-            Err(_) => {
+            Err(refused) => {
                 self.metrics.usage_dropped.inc();
+                let id = match refused.into_inner() {
+                    Msg::Record(r) => r.id,
+                    Msg::Flush(_) => String::new(),
+                };
                 tracing::error!(request_id = %id, "usage queue full: record dropped");
             }
         }
@@ -483,6 +486,25 @@ mod tests {
         assert!(sink.flush(within).await, "a flush is answered at once");
         assert_eq!(written.try_recv().unwrap(), ["d"], "the flush wrote the partial batch");
         assert!(written.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _written) = mpsc::unbounded_channel();
+        let settings = UsageSettings {
+            queue_capacity: 2,
+            batch_size: 100,
+            flush_interval: Duration::from_secs(3600),
+            retry_interval: Duration::from_secs(3600),
+            spill_path: dir.path().join("spill.jsonl"),
+        };
+        let metrics = Metrics::new().unwrap();
+        let sink = UsageSink::start(Arc::new(Batches(tx)), settings, metrics.clone(), Arc::from("gw_1"));
+        for id in ["a", "b", "c"] {
+            sink.emit(rec(id, None, 1));
+        }
+        assert_eq!(metrics.usage_dropped.get(), 1);
     }
 
     #[test]
