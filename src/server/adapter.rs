@@ -285,6 +285,7 @@ mod tests {
     #[test]
     fn names_not_in_static_form_are_parsed_and_bad_input_is_an_error() {
         assert_eq!(header_name("X-Odd-Case").unwrap().as_str(), "x-odd-case");
+        assert_eq!(header_name("x_under-9").unwrap().as_str(), "x_under-9");
         assert!(header_name("").is_none());
         assert!(header_name("bad name").is_none());
         assert!(response_header(head(vec![("x-a", "line\nbreak".into())], Some(0))).is_err());
