@@ -464,19 +464,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_batch_and_a_flush_are_written_without_waiting_for_the_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, mut written) = mpsc::unbounded_channel();
+    /// A sink whose writer's interval is longer than any test (only a nudge gets records
+    /// written), handing each written batch to the receiver.
+    fn hour_sink(dir: &tempfile::TempDir, queue_capacity: usize, batch_size: usize, metrics: &Metrics) -> (UsageSink, mpsc::UnboundedReceiver<Vec<String>>) {
+        let (tx, written) = mpsc::unbounded_channel();
         let settings = UsageSettings {
-            queue_capacity: 100,
-            batch_size: 3,
-            // Longer than the test may take: only a nudge can get the records written.
+            queue_capacity,
+            batch_size,
             flush_interval: Duration::from_secs(3600),
             retry_interval: Duration::from_secs(3600),
             spill_path: dir.path().join("spill.jsonl"),
         };
-        let sink = UsageSink::start(Arc::new(Batches(tx)), settings, Metrics::new().unwrap(), Arc::from("gw_1"));
+        (UsageSink::start(Arc::new(Batches(tx)), settings, metrics.clone(), Arc::from("gw_1")), written)
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_and_a_flush_are_written_without_waiting_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, mut written) = hour_sink(&dir, 100, 3, &Metrics::new().unwrap());
         let within = Duration::from_secs(20);
         for id in ["a", "b", "c", "d"] {
             sink.emit(rec(id, None, 1));
@@ -491,16 +496,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_the_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _written) = mpsc::unbounded_channel();
-        let settings = UsageSettings {
-            queue_capacity: 2,
-            batch_size: 100,
-            flush_interval: Duration::from_secs(3600),
-            retry_interval: Duration::from_secs(3600),
-            spill_path: dir.path().join("spill.jsonl"),
-        };
         let metrics = Metrics::new().unwrap();
-        let sink = UsageSink::start(Arc::new(Batches(tx)), settings, metrics.clone(), Arc::from("gw_1"));
+        let (sink, _written) = hour_sink(&dir, 2, 100, &metrics);
         for id in ["a", "b", "c"] {
             sink.emit(rec(id, None, 1));
         }
