@@ -241,7 +241,7 @@ fn non_stream_completion_is_priced_recorded_and_counted() {
 }
 
 #[test]
-fn streams_are_relayed_one_write_per_event_with_done_last() {
+fn streams_are_relayed_in_whole_events_with_done_last() {
     const TOKENS: u32 = 4;
     let rig = Rig::new(&[MockConfig { tokens: TOKENS, ..MockConfig::default() }], "");
     for include_usage in [false, true] {
@@ -256,16 +256,19 @@ fn streams_are_relayed_one_write_per_event_with_done_last() {
         assert_eq!(resp.content_length, None, "a stream has no declared length");
         assert_eq!(resp.header("x-joule-deployment"), Some("dep0"));
 
-        // Every write but the last is exactly one event; the last is the empty end of the body.
-        let (last, events) = client.sent.split_last().expect("writes");
-        assert!(last.end && last.bytes.is_empty(), "{last:?}");
-        assert!(events.iter().all(|s| !s.end));
-        for s in events {
-            let items = memory::parse_sse(&s.bytes);
-            assert_eq!(items.len(), 1, "one event per write: {:?}", String::from_utf8_lossy(&s.bytes));
+        // Every write holds whole events (those that arrived together share one), and only
+        // the last ends the body; the events split nowhere.
+        let (last, writes) = client.sent.split_last().expect("writes");
+        assert!(last.end, "{last:?}");
+        assert!(writes.iter().all(|s| !s.end && !s.bytes.is_empty()));
+        let mut written = 0;
+        for s in &client.sent {
+            let text = String::from_utf8_lossy(&s.bytes);
+            assert!(s.bytes.is_empty() || (text.starts_with("data: ") && text.ends_with("\n\n")), "{text:?}");
+            written += memory::parse_sse(&s.bytes).len();
         }
         let data = resp.events();
-        assert_eq!(data.len(), events.len());
+        assert_eq!(data.len(), written);
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
         let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("JSON chunk")).collect();
         assert!(chunks.iter().all(|c| c["model"] == MODEL), "every chunk names the catalog model: {data:?}");
@@ -509,7 +512,8 @@ fn a_client_gone_mid_stream_ends_the_exchange() {
     let rig = Rig::new(&[MockConfig { tokens: 8, ..MockConfig::default() }], "");
     let body = chat_body(MODEL, true);
     let head = memory::head(Method::POST, "/v1/chat/completions", Some(KEY), Some(client_len(&body)));
-    // The role chunk and two content chunks arrive; then the client is gone.
+    // Three writes arrive (the role chunk and the first content chunks); then the client is
+    // gone.
     let (rec, client, result) = rig.try_exchange(&head, Client::json(&body).gone_after(3));
     assert!(result.is_err(), "the handler reports the failed write");
     assert_eq!(client.sent.len(), 3, "nothing written after the failed write");

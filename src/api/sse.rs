@@ -157,35 +157,42 @@ impl SseParser {
 /// whitespace) starts a new `data:` line: written as one line, the client would end the
 /// field there and read the rest as a field of its own.
 pub fn encode(item: &SseItem) -> Vec<u8> {
-    // Sized once for the usual single-line event (grown only for multi-line data).
-    let len = match item {
-        SseItem::Event { event, data } => event.as_ref().map_or(0, |e| e.len() + 8) + data.len() + 8,
-        SseItem::Comment(c) => c.len() + 3,
-    };
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::new();
+    encode_into(item, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out` (several events written to the client at once).
+pub fn encode_into(item: &SseItem, out: &mut Vec<u8>) {
     match item {
-        SseItem::Event { event, data } => {
-            if let Some(e) = event {
-                out.extend_from_slice(b"event: ");
-                out.extend_from_slice(e.as_bytes());
-                out.push(b'\n');
-            }
-            for line in data.split('\n') {
-                for part in line.strip_suffix('\r').unwrap_or(line).split('\r') {
-                    out.extend_from_slice(b"data: ");
-                    out.extend_from_slice(part.as_bytes());
-                    out.push(b'\n');
-                }
-            }
-        }
+        SseItem::Event { event, data } => encode_event_into(event.as_deref(), data, out),
         SseItem::Comment(c) => {
+            out.reserve(c.len() + 3);
             out.push(b':');
             out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+    }
+}
+
+/// One event (its `event:` name, if any, and its data) encoded as [`encode`] does, appended
+/// to `out`.
+pub fn encode_event_into(event: Option<&str>, data: &str, out: &mut Vec<u8>) {
+    // Sized once for the usual single-line event (grown only for multi-line data).
+    out.reserve(event.map_or(0, |e| e.len() + 8) + data.len() + 8);
+    if let Some(e) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(e.as_bytes());
+        out.push(b'\n');
+    }
+    for line in data.split('\n') {
+        for part in line.strip_suffix('\r').unwrap_or(line).split('\r') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(part.as_bytes());
             out.push(b'\n');
         }
     }
     out.push(b'\n');
-    out
 }
 
 #[cfg(test)]

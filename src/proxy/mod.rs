@@ -267,6 +267,16 @@ pub trait Downstream: Send {
     async fn send_head(&mut self, head: ResponseHead) -> Result<(), DownstreamError>;
     /// Sends a body chunk (written and flushed at once); `end` finishes the body.
     async fn send_body(&mut self, chunk: Bytes, end: bool) -> Result<(), DownstreamError>;
+    /// Starts an answer whose body follows later (a stream): the status and headers, and the
+    /// body's first bytes if there are any yet, which an HTTP/1.1 connection writes with the
+    /// head in one system call. Default: `send_head`, then `send_body` for non-empty `first`.
+    async fn send_start(&mut self, head: ResponseHead, first: Bytes) -> Result<(), DownstreamError> {
+        self.send_head(head).await?;
+        match first.is_empty() {
+            true => Ok(()),
+            false => self.send_body(first, false).await,
+        }
+    }
     /// Sends a whole answer: the status, the headers and `body`, which is all of it
     /// (`Content-Length` is its length). An HTTP/1.1 connection writes head and body in one
     /// system call (one loopback round through the kernel, one wake-up of the client) where

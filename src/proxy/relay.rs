@@ -1,6 +1,7 @@
 //! Relaying the answer to the client: the `x-joule-*` headers, `usage.cost` inserted into the
-//! usage object, and streams forwarded event by event (one write and flush each) with a
-//! terminal SSE error event if the upstream fails mid-stream — all in the API the client
+//! usage object, and streams forwarded as their events arrive (those that arrived together in
+//! one write and flush, none waiting for another) with a terminal SSE error event if the
+//! upstream fails mid-stream — all in the API the client
 //! spoke: an Anthropic client answered by a deployment that speaks OpenAI gets the answer
 //! converted (`translate::anthropic::inbound`), one chunk at a time.
 
@@ -8,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::chat::AnswerAs;
 use super::{ClientApi, Downstream, DownstreamError, Record, ResponseHead, World};
@@ -20,8 +21,8 @@ use crate::pricing::cost::{insert_cost, remove_cost, usage_with_cost, Cost};
 use crate::routing::RouteDecision;
 use crate::translate::anthropic::inbound::{self, EventStream};
 use crate::translate::responses::{self, Finished, ResponseStream};
-use crate::upstream::decode::{Decoded, StreamBroken};
-use crate::upstream::{Answer, AnswerBody};
+use crate::upstream::decode::{Decoded, StreamBroken, StreamDecoder};
+use crate::upstream::{Answer, AnswerBody, BodyError, BodyStream};
 
 fn joule_headers(world: &World, model: &Model, decision: &RouteDecision, answer: &Answer, rec: &Record) -> Vec<(&'static str, String)> {
     let mut h = vec![("x-request-id", rec.request_id.clone())];
@@ -189,18 +190,20 @@ enum Output {
 }
 
 impl Output {
-    /// The bytes to write for one event (`done`: it ends the stream).
-    fn event(&mut self, item: &SseItem, done: bool) -> Vec<u8> {
+    /// Appends the bytes for one event to `wire`: `data` is its data as rewritten, if it was;
+    /// `done`: it ends the stream.
+    fn event(&mut self, item: &SseItem, data: Option<&str>, done: bool, wire: &mut Vec<u8>) {
         match (self, item) {
-            (Output::ToAnthropic(events), SseItem::Event { .. }) if done => events.done(),
-            (Output::ToAnthropic(events), SseItem::Event { data, .. }) => events.chunk(data),
+            (Output::ToAnthropic(events), SseItem::Event { .. }) if done => wire.extend_from_slice(&events.done()),
+            (Output::ToAnthropic(events), SseItem::Event { data: sent, .. }) => wire.extend_from_slice(&events.chunk(data.unwrap_or(sent))),
             (Output::ToResponses(events, finished), SseItem::Event { .. }) if done => {
                 let (bytes, f) = events.done();
                 *finished = Some(f);
-                bytes
+                wire.extend_from_slice(&bytes);
             }
-            (Output::ToResponses(events, _), SseItem::Event { data, .. }) => events.chunk(data),
-            _ => sse::encode(item),
+            (Output::ToResponses(events, _), SseItem::Event { data: sent, .. }) => wire.extend_from_slice(&events.chunk(data.unwrap_or(sent))),
+            (Output::Same(_), SseItem::Event { event, data: sent }) => sse::encode_event_into(event.as_deref(), data.unwrap_or(sent), wire),
+            (_, SseItem::Comment(_)) => sse::encode_into(item, wire),
         }
     }
 
@@ -217,6 +220,7 @@ impl Output {
 }
 
 /// How forwarding one batch of events ended.
+#[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
     Done,
@@ -236,31 +240,25 @@ struct Answering<'a> {
     model: &'a str,
 }
 
-/// Forwards decoded upstream events to the client, recording usage along the way.
-async fn forward_items(
-    items: &[Decoded],
-    ctx: &Answering<'_>,
-    out: &mut Output,
-    io: &mut dyn Downstream,
-    rec: &mut Record,
-) -> Result<Flow, DownstreamError> {
+/// Appends decoded upstream events, in the client's API, to `wire` (what the client is sent
+/// next), recording usage along the way.
+async fn forward_items(items: &[Decoded], ctx: &Answering<'_>, out: &mut Output, wire: &mut Vec<u8>, rec: &mut Record) -> Flow {
     for Decoded { item, class } in items {
-        let (SseItem::Event { event, data }, Some(class)) = (item, class) else {
-            io.send_body(Bytes::from(out.event(item, false)), false).await?;
+        let (SseItem::Event { data, .. }, Some(class)) = (item, class) else {
+            out.event(item, None, false, wire);
             continue;
         };
         let chunk = match class {
             StreamEvent::Done => {
-                let last = out.event(item, true);
+                out.event(item, None, true, wire);
                 if let (Output::ToResponses(_, finished), Some(keeper)) = (&mut *out, ctx.keeper) {
                     if let Some(f) = finished.take() {
                         keeper.keep(f).await;
                     }
                 }
-                io.send_body(Bytes::from(last), false).await?;
-                return Ok(Flow::Done);
+                return Flow::Done;
             }
-            StreamEvent::Malformed => return Ok(Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid")),
+            StreamEvent::Malformed => return Flow::Failed("The upstream sent a malformed event.", "upstream_stream_invalid"),
             StreamEvent::Chunk(c) => *c,
         };
         if rec.first_token_at.is_none() && chunk.content {
@@ -275,13 +273,44 @@ async fn forward_items(
         if chunk.usage_only && !ctx.req.include_usage {
             continue;
         }
-        let rewritten = rewritten.map(|data| SseItem::Event { event: event.clone(), data });
-        io.send_body(Bytes::from(out.event(rewritten.as_ref().unwrap_or(item), false)), false).await?;
+        out.event(item, rewritten.as_deref(), false, wire);
         if chunk.error {
-            return Ok(Flow::UpstreamError);
+            return Flow::UpstreamError;
         }
     }
-    Ok(Flow::Continue)
+    Flow::Continue
+}
+
+/// Most upstream pieces that have already arrived gathered into one write to the client.
+const MAX_PIECES: usize = 32;
+
+/// Decodes `piece` and the pieces after it that have already arrived (up to [`MAX_PIECES`],
+/// never waiting for one) into `items`, so that they go to the client in one write — one
+/// system call and one wake-up of the client for all of them — and none waits for another.
+/// `Some` when the stream ended or broke among them; what decoded before is in `items`.
+fn gather(mut piece: Option<Result<Bytes, BodyError>>, rest: &mut BodyStream, decoder: &mut StreamDecoder, items: &mut Vec<Decoded>) -> Option<Flow> {
+    let mut pieces = 0;
+    loop {
+        match piece {
+            Some(Ok(chunk)) => {
+                if let Err(broken) = decoder.feed(&chunk, items) {
+                    return Some(broken_flow(broken));
+                }
+            }
+            Some(Err(_)) => return Some(Flow::Failed("The upstream connection failed mid-stream.", "upstream_stream_interrupted")),
+            None => {
+                return Some(match decoder.finish(items) {
+                    Ok(()) => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
+                    Err(broken) => broken_flow(broken),
+                })
+            }
+        }
+        pieces += 1;
+        if pieces == MAX_PIECES {
+            return None;
+        }
+        piece = rest.next().now_or_never()?;
+    }
 }
 
 /// Sends the answer to the client: a whole document (with `usage.cost` inserted), or the
@@ -357,8 +386,6 @@ pub async fn relay(
 
     headers.push(("content-type", "text/event-stream".into()));
     headers.push(("cache-control", "no-cache".into()));
-    io.send_head(ResponseHead { status, headers, content_length: None }).await?;
-
     let keeper = match answer_as {
         AnswerAs::Responses(r) => r.keeper.as_ref(),
         _ => None,
@@ -369,7 +396,10 @@ pub async fn relay(
         AnswerAs::Responses(r) => Output::ToResponses(Box::new(ResponseStream::new(r.meta.clone(), r.conversation.clone())), None),
         _ => Output::Same(client),
     };
-    let mut flow = forward_items(&prefetched, &ctx, &mut out, io, rec).await?;
+    // What the client is sent next: every event that has arrived, written at once.
+    let mut wire = Vec::new();
+    let mut flow = forward_items(&prefetched, &ctx, &mut out, &mut wire, rec).await;
+    io.send_start(ResponseHead { status, headers, content_length: None }, Bytes::from(std::mem::take(&mut wire))).await?;
     // One idle timer for the whole stream, moved only when it fires (a timer per event cost a
     // timer-wheel insertion and removal each).
     let idle_limit = world.limits.stream_idle_timeout;
@@ -377,7 +407,7 @@ pub async fn relay(
     let idle = tokio::time::sleep(idle_limit);
     tokio::pin!(idle);
     while let Flow::Continue = flow {
-        let next = tokio::select! {
+        let piece = tokio::select! {
             biased;
             next = rest.next() => next,
             () = &mut idle => {
@@ -391,47 +421,28 @@ pub async fn relay(
             () = io.closed() => return Err(DownstreamError("client closed the connection mid-stream".into())),
         };
         last_chunk = tokio::time::Instant::now();
-        let chunk = match next {
-            Some(Err(_)) => {
-                flow = Flow::Failed("The upstream connection failed mid-stream.", "upstream_stream_interrupted");
-                break;
-            }
-            None => {
-                prefetched.clear();
-                if let Err(broken) = decoder.finish(&mut prefetched) {
-                    flow = broken_flow(broken);
-                    break;
-                }
-                flow = match forward_items(&prefetched, &ctx, &mut out, io, rec).await? {
-                    Flow::Continue => Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted"),
-                    other => other,
-                };
-                break;
-            }
-            Some(Ok(chunk)) => chunk,
-        };
         prefetched.clear();
-        if let Err(broken) = decoder.feed(&chunk, &mut prefetched) {
-            // What converted before the break is forwarded first.
-            flow = match forward_items(&prefetched, &ctx, &mut out, io, rec).await? {
-                Flow::Continue => broken_flow(broken),
-                other => other,
-            };
-            break;
+        let ended = gather(piece, &mut rest, &mut decoder, &mut prefetched);
+        flow = match forward_items(&prefetched, &ctx, &mut out, &mut wire, rec).await {
+            Flow::Continue => ended.unwrap_or(Flow::Continue),
+            other => other,
+        };
+        if matches!(flow, Flow::Continue) && !wire.is_empty() {
+            io.send_body(Bytes::from(std::mem::take(&mut wire)), false).await?;
         }
-        flow = forward_items(&prefetched, &ctx, &mut out, io, rec).await?;
     }
+    // The last events go out with the end of the body.
     let (message, code, upstream_said) = match flow {
         Flow::Failed(message, code) => (message, code, false),
         Flow::UpstreamError => ("The upstream reported an error mid-stream.", "upstream_stream_error", true),
-        Flow::Continue | Flow::Done => return io.send_body(Bytes::new(), true).await,
+        Flow::Continue | Flow::Done => return io.send_body(Bytes::from(wire), true).await,
     };
     rec.error = Some(code);
     tracing::warn!(request_id = %rec.request_id, deployment = rec.deployment.as_deref().unwrap_or(""), code, "stream failed after headers");
     if let Some(event) = out.error(message, code, upstream_said) {
-        io.send_body(Bytes::from(event), false).await?;
+        wire.extend_from_slice(&event);
     }
-    io.send_body(Bytes::new(), true).await
+    io.send_body(Bytes::from(wire), true).await
 }
 
 #[cfg(test)]
@@ -491,6 +502,63 @@ mod tests {
         for x in values {
             assert_eq!(six_decimals(x), format!("{x:.6}"), "{x:e}");
         }
+    }
+
+    fn token(n: usize) -> Bytes {
+        Bytes::from(format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{n}\"}}}}]}}\n\n"))
+    }
+
+    fn ready(pieces: Vec<Result<Bytes, BodyError>>) -> BodyStream {
+        futures_util::stream::iter(pieces).boxed()
+    }
+
+    fn content(items: &[Decoded]) -> usize {
+        items.iter().filter(|d| matches!(&d.class, Some(StreamEvent::Chunk(c)) if c.content)).count()
+    }
+
+    #[test]
+    fn pieces_already_arrived_are_gathered_and_none_is_waited_for() {
+        // Two more pieces have arrived (one ends an event the first began); the next has not.
+        let first = token(0);
+        let second = token(1);
+        let (head, tail) = second.split_at(9);
+        let mut rest = ready(vec![Ok(Bytes::copy_from_slice(head)), Ok(Bytes::copy_from_slice(tail))]).chain(futures_util::stream::pending()).boxed();
+        let mut decoder = StreamDecoder::openai();
+        let mut items = Vec::new();
+        assert_eq!(gather(Some(Ok(first)), &mut rest, &mut decoder, &mut items), None, "nothing ended");
+        assert_eq!(content(&items), 2);
+
+        // More pieces than one write takes: the rest stay for the next.
+        let mut rest = ready((1..MAX_PIECES + 3).map(|n| Ok(token(n))).collect());
+        items.clear();
+        assert_eq!(gather(Some(Ok(token(0))), &mut rest, &mut decoder, &mut items), None);
+        assert_eq!(content(&items), MAX_PIECES);
+        items.clear();
+        let next = futures_util::FutureExt::now_or_never(rest.next()).expect("ready");
+        let ended = gather(next, &mut rest, &mut decoder, &mut items);
+        assert_eq!(content(&items), 3, "the rest, then the end");
+        assert_eq!(ended, Some(Flow::Failed("The upstream ended the stream before it was complete.", "upstream_stream_interrupted")));
+    }
+
+    #[test]
+    fn an_end_or_a_break_among_them_comes_after_what_decoded_before_it() {
+        let gathered = |pieces: Vec<Result<Bytes, BodyError>>| {
+            let mut rest = ready(pieces);
+            let mut decoder = StreamDecoder::openai();
+            let mut items = Vec::new();
+            let ended = gather(Some(Ok(token(0))), &mut rest, &mut decoder, &mut items);
+            (items, ended)
+        };
+        let (items, ended) = gathered(vec![Ok(token(1)), Err(BodyError { timeout: false }), Ok(token(2))]);
+        assert_eq!((content(&items), ended), (2, Some(Flow::Failed("The upstream connection failed mid-stream.", "upstream_stream_interrupted"))));
+
+        let (items, ended) = gathered(vec![Ok(Bytes::from_static(b"data: [DONE]\n\n"))]);
+        assert!(matches!(items.last().and_then(|d| d.class.as_ref()), Some(StreamEvent::Done)), "{items:?}");
+        assert_eq!(content(&items), 1);
+        assert!(ended.is_some(), "the body's end is seen too: forwarding stops at [DONE] first");
+
+        let (items, ended) = gathered(vec![Ok(token(1)), Ok(Bytes::from_static(b"data: \xff\n\n")), Ok(token(2))]);
+        assert_eq!((content(&items), ended), (2, Some(Flow::Failed("The upstream sent a malformed event stream.", "upstream_stream_invalid"))));
     }
 
     #[test]

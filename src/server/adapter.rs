@@ -94,6 +94,16 @@ impl Downstream for SessionIo<'_> {
         self.send_body(body, true).await
     }
 
+    async fn send_start(&mut self, head: ResponseHead, first: Bytes) -> Result<(), DownstreamError> {
+        if first.is_empty() {
+            return self.send_head(head).await;
+        }
+        // As in `send_whole`: the head waits in the guard for the first chunk's write.
+        guard::hold_next_write(self.session.stream());
+        self.send_head(head).await?;
+        self.send_body(first, false).await
+    }
+
     fn close_after(&mut self) {
         self.session.set_keepalive(None);
     }

@@ -230,3 +230,41 @@ async fn large_answers_arrive_whole_in_growing_reads() {
     assert_eq!(whole(r).await.expect("chunked body"), expected);
     assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
 }
+
+/// A stream answer of about 3 KiB: more than the first read takes, so a reader dropped after
+/// its first piece leaves the rest in the socket.
+fn long_stream(end: bool) -> &'static [u8] {
+    let event = format!("data: {}\n\n", "x".repeat(3000));
+    let mut answer = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n{:x}\r\ndata: [DONE]\n\n\r\n", event.len(), 14);
+    if end {
+        answer.push_str("0\r\n\r\n");
+    }
+    Box::leak(answer.into_bytes().into_boxed_slice())
+}
+
+#[tokio::test]
+async fn a_body_dropped_after_its_end_arrived_gives_its_connection_back() {
+    let s = serve(vec![long_stream(true)], 10).await;
+    let mut r = s.origin.send(head(&s.origin), Bytes::from_static(b"{}")).await.expect("answer");
+    let first = r.chunk().await.expect("piece").expect("a piece");
+    assert!(first.len() < 3000, "the rest is still in the socket: {}", first.len());
+    drop(r);
+    assert_eq!(s.origin.idle.len(), 1, "read on to its end and kept");
+    let r = s.origin.send(head(&s.origin), Bytes::from_static(b"{}")).await.expect("answer");
+    assert!(whole(r).await.expect("body").ends_with(b"data: [DONE]\n\n"));
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "the second request reused it");
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_arrived_closes_its_connection() {
+    // The end never comes; or it is further than a dropped reader reads past (all sent).
+    let too_long = format!("HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n{}", "y".repeat(100_000));
+    let too_long: &'static [u8] = Box::leak(too_long.into_bytes().into_boxed_slice());
+    for answer in [long_stream(false), too_long] {
+        let s = serve(vec![answer], 10).await;
+        let mut r = s.origin.send(head(&s.origin), Bytes::from_static(b"{}")).await.expect("answer");
+        r.chunk().await.expect("piece").expect("a piece");
+        drop(r);
+        assert!(s.origin.idle.is_empty(), "{}", String::from_utf8_lossy(&answer[..40]));
+    }
+}
