@@ -9,12 +9,36 @@ use serde::de::{Deserializer, Visitor};
 /// it has. serde's own `Cow<str>` always copies (its borrowing form is private to derives, and
 /// does not reach `Option<Cow<str>>` or map keys), which cost an allocation per member name
 /// on every request and answer read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Str<'a>(pub Cow<'a, str>);
 
 impl Str<'_> {
     /// The text.
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The text as an owned string (copied only if borrowed).
+    pub fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl PartialEq<str> for Str<'_> {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Str<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
         &self.0
     }
 }

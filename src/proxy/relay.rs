@@ -195,7 +195,7 @@ impl Output {
     fn event(&mut self, item: &SseItem, data: Option<&str>, done: bool, wire: &mut Vec<u8>) {
         match (self, item) {
             (Output::ToAnthropic(events), SseItem::Event { .. }) if done => wire.extend_from_slice(&events.done()),
-            (Output::ToAnthropic(events), SseItem::Event { data: sent, .. }) => wire.extend_from_slice(&events.chunk(data.unwrap_or(sent))),
+            (Output::ToAnthropic(events), SseItem::Event { data: sent, .. }) => events.chunk_into(data.unwrap_or(sent), wire),
             (Output::ToResponses(events, finished), SseItem::Event { .. }) if done => {
                 let (bytes, f) = events.done();
                 *finished = Some(f);

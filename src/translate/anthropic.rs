@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{json_str, write_json_str, TranslateError};
+use crate::api::json::Str;
 
 /// Longest upstream error message passed on to a client, in characters.
 pub const MAX_ERROR_MESSAGE: usize = 1000;
@@ -110,7 +111,7 @@ struct Message<'a> {
 #[derive(Deserialize)]
 struct Part<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     text: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -122,7 +123,7 @@ struct Part<'a> {
 #[derive(Deserialize)]
 struct ImageUrl<'a> {
     #[serde(borrow)]
-    url: Option<Cow<'a, str>>,
+    url: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +131,7 @@ struct ToolCall<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     function: Option<&'a RawValue>,
 }
@@ -140,13 +141,13 @@ struct FunctionCall<'a> {
     #[serde(borrow)]
     name: Option<&'a RawValue>,
     #[serde(borrow)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Tool<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     function: Option<&'a RawValue>,
 }
@@ -164,7 +165,7 @@ struct FunctionDef<'a> {
 #[derive(Deserialize)]
 struct ResponseFormat<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     json_schema: Option<&'a RawValue>,
 }
@@ -172,7 +173,7 @@ struct ResponseFormat<'a> {
 #[derive(Deserialize)]
 struct JsonSchema<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
     description: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -182,7 +183,7 @@ struct JsonSchema<'a> {
 #[derive(Deserialize)]
 struct NamedChoice<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     function: Option<&'a RawValue>,
 }
@@ -343,7 +344,7 @@ fn image_block<'a>(raw: Option<&'a RawValue>, param: &str) -> Result<Block<'a>, 
     let url: Cow<'a, str> = if is_string(raw) {
         read(raw, param, "a string")?
     } else {
-        read::<ImageUrl>(raw, param, "an object with a string 'url'")?.url.ok_or_else(|| invalid(format!("{param}.url"), "missing."))?
+        read::<ImageUrl>(raw, param, "an object with a string 'url'")?.url.ok_or_else(|| invalid(format!("{param}.url"), "missing."))?.0
     };
     if url.starts_with("data:") {
         if data_url(&url).is_none() {
@@ -899,20 +900,20 @@ struct AnthropicMessage<'a> {
     #[serde(borrow)]
     content: Option<&'a RawValue>,
     #[serde(borrow)]
-    stop_reason: Option<Cow<'a, str>>,
+    stop_reason: Option<Str<'a>>,
     usage: Option<AnthropicUsage>,
 }
 
 #[derive(Deserialize)]
 struct AnthropicBlock<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
 }
@@ -1037,7 +1038,7 @@ pub fn response_from_anthropic(body: &[u8], forced_json_tool: Option<&str>, crea
 #[derive(Deserialize)]
 struct ErrorBody<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     error: Option<ErrorInner<'a>>,
 }
@@ -1045,9 +1046,9 @@ struct ErrorBody<'a> {
 #[derive(Deserialize)]
 struct ErrorInner<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
-    message: Option<Cow<'a, str>>,
+    message: Option<Str<'a>>,
 }
 
 /// At most [`MAX_ERROR_MESSAGE`] characters of `message`, with `…` when cut.
@@ -1131,7 +1132,7 @@ enum Phase {
 #[derive(Deserialize)]
 struct StreamEvent<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     message: Option<&'a RawValue>,
     index: Option<u64>,
@@ -1156,13 +1157,13 @@ struct StartMessage<'a> {
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     text: Option<&'a RawValue>,
     #[serde(borrow)]
     partial_json: Option<&'a RawValue>,
     #[serde(borrow)]
-    stop_reason: Option<Cow<'a, str>>,
+    stop_reason: Option<Str<'a>>,
 }
 
 /// Converts an Anthropic Messages stream into OpenAI `chat.completion.chunk` payloads, one
@@ -1326,13 +1327,13 @@ impl StreamConverter {
         #[derive(Deserialize)]
         struct StartBlock<'a> {
             #[serde(rename = "type", borrow)]
-            kind: Option<Cow<'a, str>>,
+            kind: Option<Str<'a>>,
             #[serde(borrow)]
             text: Option<&'a RawValue>,
             #[serde(borrow)]
             id: Option<&'a RawValue>,
             #[serde(borrow)]
-            name: Option<Cow<'a, str>>,
+            name: Option<Str<'a>>,
         }
         let block: StartBlock = serde_json::from_str(raw.get()).map_err(|_| malformed("a content block could not be read"))?;
         let mut out = Vec::new();

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{write_json_str, TranslateError};
+use crate::api::json::Str;
 
 use super::{invalid, is_string, read, unsupported};
 
@@ -101,9 +102,9 @@ struct Top<'a> {
 #[derive(Deserialize)]
 struct Item<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
-    role: Option<Cow<'a, str>>,
+    role: Option<Str<'a>>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -119,7 +120,7 @@ struct Item<'a> {
 #[derive(Deserialize)]
 struct Part<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     text: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -253,7 +254,7 @@ pub fn referenced_ids(body: &[u8]) -> Vec<String> {
     #[derive(Deserialize)]
     struct Ref<'a> {
         #[serde(rename = "type", borrow)]
-        kind: Option<Cow<'a, str>>,
+        kind: Option<Str<'a>>,
         id: Option<String>,
     }
     let Some(input) = serde_json::from_slice::<Input>(body).ok().and_then(|i| i.input) else { return Vec::new() };
@@ -355,7 +356,7 @@ fn input_item(m: &mut Messages, raw: &RawValue, param: &str) -> Result<(), Trans
 #[derive(Deserialize)]
 struct InTool<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     name: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -415,7 +416,7 @@ fn write_tool_choice(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), TranslateE
     #[derive(Deserialize)]
     struct Choice<'a> {
         #[serde(rename = "type", borrow)]
-        kind: Option<Cow<'a, str>>,
+        kind: Option<Str<'a>>,
         #[serde(borrow)]
         name: Option<&'a RawValue>,
     }
@@ -441,7 +442,7 @@ fn write_text_format(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), TranslateE
     #[derive(Deserialize)]
     struct Format<'a> {
         #[serde(rename = "type", borrow)]
-        kind: Option<Cow<'a, str>>,
+        kind: Option<Str<'a>>,
         #[serde(borrow)]
         name: Option<&'a RawValue>,
         #[serde(borrow)]
@@ -763,9 +764,9 @@ struct ChoiceOut<'a> {
 #[derive(Deserialize)]
 struct MessageOut<'a> {
     #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
     #[serde(borrow)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Option<Str<'a>>,
     tool_calls: Option<Vec<CallOut>>,
 }
 
@@ -834,7 +835,7 @@ pub fn response_from_chat(body: &[u8], meta: &Meta, conversation: &[u8]) -> Resu
         said.finish = choice.finish_reason;
         if let Some(m) = choice.message {
             let m: MessageOut = serde_json::from_str(m.get()).map_err(|_| malformed("the message could not be read"))?;
-            said.text = m.content.or(m.refusal).map(Cow::into_owned).unwrap_or_default();
+            said.text = m.content.or(m.refusal).map(Str::into_owned).unwrap_or_default();
             for (k, call) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
                 let f = call.function.unwrap_or(FunctionOut { name: None, arguments: None });
                 said.calls.push((call.id.unwrap_or_else(|| format!("call_{k}")), f.name.unwrap_or_default(), f.arguments.unwrap_or_default()));

@@ -25,7 +25,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{clip, invalid, is_string, number, read, string, unsupported};
-use crate::api::sse::{self, SseItem};
+use crate::api::json::Str;
+use crate::api::sse;
 use crate::translate::{json_str, write_json_str, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ struct Top<'a> {
 #[derive(Deserialize)]
 struct InMessage<'a> {
     #[serde(borrow)]
-    role: Option<Cow<'a, str>>,
+    role: Option<Str<'a>>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
 }
@@ -91,7 +92,7 @@ struct InMessage<'a> {
 #[derive(Deserialize)]
 struct InBlock<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     text: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -111,11 +112,11 @@ struct InBlock<'a> {
 #[derive(Deserialize)]
 struct Source<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
-    media_type: Option<Cow<'a, str>>,
+    media_type: Option<Str<'a>>,
     #[serde(borrow)]
-    data: Option<Cow<'a, str>>,
+    data: Option<Str<'a>>,
     #[serde(borrow)]
     url: Option<&'a RawValue>,
 }
@@ -123,7 +124,7 @@ struct Source<'a> {
 #[derive(Deserialize)]
 struct InTool<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     name: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -135,7 +136,7 @@ struct InTool<'a> {
 #[derive(Deserialize)]
 struct InToolChoice<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     name: Option<&'a RawValue>,
     disable_parallel_tool_use: Option<bool>,
@@ -182,7 +183,7 @@ fn image_part(out: &mut Vec<u8>, raw: Option<&RawValue>, param: &str, unsupporte
             let (Some(media), Some(data)) = (src.media_type, src.data) else {
                 return Err(invalid(param, "a base64 image needs 'media_type' and 'data'."));
             };
-            write_json_str(out, &format!("data:{media};base64,{data}"));
+            write_json_str(out, &format!("data:{};base64,{}", &*media, &*data));
         }
         Some("url") => out.extend_from_slice(string(src.url, &format!("{param}.url"))?.get().as_bytes()),
         other => {
@@ -561,7 +562,7 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
 #[derive(Deserialize)]
 struct Completion<'a> {
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow)]
     choices: Option<Vec<&'a RawValue>>,
     #[serde(borrow)]
@@ -575,7 +576,7 @@ struct OutChoice<'a> {
     #[serde(borrow)]
     delta: Option<&'a RawValue>,
     #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -803,7 +804,7 @@ pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
     #[derive(Deserialize)]
     struct M<'a> {
         #[serde(borrow)]
-        message: Option<Cow<'a, str>>,
+        message: Option<Str<'a>>,
     }
     let message = serde_json::from_slice::<E>(body)
         .ok()
@@ -856,9 +857,9 @@ pub struct EventStream {
 }
 
 /// One named event; raw JSON copied into `data` may hold line ends as whitespace, which
-/// [`sse::encode`] keeps from breaking the framing.
+/// [`sse::encode_event_into`] keeps from breaking the framing.
 fn event(out: &mut Vec<u8>, name: &str, data: &str) {
-    out.extend_from_slice(&sse::encode(&SseItem::Event { event: Some(name.to_string()), data: data.to_string() }));
+    sse::encode_event_into(Some(name), data, out);
 }
 
 impl EventStream {
@@ -937,28 +938,33 @@ impl EventStream {
     /// The events for one chunk's `data` (possibly none).
     pub fn chunk(&mut self, data: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        let Ok(c) = serde_json::from_str::<Completion>(data) else { return out };
-        self.start(&mut out, c.id.as_deref());
+        self.chunk_into(data, &mut out);
+        out
+    }
+
+    /// [`EventStream::chunk`], appended to `out`.
+    pub fn chunk_into(&mut self, data: &str, out: &mut Vec<u8>) {
+        let Ok(c) = serde_json::from_str::<Completion>(data) else { return };
+        self.start(out, c.id.as_deref());
         if let Some(u) = c.usage.and_then(UsageOut::read) {
             self.usage = Some(u);
         }
-        let Some(raw) = c.choices.as_ref().and_then(|cs| cs.first().copied()) else { return out };
-        let Ok(choice) = serde_json::from_str::<OutChoice>(raw.get()) else { return out };
+        let Some(raw) = c.choices.as_ref().and_then(|cs| cs.first().copied()) else { return };
+        let Ok(choice) = serde_json::from_str::<OutChoice>(raw.get()) else { return };
         if let Some(d) = choice.delta.and_then(|d| serde_json::from_str::<OutMessage>(d.get()).ok()) {
             if let Some(t) = d.content.or(d.refusal) {
-                self.text(&mut out, t);
+                self.text(out, t);
             }
             for raw in d.tool_calls.unwrap_or_default() {
                 if let Ok(call) = serde_json::from_str::<OutCall>(raw.get()) {
-                    self.tool(&mut out, &call);
+                    self.tool(out, &call);
                 }
             }
         }
         if let Some(f) = choice.finish_reason.as_deref() {
             self.finish = Some(stop_reason(Some(f)));
-            self.close(&mut out);
+            self.close(out);
         }
-        out
     }
 
     /// The closing events, at the chat stream's `[DONE]`.
