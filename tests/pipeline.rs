@@ -5,8 +5,8 @@
 //! server adapter's logging phase does.
 //!
 //! Covered: authentication (missing, malformed, unknown and valid keys), a priced non-stream
-//! completion and what it leaves in the record and the metrics, streams relayed one write per
-//! event, ranking with failover, rate limits, the order "authorize before rank" (a request for
+//! completion and what it leaves in the record and the metrics, streams relayed in writes of
+//! whole events, ranking with failover, rate limits, the order "authorize before rank" (a request for
 //! a model the project may not use makes no strategy call and leaves no decision-log entry —
 //! the regression test for issue 10's ordering bug), body size and body timeout limits, client
 //! faults (a broken body, a client gone mid-stream), and unknown paths and methods.
