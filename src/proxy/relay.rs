@@ -201,7 +201,7 @@ impl Output {
                 *finished = Some(f);
                 wire.extend_from_slice(&bytes);
             }
-            (Output::ToResponses(events, _), SseItem::Event { data: sent, .. }) => wire.extend_from_slice(&events.chunk(data.unwrap_or(sent))),
+            (Output::ToResponses(events, _), SseItem::Event { data: sent, .. }) => events.chunk_into(data.unwrap_or(sent), wire),
             (Output::Same(_), SseItem::Event { event, data: sent }) => sse::encode_event_into(event.as_deref(), data.unwrap_or(sent), wire),
             (_, SseItem::Comment(_)) => sse::encode_into(item, wire),
         }

@@ -995,25 +995,30 @@ impl ResponseStream {
     /// The events for one chunk's `data` (possibly none).
     pub fn chunk(&mut self, data: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        self.start(&mut out);
-        let Ok(c) = serde_json::from_str::<Completion>(data) else { return out };
+        self.chunk_into(data, &mut out);
+        out
+    }
+
+    /// [`ResponseStream::chunk`], appended to `out`.
+    pub fn chunk_into(&mut self, data: &str, out: &mut Vec<u8>) {
+        self.start(out);
+        let Ok(c) = serde_json::from_str::<Completion>(data) else { return };
         if let Some(u) = c.usage.as_ref().and_then(usage_of) {
             self.said.usage = Some(u);
         }
-        let Some(raw) = c.choices.as_ref().and_then(|cs| cs.first().copied()) else { return out };
-        let Ok(choice) = serde_json::from_str::<ChoiceOut>(raw.get()) else { return out };
+        let Some(raw) = c.choices.as_ref().and_then(|cs| cs.first().copied()) else { return };
+        let Ok(choice) = serde_json::from_str::<ChoiceOut>(raw.get()) else { return };
         if let Some(d) = choice.delta.and_then(|d| serde_json::from_str::<MessageOut>(d.get()).ok()) {
             if let Some(t) = d.content.as_deref().or(d.refusal.as_deref()) {
-                self.text(&mut out, t);
+                self.text(out, t);
             }
             for call in d.tool_calls.unwrap_or_default() {
-                self.call(&mut out, call);
+                self.call(out, call);
             }
         }
         if let Some(f) = choice.finish_reason {
             self.said.finish = Some(f);
         }
-        out
     }
 
     /// The closing events at the chat stream's `[DONE]`, and the finished response.
