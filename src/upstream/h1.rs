@@ -406,12 +406,16 @@ impl BodyReader {
             match self.step()? {
                 Step::Data(b) => return Ok(Some(b)),
                 Step::End => return Ok(None),
-                Step::More if self.fill().await? => {}
-                Step::More if self.framing == Framing::Close => {
-                    self.framing = Framing::Done;
-                    return Ok(None);
+                Step::More => {
+                    if !self.fill().await? {
+                        // Closed: the end of a close-delimited body, early for any other.
+                        if self.framing != Framing::Close {
+                            return Err(H1Error::Closed);
+                        }
+                        self.framing = Framing::Done;
+                        return Ok(None);
+                    }
                 }
-                Step::More => return Err(H1Error::Closed),
             }
         }
     }
