@@ -11,6 +11,15 @@
 //! - `joule`: `threads = 2`, `[store] backend = "none"`, a config key;
 //! - `joule+sqlite`: the same with the default SQLite store (a usage record per request).
 //!
+//! and, in the non-stream scenarios only, two floors that answer the mock's answer themselves,
+//! proxying nothing:
+//!
+//! - `nginx static`: the same nginx answering it with `return 200`;
+//! - `pingora floor`: pingora's HTTP/1 server session (`HttpServerApp`, its default buffered
+//!   client stream, `threads = 2`) reading each request and writing the answer, nothing else:
+//!   what pingora's session costs before joule does any work. It runs in a child process (this
+//!   binary started with `--floor-server ADDR BODY`).
+//!
 //! Scenarios: non-stream at concurrency 1 (added p50 over direct), non-stream at concurrency 64
 //! (saturation: CPU per request of the proxy's processes, requests/s), and whole 16-token
 //! streams at concurrency 16 (CPU per stream). CPU is the proxy's process tree's (nginx's master
@@ -58,6 +67,10 @@ const SLOW_TOKENS_PER_S: f64 = 0.5;
 const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(floor::FLAG) {
+        return floor::serve(args);
+    }
     let options = Options::from_args()?;
     let machine = Machine::probe();
     let nginx = nginx_binary()?;
@@ -133,9 +146,26 @@ fn joule_variant(store: StoreMode) -> Variant {
 // ---------------------------------------------------------------------------------------------
 // Default run: latency, saturation and stream CPU
 
+/// The paths of the default run, in column order. The non-stream scenarios run all of them,
+/// the stream scenario the first [`PROXIES`] (the floors answer no streams).
+const DIRECT: usize = 0;
+const NGINX: usize = 1;
+const JOULE: usize = 2;
+const JOULE_SQLITE: usize = 3;
+const NGINX_STATIC: usize = 4;
+const FLOOR: usize = 5;
+const PROXIES: usize = 4;
+
 fn fast(options: &Options, machine: &Machine, nginx_bin: &PathBuf) -> Result<String> {
     let mock = MockThread::immediate(TOKENS)?;
-    let nginx = Nginx::start(nginx_bin, mock.addr)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the client runtime")?;
+    // The floors answer what the mock answers, byte for byte.
+    let answer = runtime.block_on(answer_of(&Endpoint::new("direct", mock.addr, None)))?;
+    let nginx = Nginx::start(nginx_bin, mock.addr, Some(&answer))?;
+    let floor = floor::FloorProcess::start(&answer)?;
     let mut joule = Joule::start(mock.addr, WORKERS, joule_variant(StoreMode::Off))?;
     let mut joule_sqlite = Joule::start(mock.addr, WORKERS, joule_variant(StoreMode::Default))?;
     let paths = [
@@ -143,6 +173,8 @@ fn fast(options: &Options, machine: &Machine, nginx_bin: &PathBuf) -> Result<Str
         Endpoint::new("nginx", nginx.addr, Some(nginx.child.id())),
         Endpoint::new("joule", joule.addr, Some(joule.child.id())),
         Endpoint::new("joule+sqlite", joule_sqlite.addr, Some(joule_sqlite.child.id())),
+        Endpoint::new("nginx static", nginx.static_addr, Some(nginx.child.id())),
+        Endpoint::new("pingora floor", floor.addr, Some(floor.child.id())),
     ];
     let (c1, c64, streams) = if options.quick {
         (200, 1_280, 160)
@@ -151,31 +183,46 @@ fn fast(options: &Options, machine: &Machine, nginx_bin: &PathBuf) -> Result<Str
     };
     let scenario = Scenario::new;
     let scenarios = [
-        scenario("non-stream, c=1", Mode::Complete, 1, c1, 10),
-        scenario("non-stream, c=64", Mode::Complete, 64, c64, 64 * 8),
-        scenario("16-token stream, c=16", Mode::WholeStream, 16, streams, 16 * 4),
+        (scenario("non-stream, c=1", Mode::Complete, 1, c1, 10), paths.len()),
+        (scenario("non-stream, c=64", Mode::Complete, 64, c64, 64 * 8), paths.len()),
+        (scenario("16-token stream, c=16", Mode::WholeStream, 16, streams, 16 * 4), PROXIES),
     ];
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the client runtime")?;
     let results = runtime.block_on(async {
-        for path in &paths {
+        for path in &paths[..PROXIES] {
             sanity_check(path)
                 .await
                 .with_context(|| format!("sanity check of the {} path", path.name))?;
         }
+        for path in &paths[PROXIES..] {
+            let got = answer_of(path).await.with_context(|| format!("sanity check of the {} path", path.name))?;
+            if got != answer {
+                bail!("the {} path answered {} bytes, not the mock's {}", path.name, got.len(), answer.len());
+            }
+        }
         let mut results = Vec::new();
-        for s in &scenarios {
+        for (s, n) in &scenarios {
             eprintln!("bench: {} — {} requests per path…", s.label, s.requests);
-            results.push(run_scenario(s, &paths).await);
+            results.push(run_scenario(s, &paths[..*n]).await);
         }
         anyhow::Ok(results)
     });
     joule.check_alive()?;
     joule_sqlite.check_alive()?;
     let results = results?;
+    let scenarios: Vec<Scenario> = scenarios.into_iter().map(|(s, _)| s).collect();
     Ok(render_fast(options, machine, &paths, &scenarios, &results))
+}
+
+/// The body of one non-stream answer on `path` (which must be 200).
+async fn answer_of(path: &Endpoint) -> Result<Vec<u8>> {
+    let mut conn = Conn::open(path.addr).await?;
+    conn.send(path.request(Mode::Complete)).await?;
+    let head = conn.read_head().await?;
+    let body = conn.read_body(head.body).await?;
+    if head.status != 200 {
+        bail!("HTTP {}: {}", head.status, String::from_utf8_lossy(&body));
+    }
+    Ok(body)
 }
 
 fn render_fast(
@@ -194,9 +241,11 @@ fn render_fast(
         "In-process mock answering at once with {TOKENS} tokens. nginx: {WORKERS} worker \
          processes, upstream keep-alive pool, `proxy_buffering off`. joule: release build, \
          threads = {WORKERS}, `[store] backend = \"none\"` (joule+sqlite: the default SQLite \
-         store), log level warn. Client: hand-rolled HTTP/1.1, one keep-alive connection per \
-         in-flight request; paths interleaved batch by batch. Times in ms; CPU = the path's \
-         process tree, µs per request.\n"
+         store), log level warn. Floors, non-stream only: nginx static (the same nginx \
+         answering the mock's answer itself) and pingora floor (pingora's HTTP/1 server session \
+         answering it, {WORKERS} threads, nothing else). Client: hand-rolled HTTP/1.1, one \
+         keep-alive connection per in-flight request; paths interleaved batch by batch. Times \
+         in ms; CPU = the path's process tree, µs per request.\n"
     );
     let _ = write!(out, "| scenario | requests/path |");
     for p in paths {
@@ -206,7 +255,11 @@ fn render_fast(
     let _ = writeln!(out, "|---|--:|{}---|", "--:|".repeat(paths.len() * 4));
     for (s, samples) in scenarios.iter().zip(results) {
         let _ = write!(out, "| {} | {} |", s.label, s.requests);
-        for x in samples {
+        for i in 0..paths.len() {
+            let Some(x) = samples.get(i) else {
+                let _ = write!(out, " — | — | — | — |");
+                continue;
+            };
             let sorted = x.sorted();
             let _ = write!(
                 out,
@@ -223,54 +276,63 @@ fn render_fast(
 
     // The issue's figures: joule ÷ nginx.
     let at = |scenario: usize, path: usize| &results[scenario][path];
-    let p50 = |x: &Samples| percentile(&x.sorted(), 0.5).map(|d| d.as_secs_f64() * 1e3);
-    let added = |path| Some(p50(at(0, path))? - p50(at(0, 0))?);
-    let rows: [(&str, Option<f64>, Option<f64>, &str, &str); 4] = [
-        (
-            "CPU per non-stream request at saturation (c=64), µs",
-            at(1, 1).cpu_per_request(),
-            at(1, 2).cpu_per_request(),
-            "≤ 1.8×",
-            "{:.0}",
-        ),
-        (
-            "requests/s at c=64",
-            at(1, 1).throughput(),
-            at(1, 2).throughput(),
-            "",
-            "{:.0}",
-        ),
-        ("added p50 at c=1, ms", added(1), added(2), "≤ 1.5×", "{:.3}"),
-        (
-            "CPU per 16-token stream (c=16), µs",
-            at(2, 1).cpu_per_request(),
-            at(2, 2).cpu_per_request(),
-            "≤ 2×",
-            "{:.0}",
-        ),
-    ];
-    let _ = writeln!(out, "\n| figure | nginx | joule | joule ÷ nginx | target |");
-    let _ = writeln!(out, "|---|--:|--:|--:|---|");
-    for (figure, n, j, target, format) in rows {
-        let show = |v: Option<f64>| match (v, format) {
-            (Some(v), "{:.3}") => format!("{v:+.3}"),
-            (Some(v), _) => format!("{v:.0}"),
-            (None, _) => "n/a".to_owned(),
-        };
-        let ratio = match (n, j) {
-            (Some(n), Some(j)) if n > 0.0 => format!("{:.2}×", j / n),
-            _ => "n/a".to_owned(),
-        };
-        let _ = writeln!(out, "| {figure} | {} | {} | {ratio} | {target} |", show(n), show(j));
-    }
-    let store = match (at(1, 3).cpu_per_request(), at(1, 2).cpu_per_request()) {
-        (Some(with), Some(without)) => format!("{:+.0}", with - without),
+    let cpu = |path| at(1, path).cpu_per_request();
+    let p50 = |scenario, path| percentile(&at(scenario, path).sorted(), 0.5).map(|d| d.as_secs_f64() * 1e3);
+    let added = |path| Some(p50(0, path)? - p50(0, DIRECT)?);
+    let ratio = |n: Option<f64>, j: Option<f64>| match (n, j) {
+        (Some(n), Some(j)) if n > 0.0 => format!("{:.2}×", j / n),
         _ => "n/a".to_owned(),
     };
+    let show = |v: Option<f64>, decimals: usize| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"));
+    let signed = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:+.3}"));
+    let _ = writeln!(out, "\n| figure | nginx | joule | joule ÷ nginx | target |");
+    let _ = writeln!(out, "|---|--:|--:|--:|---|");
+    let whole = |v| show(v, 0);
+    let rps = |path| at(1, path).throughput();
+    let stream = |path| at(2, path).cpu_per_request();
+    let figures: [(&str, Option<f64>, Option<f64>, &dyn Fn(Option<f64>) -> String, &str); 4] = [
+        ("CPU per non-stream request at saturation (c=64), µs", cpu(NGINX), cpu(JOULE), &whole, "≤ 1.8×"),
+        ("requests/s at c=64", rps(NGINX), rps(JOULE), &whole, ""),
+        ("added p50 at c=1, ms", added(NGINX), added(JOULE), &signed, "≤ 1.5×"),
+        ("CPU per 16-token stream (c=16), µs", stream(NGINX), stream(JOULE), &whole, "≤ 2×"),
+    ];
+    for (figure, n, j, shown, target) in figures {
+        let _ = writeln!(out, "| {figure} | {} | {} | {} | {target} |", shown(n), shown(j), ratio(n, j));
+    }
+    let store = cpu(JOULE_SQLITE).zip(cpu(JOULE)).map(|(with, without)| with - without);
     let _ = writeln!(
         out,
-        "| SQLite store's CPU per request at c=64 (joule+sqlite − joule), µs | | {store} | | ≤ 15 µs |"
+        "| SQLite store's CPU per request at c=64 (joule+sqlite − joule), µs | | {} | | ≤ 15 µs |",
+        store.map_or_else(|| "n/a".to_owned(), |v| format!("{v:+.0}"))
     );
+
+    // The floors: what answering costs before any proxying, and what the CPU target leaves.
+    let _ = writeln!(out, "\n| non-stream, no proxying | nginx static | pingora floor | floor ÷ nginx static | floor ÷ nginx (proxying) |");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+    let p50_1 = |path| p50(0, path);
+    let figures: [(&str, &dyn Fn(usize) -> Option<f64>, usize); 2] =
+        [("CPU per request at c=64, µs", &cpu, 0), ("p50 at c=1, ms", &p50_1, 3)];
+    for (figure, of, decimals) in figures {
+        let _ = writeln!(
+            out,
+            "| {figure} | {} | {} | {} | {} |",
+            show(of(NGINX_STATIC), decimals),
+            show(of(FLOOR), decimals),
+            ratio(of(NGINX_STATIC), of(FLOOR)),
+            ratio(of(NGINX), of(FLOOR))
+        );
+    }
+    if let (Some(n), Some(st), Some(f), Some(j)) = (cpu(NGINX), cpu(NGINX_STATIC), cpu(FLOOR), cpu(JOULE)) {
+        let _ = writeln!(
+            out,
+            "\nAt c=64, 1.8 × nginx's {n:.0} µs leaves {:.0} µs per request above the pingora floor \
+             for the upstream exchange and all of joule's work; joule spends {:.0} µs there, and \
+             nginx's own upstream exchange costs {:.0} µs (nginx − nginx static).",
+            1.8 * n - f,
+            j - f,
+            n - st
+        );
+    }
     for (s, samples) in scenarios.iter().zip(results) {
         for (p, x) in paths.iter().zip(samples) {
             for msg in &x.error_examples {
@@ -310,7 +372,7 @@ fn streams(n: usize, options: &Options, machine: &Machine, nginx_bin: &PathBuf) 
         .context("building the client runtime")?;
     let mut results = Vec::new();
     {
-        let nginx = Nginx::start(nginx_bin, mock.addr)?;
+        let nginx = Nginx::start(nginx_bin, mock.addr, None)?;
         let path = Endpoint::new("nginx", nginx.addr, Some(nginx.child.id()));
         results.push(runtime.block_on(hold_streams(&path, n, options.probe_phase))?);
     }
@@ -553,19 +615,28 @@ fn render_streams(n: usize, options: &Options, machine: &Machine, results: &[Str
 // ---------------------------------------------------------------------------------------------
 // Processes: nginx and a separate mock
 
-/// nginx as a reverse proxy in front of `upstream`, killed on drop.
+/// nginx as a reverse proxy in front of `upstream` and, given an answer, a second server
+/// answering every request with it itself. Killed on drop.
 struct Nginx {
     child: Child,
     addr: SocketAddr,
+    /// The static server's address (`addr` when there is none).
+    static_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    fn start(binary: &PathBuf, upstream: SocketAddr) -> Result<Self> {
+    fn start(binary: &PathBuf, upstream: SocketAddr, answer: Option<&[u8]>) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating nginx's directory")?;
-        let port = harness::free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
         let root = dir.path().display().to_string();
+        let (static_addr, static_server) = match answer {
+            Some(answer) => {
+                let at = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+                (at, static_server(at, answer)?)
+            }
+            None => (addr, String::new()),
+        };
         // Running as root, nginx would switch its workers to `nobody`; the temporary paths
         // must then be theirs to write. As root, keep root.
         let user = if is_root() { "user root;" } else { "" };
@@ -599,7 +670,7 @@ http {{
             proxy_buffering off;
         }}
     }}
-}}
+{static_server}}}
 "#
         );
         let path = dir.path().join("nginx.conf");
@@ -616,7 +687,7 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut nginx = Nginx { child, addr, _dir: dir };
+        let mut nginx = Nginx { child, addr, static_addr, _dir: dir };
         let deadline = Instant::now() + harness::STARTUP_TIMEOUT;
         loop {
             if let Some(status) = nginx.child.try_wait().context("checking on nginx")? {
@@ -637,6 +708,20 @@ http {{
     fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
     }
+}
+
+/// An nginx `server` block answering every request (POST too) with `answer`, as JSON.
+fn static_server(addr: SocketAddr, answer: &[u8]) -> Result<String> {
+    let text = std::str::from_utf8(answer).context("the answer is not UTF-8")?;
+    // `return`'s text interpolates `$variables`; nginx has no escape for `$`.
+    if text.contains('$') {
+        bail!("the answer contains `$`, which nginx's `return` would read as a variable");
+    }
+    let quoted = text.replace('\\', "\\\\").replace('\'', "\\'");
+    Ok(format!(
+        "    server {{\n        listen {addr} backlog=4096;\n        location / {{\n            \
+         default_type application/json;\n            return 200 '{quoted}';\n        }}\n    }}\n"
+    ))
 }
 
 impl Drop for Nginx {
@@ -698,5 +783,108 @@ impl Drop for MockProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pingora floor
+
+mod floor {
+    //! pingora's HTTP/1 server session with no work behind it: every request is read whole and
+    //! answered with a fixed body. Runs in a child process, this binary started with [`FLAG`].
+
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context, Result};
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+    use pingora::http::ResponseHeader;
+    use pingora::protocols::http::ServerSession;
+    use pingora::server::configuration::ServerConf;
+    use pingora::server::{Server, ShutdownWatch};
+    use pingora::services::listening::Service;
+
+    use super::{harness, WORKERS};
+
+    /// `--floor-server ADDR BODY`: serve the floor on ADDR until killed.
+    pub const FLAG: &str = "--floor-server";
+
+    struct Floor {
+        body: Bytes,
+    }
+
+    #[async_trait]
+    impl HttpServerApp for Floor {
+        async fn process_new_http(self: &Arc<Self>, mut session: ServerSession, _shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+            if !matches!(session.read_request().await, Ok(true)) {
+                return None;
+            }
+            while let Ok(Some(_)) = session.read_request_body().await {}
+            let mut head = ResponseHeader::build(200, Some(2)).ok()?;
+            head.insert_header("content-type", "application/json").ok()?;
+            head.insert_header("content-length", self.body.len()).ok()?;
+            session.write_response_header(Box::new(head)).await.ok()?;
+            session.write_response_body(self.body.clone(), true).await.ok()?;
+            let settings = HttpPersistentSettings::for_session(&session);
+            session.finish().await.ok().flatten().map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        }
+    }
+
+    /// The child's side: never returns while serving.
+    pub fn serve(mut args: impl Iterator<Item = String>) -> Result<()> {
+        let addr = args.next().context("--floor-server needs an address")?;
+        let body = args.next().context("--floor-server needs a body")?;
+        let mut server = Server::new_with_opt_and_conf(None, ServerConf { threads: WORKERS, ..ServerConf::default() });
+        server.bootstrap();
+        let mut service = Service::new("floor".into(), Floor { body: Bytes::from(body) });
+        service.add_tcp(&addr);
+        server.add_service(service);
+        server.run_forever()
+    }
+
+    /// The floor's process, killed on drop.
+    pub struct FloorProcess {
+        pub child: Child,
+        pub addr: SocketAddr,
+    }
+
+    impl FloorProcess {
+        pub fn start(body: &[u8]) -> Result<Self> {
+            let body = std::str::from_utf8(body).context("the answer is not UTF-8")?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+            let child = Command::new(std::env::current_exe().context("finding the bench binary")?)
+                .args([FLAG, &addr.to_string(), body])
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the pingora floor")?;
+            let mut floor = FloorProcess { child, addr };
+            let deadline = Instant::now() + harness::STARTUP_TIMEOUT;
+            loop {
+                if let Some(status) = floor.child.try_wait().context("checking on the floor")? {
+                    bail!("the pingora floor exited ({status})");
+                }
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return Ok(floor);
+                }
+                if Instant::now() > deadline {
+                    bail!("the pingora floor did not listen on {addr}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for FloorProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
