@@ -11,6 +11,7 @@ ports, as the Rust harness does (tests/common/ports.rs has the reasons and the r
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -290,3 +291,4 @@ def gateway():
         for p in procs:
             p.kill()
             p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ Upstream calls are counted at the mocks (`GET /_mock/stats`).
 import contextlib
 import hashlib
 import json
+import shutil
 import signal
 import tempfile
 import time
@@ -137,6 +138,7 @@ class Joule:
         for p in [self.proc] + [m for m, _ in self.mocks]:
             p.kill()
             p.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture
