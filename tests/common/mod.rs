@@ -299,6 +299,22 @@ pub struct Received {
     pub ended_cleanly: bool,
 }
 
+/// Asserts that events the upstream sent `spacing` apart were forwarded as they came, not
+/// gathered: first to last spans at least 80 % of the upstream's span, and at most one gap in
+/// four is shorter than a quarter of `spacing`. A late event (the first included, on a busy
+/// machine) shortens only the gap after it, so it passes; events held back and sent together
+/// leave short gaps and a short span, so they fail.
+pub fn assert_spread(times: &[Instant], spacing: Duration, what: &str) {
+    let n = u32::try_from(times.len()).expect("event count");
+    assert!(n >= 2, "{what}: {n} events, too few to see their spacing");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1].duration_since(w[0])).collect();
+    let span = times[times.len() - 1].duration_since(times[0]);
+    assert!(span >= spacing * (n - 1) * 4 / 5, "{what}: events bunched, {n} within {span:?} (gaps {gaps:?})");
+    let short = gaps.iter().filter(|g| **g < spacing / 4).count();
+    assert!(short <= gaps.len() / 4, "{what}: events bunched, {short} of {} gaps under {:?} (gaps {gaps:?})", gaps.len(), spacing / 4);
+}
+
+
 impl Received {
     pub fn data(&self) -> Vec<&str> {
         self.events.iter().map(|(_, d)| d.as_str()).collect()
